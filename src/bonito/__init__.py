@@ -1,0 +1,40 @@
+"""bonito: turn unannotated text into instruction-tuning datasets with bonito generators."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bonito.errors import BonitoError
+from bonito.format import Rejection, Task, build_prompt, parse_task
+from bonito.sampling import SamplingParams
+from bonito.task_types import TASK_TYPES, TaskType, resolve_task_type
+
+if TYPE_CHECKING:
+    from bonito.api import Bonito
+    from bonito.training import train
+
+_LAZY = {"Bonito": "bonito.api", "train": "bonito.training"}  # these import torch
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bonito' has no attribute {name!r}")
+
+
+__all__ = [
+    "TASK_TYPES",
+    "Bonito",
+    "BonitoError",
+    "Rejection",
+    "SamplingParams",
+    "Task",
+    "TaskType",
+    "build_prompt",
+    "parse_task",
+    "resolve_task_type",
+    "train",
+]
+__version__ = "0.1.0"

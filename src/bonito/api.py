@@ -1,0 +1,92 @@
+"""The drop-in Python API: `Bonito(model).generate_tasks(dataset, context_col, task_type, ...)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+
+from bonito.engines import load_engine
+from bonito.errors import BonitoError
+from bonito.format import Task
+from bonito.run import Request, Summary, generate_samples
+from bonito.sampling import SamplingParams
+from bonito.task_types import resolve_task_type
+
+
+class Bonito:
+    """A bonito generator. `engine` is "auto", "transformers" or "vllm"; `engine_kwargs` go to
+    the backend (for vLLM exactly `vllm.LLM`'s keyword arguments, as in the original library)."""
+
+    def __init__(
+        self, model: str = "BatsResearch/bonito-v1", engine: str = "auto", **engine_kwargs: Any
+    ) -> None:
+        self.engine = load_engine(model, engine, **engine_kwargs)
+        self.model = model
+        self.last_summary: Summary | None = None
+
+    def generate_tasks(
+        self,
+        text_dataset: datasets.Dataset | dict[str, list] | list[dict],
+        context_col: str,
+        task_type: str,
+        sampling_params: SamplingParams | dict | Any = None,
+        *,
+        with_metadata: bool = False,
+        progress: bool = False,
+    ) -> datasets.Dataset:
+        """One row per parseable sample with columns `input` and `output` (with n > 1 every
+        sample is its own row). `with_metadata` adds context, task_type, row and sample_index."""
+        kind = resolve_task_type(task_type)
+        sampling = SamplingParams.coerce(sampling_params)
+        contexts = _column(text_dataset, context_col)
+        requests = [Request(text, kind, {"row": row}) for row, text in enumerate(contexts)]
+        self.last_summary = summary = Summary(contexts=len(requests))
+        bar = tqdm(total=len(requests), desc="contexts", disable=not progress)
+        rows = [
+            _row(sample, with_metadata)
+            for chunk in generate_samples(
+                self.engine, requests, sampling, summary=summary, progress=bar.update
+            )
+            for sample in chunk
+            if isinstance(sample.result, Task)
+        ]
+        bar.close()
+        columns = ["input", "output"] + (
+            ["context", "task_type", "row", "sample_index"] if with_metadata else []
+        )
+        return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+
+
+def _row(sample, with_metadata: bool) -> dict[str, Any]:
+    row = {"input": sample.result.input, "output": sample.result.output}
+    if with_metadata:
+        request = sample.request
+        row |= {
+            "context": request.context,
+            "task_type": request.task_type.short,
+            "row": request.source["row"],
+            "sample_index": sample.index,
+        }
+    return row
+
+
+def _column(data: Any, name: str) -> list[str]:
+    """The context column as strings, refusing a missing column or an empty context up front."""
+    if isinstance(data, list):
+        data = datasets.Dataset.from_list(data)
+    columns = list(data.column_names if hasattr(data, "column_names") else data)
+    if name not in columns:
+        raise BonitoError(
+            f"The dataset has no column '{name}' (it has: {', '.join(columns) or 'none'}); "
+            "pass the column that holds the passages as context_col."
+        )
+    values = list(data[name])
+    for row, value in enumerate(values):
+        if not isinstance(value, str) or not value.strip():
+            raise BonitoError(
+                f"Row {row} of column '{name}' is {value!r}: every context must be non-empty "
+                "text; drop or fill such rows first (e.g. dataset.filter)."
+            )
+    return values

@@ -1,0 +1,47 @@
+"""Engines: one small protocol, one module per backend, optional backends imported lazily."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from bonito.engines.base import Completion, Engine, Progress
+from bonito.errors import BonitoError
+
+ENGINES = ("auto", "transformers", "vllm")
+log = logging.getLogger("bonito")
+
+
+def choose_engine(engine: str) -> str:
+    """Resolve "auto": vLLM when importable and a CUDA device is present, else transformers."""
+    if engine not in ENGINES:
+        raise BonitoError(f"Unknown engine '{engine}'; choose one of {', '.join(ENGINES)}.")
+    if engine != "auto":
+        return engine
+    import torch
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    chosen = "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
+    why = (
+        "vLLM and a CUDA device found"
+        if chosen == "vllm"
+        else ("no CUDA device" if has_vllm else "vLLM not installed")
+    )
+    log.info("engine auto -> %s (%s)", chosen, why)
+    return chosen
+
+
+def load_engine(model: str, engine: str = "auto", **engine_kwargs: Any) -> Engine:
+    """Load `model` with the named engine; engine_kwargs go to that backend unchanged."""
+    chosen = choose_engine(engine)
+    if chosen == "vllm":
+        from bonito.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model, **engine_kwargs)
+    from bonito.engines.transformers import TransformersEngine
+
+    return TransformersEngine(model, **engine_kwargs)
+
+
+__all__ = ["ENGINES", "Completion", "Engine", "Progress", "choose_engine", "load_engine"]

@@ -1,0 +1,70 @@
+"""Sampling settings as a small value object, with the model card's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from bonito.errors import BonitoError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: n completions per prompt, nucleus sampling, a token limit and stop strings.
+
+    temperature 0 means greedy decoding. Defaults are bonito-v1's model card.
+    """
+
+    n: int = 1
+    temperature: float = 0.5
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        object.__setattr__(self, "stop", stop)
+        if not isinstance(self.n, int) or self.n < 1:
+            raise BonitoError(f"n must be a whole number of at least 1, got {self.n!r}.")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise BonitoError(
+                f"max_tokens must be a whole number of at least 1, got {self.max_tokens!r}."
+            )
+        if self.temperature < 0:
+            raise BonitoError(f"temperature must be 0 (greedy) or more, got {self.temperature!r}.")
+        if not 0 < self.top_p <= 1:
+            raise BonitoError(f"top_p must be in (0, 1], got {self.top_p!r}.")
+        if any(not s for s in stop):
+            raise BonitoError("stop strings must not be empty; remove the empty one.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (stop as a list)."""
+        return {**asdict(self), "stop": list(self.stop)}
+
+    @classmethod
+    def coerce(cls, value: Any = None) -> SamplingParams:
+        """Accept our SamplingParams, a dict of its fields, None (defaults) or any object with the
+        same attribute names, such as vLLM's SamplingParams."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        names = [f.name for f in fields(cls)]
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise BonitoError(
+                    f"Unknown sampling setting(s) {', '.join(unknown)}; "
+                    f"the settings are {', '.join(names)}."
+                )
+            return cls(**value)
+        if all(hasattr(value, name) for name in ("n", "temperature", "top_p", "max_tokens")):
+            found = {name: getattr(value, name) for name in names if hasattr(value, name)}
+            if found.get("max_tokens") is None:  # vLLM allows None: "up to the model's limit"
+                found.pop("max_tokens")
+            return cls(**found)
+        raise BonitoError(
+            f"sampling_params must be bonito.SamplingParams, vllm.SamplingParams or a dict, "
+            f"got {type(value).__name__}."
+        )

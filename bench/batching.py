@@ -47,10 +47,15 @@ def per_example_loop(engine: TransformersEngine, prompts: list[str], sampling: S
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt")
         out = model.generate(
-            **inputs, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=0, max_new_tokens=sampling.max_tokens, pad_token_id=tokenizer.pad_token_id,
+            **inputs,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=0,
+            max_new_tokens=sampling.max_tokens,
+            pad_token_id=tokenizer.pad_token_id,
         )
-        new = out[0, inputs.input_ids.shape[1]:]
+        new = out[0, inputs.input_ids.shape[1] :]
         tokens += len(new)
         texts.append(tokenizer.decode(new, skip_special_tokens=True))
     return texts, tokens
@@ -61,9 +66,15 @@ def measure(name, run, contexts):
     texts, tokens = run()
     elapsed = time.perf_counter() - started
     accepted = sum(isinstance(parse_task(t, c), Task) for t, c in zip(texts, contexts, strict=True))
-    return {"method": name, "samples": len(texts), "accepted": accepted, "output_tokens": tokens,
-            "seconds": round(elapsed, 2), "samples_per_s": round(len(texts) / elapsed, 2),
-            "output_tokens_per_s": round(tokens / elapsed, 1)}
+    return {
+        "method": name,
+        "samples": len(texts),
+        "accepted": accepted,
+        "output_tokens": tokens,
+        "seconds": round(elapsed, 2),
+        "samples_per_s": round(len(texts) / elapsed, 2),
+        "output_tokens_per_s": round(tokens / elapsed, 1),
+    }
 
 
 def main() -> None:
@@ -87,23 +98,34 @@ def main() -> None:
         return [o[0].text for o in outputs], sum(o[0].completion_tokens for o in outputs)
 
     rows = [
-        measure("per-example model.generate", lambda: per_example_loop(engine, prompts, sampling),
-                contexts),
+        measure(
+            "per-example model.generate",
+            lambda: per_example_loop(engine, prompts, sampling),
+            contexts,
+        ),
         measure("bonito transformers engine", batched, contexts),
     ]
     ratio = rows[0]["seconds"] / rows[1]["seconds"]
     result = {
-        "benchmark": "batching", "device": "cpu", "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "model": args.model,
-        "passages": len(prompts), "max_tokens": args.max_tokens, "rows": rows,
+        "benchmark": "batching",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "model": args.model,
+        "passages": len(prompts),
+        "max_tokens": args.max_tokens,
+        "rows": rows,
         "speedup": round(ratio, 2),
     }
     header = f"{'method':<30}{'samples':>8}{'accepted':>9}{'tokens':>8}{'seconds':>9}{'tok/s':>9}"
     print(header)
     for row in rows:
-        print(f"{row['method']:<30}{row['samples']:>8}{row['accepted']:>9}{row['output_tokens']:>8}"
-              f"{row['seconds']:>9}{row['output_tokens_per_s']:>9}")
+        print(
+            f"{row['method']:<30}{row['samples']:>8}{row['accepted']:>9}{row['output_tokens']:>8}"
+            f"{row['seconds']:>9}{row['output_tokens_per_s']:>9}"
+        )
     print(f"speedup (wall time, same samples): {ratio:.1f}x")
     out = ROOT / "bench" / "results" / "batching.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -48,8 +48,9 @@ class VLLMLikeSamplingParams:
 
 
 def test_coerce_from_a_vllm_style_object():
-    theirs = VLLMLikeSamplingParams(n=2, temperature=0.7, top_p=0.9, max_tokens=64, seed=3,
-                                    stop=["\n\n"])
+    theirs = VLLMLikeSamplingParams(
+        n=2, temperature=0.7, top_p=0.9, max_tokens=64, seed=3, stop=["\n\n"]
+    )
     assert SamplingParams.coerce(theirs) == SamplingParams(
         n=2, temperature=0.7, top_p=0.9, max_tokens=64, seed=3, stop=("\n\n",)
     )
@@ -59,8 +60,14 @@ def test_coerce_from_a_vllm_style_object():
 def test_mapping_to_vllm_round_trips():
     ours = SamplingParams(n=4, temperature=0.3, top_p=0.8, max_tokens=99, seed=7, stop=("a", "b"))
     kwargs = vllm_sampling_kwargs(ours)
-    assert kwargs == {"n": 4, "temperature": 0.3, "top_p": 0.8, "max_tokens": 99, "seed": 7,
-                      "stop": ["a", "b"]}
+    assert kwargs == {
+        "n": 4,
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "max_tokens": 99,
+        "seed": 7,
+        "stop": ["a", "b"],
+    }
     assert set(kwargs) <= {f.name for f in fields(VLLMLikeSamplingParams)}
     assert SamplingParams.coerce(VLLMLikeSamplingParams(**kwargs)) == ours
     assert vllm_sampling_kwargs(SamplingParams())["stop"] is None

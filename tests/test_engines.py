@@ -1,0 +1,136 @@
+"""The transformers engine on the project's tiny generator; engine choice and load errors."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from bonito import BonitoError, SamplingParams, build_prompt
+from bonito.engines import choose_engine, load_engine
+from bonito.engines.transformers import TransformersEngine
+
+PASSAGES = [
+    "Short one.",
+    "A longer passage about rivers, which carry water and sediment from hills to the sea.",
+    "Bakers rise early. The ovens are lit before dawn and the first loaves are sold at six.",
+    "The committee met twice. It approved the budget but postponed the vote on new members "
+    "until the spring, when more of them could attend in person.",
+    "Glaciers move slowly.",
+]
+PROMPTS = [build_prompt(p, t) for p in PASSAGES for t in ("ynqa", "nli")]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return TransformersEngine(str(tiny_model), device="cpu")
+
+
+def test_bos_is_added_once_and_never_doubled(engine):
+    bos = engine.tokenizer.bos_token_id
+    ids = engine.encode(PROMPTS[0])
+    assert ids[0] == bos and ids[1] != bos
+    assert engine.encode(engine.tokenizer.bos_token + PROMPTS[0]) == ids
+
+
+def plain_greedy(engine, prompt, max_tokens):
+    ids = torch.tensor([engine.encode(prompt)])
+    out = engine.lm.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_tokens,
+        pad_token_id=engine.tokenizer.pad_token_id,
+    )
+    return engine.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_batched_greedy_equals_plain_generate_per_prompt(engine, batch_size):
+    engine.batch_size = batch_size
+    try:
+        outputs = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=40))
+    finally:
+        engine.batch_size = None
+    assert [o[0].text for o in outputs] == [plain_greedy(engine, p, 40) for p in PROMPTS]
+
+
+def test_batches_are_length_sorted_and_sized(engine):
+    encoded = [engine.encode(p) for p in PROMPTS]
+    engine.batch_size = 4
+    try:
+        batches = engine.batches(encoded, SamplingParams())
+    finally:
+        engine.batch_size = None
+    assert [len(b) for b in batches] == [4, 4, 2]
+    lengths = [len(encoded[i]) for b in batches for i in b]
+    assert lengths == sorted(lengths, reverse=True)
+    assert sorted(i for b in batches for i in b) == list(range(len(PROMPTS)))
+
+
+def test_n_samples_seeded_reproducible_and_distinct(engine):
+    sampling = SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=11)
+    first = engine.generate(PROMPTS[:4], sampling)
+    assert [len(o) for o in first] == [3, 3, 3, 3]
+    assert engine.generate(PROMPTS[:4], sampling) == first
+    other = engine.generate(
+        PROMPTS[:4], SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
+    )
+    assert other != first
+    assert any(len({c.text for c in o}) > 1 for o in first)
+
+
+def test_text_is_only_the_completion(engine):
+    for outputs in engine.generate(PROMPTS, SamplingParams(max_tokens=64, seed=0)):
+        completion = outputs[0]
+        assert "<|tasktype|>" not in completion.text and "<|context|>" not in completion.text
+        assert engine.tokenizer.eos_token not in completion.text
+        assert completion.prompt_tokens > 10
+
+
+def test_stop_strings_and_finish_reasons(engine):
+    stopped = engine.generate(
+        PROMPTS[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
+    )
+    for outputs in stopped:
+        assert "<|pipe|>" not in outputs[0].text
+        assert outputs[0].finish_reason == "stop"
+    cut = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=3, seed=0))
+    assert [(o[0].finish_reason, o[0].completion_tokens) for o in cut] == [("length", 3)] * 2
+    ended = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=128, temperature=0))
+    assert all(o[0].finish_reason == "stop" and o[0].completion_tokens < 128 for o in ended)
+
+
+def test_progress_counts_every_prompt(engine):
+    seen = []
+    engine.generate(PROMPTS, SamplingParams(max_tokens=4), progress=seen.append)
+    assert sum(seen) == len(PROMPTS)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_auto_without_vllm_is_transformers_and_vllm_says_how_to_install(tiny_model):
+    assert choose_engine("auto") == "transformers"
+    with pytest.raises(BonitoError, match=r"pip install 'bonito\[vllm\]'"):
+        load_engine(str(tiny_model), "vllm")
+
+
+def test_unknown_engine():
+    with pytest.raises(BonitoError, match="Unknown engine 'tgi'; choose one of auto"):
+        choose_engine("tgi")
+
+
+def test_model_paths_that_are_not_models(tmp_path):
+    with pytest.raises(BonitoError, match="The model path './no/such/model' does not exist"):
+        TransformersEngine("./no/such/model")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(BonitoError, match="is not a model: it has no config.json"):
+        TransformersEngine(str(tmp_path))
+
+
+def test_hub_model_that_cannot_load_gets_one_paragraph():
+    with pytest.raises(BonitoError) as error:
+        TransformersEngine("BatsResearch/not-a-real-bonito")
+    message = str(error.value)
+    assert message.startswith("Could not load the model 'BatsResearch/not-a-real-bonito'")
+    assert "hf download BatsResearch/not-a-real-bonito" in message
+    assert "bonito tiny-model" in message
+    assert "\n" not in message

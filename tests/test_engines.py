@@ -113,6 +113,11 @@ def test_auto_without_vllm_is_transformers_and_vllm_says_how_to_install(tiny_mod
         load_engine(str(tiny_model), "vllm")
 
 
+def test_vllm_options_on_the_transformers_engine_are_refused(tiny_model):
+    with pytest.raises(BonitoError, match="does not take gpu_memory_utilization"):
+        TransformersEngine(str(tiny_model), gpu_memory_utilization=0.9)
+
+
 def test_unknown_engine():
     with pytest.raises(BonitoError, match="Unknown engine 'tgi'; choose one of auto"):
         choose_engine("tgi")

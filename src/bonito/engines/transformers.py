@@ -18,6 +18,22 @@ from bonito.sampling import SamplingParams
 CPU_TOKEN_BUDGET = 32_768
 """On CPU, compute not memory is the limit: at most this many (prompt + new) tokens per batch."""
 
+LOAD_OPTIONS = frozenset(
+    {
+        "revision",
+        "trust_remote_code",
+        "attn_implementation",
+        "device_map",
+        "token",
+        "cache_dir",
+        "low_cpu_mem_usage",
+        "quantization_config",
+        "local_files_only",
+    }
+)
+"""from_pretrained options the engine passes on; anything else (a vLLM option, a typo) is refused
+rather than silently stored on the model config."""
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,6 +80,13 @@ class TransformersEngine:
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise BonitoError(f"batch_size must be at least 1, got {batch_size}.")
+        unknown = sorted(set(model_kwargs) - LOAD_OPTIONS)
+        if unknown:
+            raise BonitoError(
+                f"The transformers engine does not take {', '.join(unknown)} (vLLM options go "
+                f"with engine='vllm'); it takes device, dtype, batch_size and "
+                f"{', '.join(sorted(LOAD_OPTIONS))}."
+            )
         self.model = model
         self.device = device or default_device()
         self.batch_size = batch_size

@@ -15,7 +15,7 @@ setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev]'
+	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs]'
 	touch $@
 
 $(TINY)/config.json: | setup
@@ -35,6 +35,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/batching.py
+	$(BIN)/python bench/chunking.py
 
 clean:
 	rm -rf $(VENV) models runs

@@ -20,7 +20,7 @@ import transformers
 from bonito import SamplingParams, build_prompt, parse_task
 from bonito.engines.transformers import TransformersEngine
 from bonito.format import Task
-from bonito.sources import read_documents
+from bonito.sources import Document, read_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -30,7 +30,7 @@ TASK_TYPES = ("ynqa", "exqa", "nli", "summarization")
 def passages(count: int) -> list[str]:
     """Real passages from the shared data, round-robin over domains; the examples otherwise."""
     files = sorted(SHARED.glob("*/*passages.jsonl")) or [ROOT / "examples" / "passages.jsonl"]
-    pools = [[d.text for d in read_documents([f]) if d.text.strip()] for f in files]
+    pools = [[d.text for d in read_documents([f]) if isinstance(d, Document)] for f in files]
     picked, i = [], 0
     while len(picked) < count:
         pool = pools[i % len(pools)]

@@ -1,8 +1,9 @@
-"""`bonito generate` end to end on real files with the tiny generator."""
+"""`bonito generate` and `bonito chunk` end to end on real files with the tiny generator."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pytest
@@ -71,12 +72,16 @@ def test_generate_writes_tasks_and_summary(tiny_model, inputs, capsys, monkeypat
     assert code == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
     counts = summary["summary"]
-    assert counts["contexts"] == 5 and counts["skipped"] == {"empty": 1}
-    assert counts["samples"] == 5 * 2 * 2
+    assert counts["documents"] == 4 and counts["contexts"] == 4
+    assert counts["skipped"] == {"empty": 1}
+    assert (out / "skipped.jsonl").read_text() == json.dumps(
+        {"source": str(inputs / "p.jsonl"), "reason": "empty", "detail": "line 4 has no text"}
+    ) + "\n"
+    assert counts["samples"] == 4 * 2 * 2
     assert counts["accepted"] + sum(counts["rejected"].values()) == counts["samples"]
     assert summary["config"]["task_types"] == ["ynqa", "exqa"]
     tasks = read_tasks(out)
-    assert len(tasks) == counts["accepted"] >= 10
+    assert len(tasks) == counts["accepted"] >= 8
     first = tasks[0]
     assert set(first) == {
         "input",
@@ -94,12 +99,14 @@ def test_generate_writes_tasks_and_summary(tiny_model, inputs, capsys, monkeypat
         str(inputs / "p.jsonl"),
         str(inputs / "notes.txt"),
     }
+    notes = PASSAGES[0] + "\n\n" + PASSAGES[1]  # a text file is one document
     assert all(
-        PASSAGES[t["source"].get("row", t["source"].get("paragraph")) - 1] == t["context"]
+        t["context"] == (PASSAGES[t["source"]["row"] - 1] if "row" in t["source"] else notes)
         for t in tasks
     )
-    assert "accepted" in stdout and "output tokens/s" in stdout
-    assert "skipped" in stderr and "p.jsonl:4" in stderr
+    assert {t["source"]["span"][0] for t in tasks} == {0}
+    assert "accepted" in stdout and "output tokens/s" in stdout and "documents" in stdout
+    assert f"skipped {inputs / 'p.jsonl'} line 4 has no text (empty)" in stderr
 
 
 def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeypatch):
@@ -155,7 +162,13 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
         (["--max-tokens", "0"], "max_tokens must be a whole number of at least 1, got 0."),
         (["--n", "0"], "n must be a whole number of at least 1, got 0."),
         (["--temperature", "-0.5"], "temperature must be 0 (greedy) or more, got -0.5."),
-        (["--context-col", "body"], "row 1 has no field 'body' (it has: text)"),
+        (["--text-field", "body"], "4 skipped (missing_field 4), e.g. "),
+        (["--context-col", "body"], "line 1 has no field 'body' (it has: text)"),
+        (["--max-context-tokens", "2040"], "use --max-context-tokens 20"),
+        (
+            ["--overlap", "300"],
+            "--overlap must be between 0 and half of --max-context-tokens (256)",
+        ),
         (["--model", "./missing-model"], "The model path './missing-model' does not exist"),
         (["--engine", "tgi"], "Unknown engine 'tgi'"),
     ],
@@ -221,3 +234,96 @@ def test_console_script_reports_errors_without_traceback(inputs):
     assert result.returncode == 1
     assert "is not a model: it has no config.json" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_chunk_shows_what_a_folder_of_documents_sends(tiny_model, tmp_path, capsys, monkeypatch):
+    from test_sources import ARTICLE, write_docx, write_html, write_pdf
+
+    folder = tmp_path / "docs"
+    (folder / "web").mkdir(parents=True)
+    write_pdf(folder / "minutes.pdf")
+    write_docx(folder / "report.docx")
+    write_html(folder / "web" / "news.html")
+    (folder / "long.md").write_text("\n\n".join(ARTICLE * 6))
+    (folder / "rows.jsonl").write_text('{"text": "A row."}\n{"text": \n')
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
+    (folder / "empty.txt").write_text("")
+    out = tmp_path / "out" / "contexts.jsonl"
+    args = ["chunk", folder, "--model", tiny_model, "-o", out, "--max-tokens", 64]
+    code, stdout, stderr = run_cli([*args, "--min-tokens", 8], capsys, monkeypatch)
+    assert code == 0, stderr
+    contexts = [json.loads(line) for line in out.read_text().splitlines()]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    for context in contexts:
+        assert len(tokenizer(context["text"], add_special_tokens=False).input_ids) <= 64
+    assert {Path(c["file"]).name for c in contexts} == {
+        "minutes.pdf",
+        "report.docx",
+        "news.html",
+        "long.md",
+        "rows.jsonl",
+    }
+    assert {p for c in contexts if c["file"].endswith(".pdf") for p in c["pages"]} == {1, 2}
+    assert sum(c["file"].endswith("long.md") for c in contexts) > 3
+    skipped = [json.loads(line) for line in (out.parent / "skipped.jsonl").read_text().splitlines()]
+    assert [(Path(s["source"]).name, s["reason"]) for s in skipped] == [
+        ("broken.pdf", "corrupt"),
+        ("empty.txt", "empty"),
+        ("rows.jsonl", "invalid_json"),
+    ]
+    assert "documents" in stdout and str(len(contexts)) in stdout
+    assert "corrupt 1, empty 1, invalid_json 1" in stdout
+    assert "rows.jsonl line 2 is not valid JSON" in stderr
+    code, _, stderr = run_cli([*args, "--strict"], capsys, monkeypatch)
+    assert code == 1 and "--strict: 3 skipped (" in stderr and "Traceback" not in stderr
+
+
+def test_generate_goes_from_a_folder_of_documents_to_tasks(
+    tiny_model, tmp_path, capsys, monkeypatch
+):
+    from test_sources import write_pdf
+
+    (tmp_path / "pdfs").mkdir()
+    write_pdf(tmp_path / "pdfs" / "minutes.pdf")
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(
+        [
+            "generate",
+            tmp_path / "pdfs",
+            "-t",
+            "ynqa",
+            "--model",
+            tiny_model,
+            "--output",
+            out,
+            "--max-context-tokens",
+            24,
+            "--min-context-tokens",
+            4,
+            "--max-tokens",
+            32,
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["documents"] == 1 and summary["contexts"] >= 2
+    assert (out / "skipped.jsonl").read_text() == ""
+    for task in read_tasks(out):
+        assert task["source"]["file"] == str(tmp_path / "pdfs" / "minutes.pdf")
+        assert task["source"]["pages"] in ([1], [2]) and task["source"]["title"] == "Depot minutes"
+
+
+def test_nothing_readable_is_one_clear_message(tiny_model, tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty.txt").write_text(" ")
+    (tmp_path / "junk.txt").write_bytes(bytes(range(256)))
+    out = tmp_path / "out.jsonl"
+    code, _, err = run_cli(
+        ["chunk", tmp_path, "--model", tiny_model, "-o", out], capsys, monkeypatch
+    )
+    assert code == 1 and "Traceback" not in err
+    assert f"No contexts from {tmp_path}: 2 skipped (empty 1, binary 1), e.g. " in err
+    assert f"see {tmp_path / 'skipped.jsonl'}." in err

@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,10 +16,13 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from tqdm.auto import tqdm
 
+from bonito.chunking import MAX_INPUT_TOKENS
 from bonito.errors import BonitoError
+from bonito.run import counts
 from bonito.sampling import SamplingParams
-from bonito.task_types import TASK_TYPES, resolve_task_type
+from bonito.task_types import TASK_TYPES, TaskType, resolve_task_type
 
 app = typer.Typer(
     help="Turn unannotated text into instruction-tuning datasets with bonito generators.",
@@ -26,6 +31,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+SHOWN_SKIPS = 5
+"""Skips printed at the end of a reading; all of them are in skipped.jsonl."""
 
 
 @app.command()
@@ -37,15 +44,72 @@ def tasks() -> None:
     Console().print(table)
 
 
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Files (PDF, HTML, DOCX, TXT, MD, JSONL, JSON, CSV, TSV, Parquet), folders of them, "
+        "saved datasets or hub dataset ids."
+    ),
+]
+TextField = Annotated[
+    str, typer.Option("--text-field", "--context-col", help="Field or column holding the text.")
+]
+Split = Annotated[str, typer.Option(help="Split of a dataset input.")]
+Include = Annotated[
+    list[str] | None, typer.Option(help="In folders, read only files matching this glob.")
+]
+Exclude = Annotated[list[str] | None, typer.Option(help="In folders, leave out files matching.")]
+LONGEST, SHORTEST = "Longest context, in tokens.", "Shortest context, unless a whole document."
+Overlap = Annotated[int, typer.Option(help="Tokens a context repeats from the one before.")]
+MaxInputTokens = Annotated[int, typer.Option(help="Longest prompt the model takes, in tokens.")]
+Limit = Annotated[int | None, typer.Option(help="Send at most this many contexts.")]
+Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one is skipped.")]
+
+
+@app.command()
+def chunk(
+    inputs: Inputs,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Contexts file to write.")],
+    model: Annotated[str, typer.Option(help="Generator whose tokenizer counts tokens.")] = (
+        "BatsResearch/bonito-v1"
+    ),
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", "--max-context-tokens", help=LONGEST)
+    ] = 512,
+    min_tokens: Annotated[
+        int, typer.Option("--min-tokens", "--min-context-tokens", help=SHORTEST)
+    ] = 32,
+    overlap: Overlap = 0,
+    max_input_tokens: MaxInputTokens = MAX_INPUT_TOKENS,
+    text_field: TextField = "text",
+    split: Split = "train",
+    include: Include = None,
+    exclude: Exclude = None,
+    limit: Limit = None,
+    strict: Strict = False,
+) -> None:
+    """Show what `generate` would send, without running the model: write the contexts to OUTPUT
+    (JSON Lines) and every skipped input to skipped.jsonl beside it."""
+    from bonito.run import Summary
+
+    if output.is_dir():
+        raise BonitoError(f"--output {output} is a folder; give the contexts file to write.")
+    chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    summary, skipped = Summary(), output.parent / "skipped.jsonl"
+    reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
+    with output.open("w", encoding="utf-8") as file:
+        for context in _contexts(inputs, chunker, summary, skipped, limit=limit, **reading):
+            file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
+    table = _reading_table("bonito chunk", summary, skipped)
+    table.add_row("contexts file", str(output))
+    Console().print(table)
+    _check_strict(summary, strict, skipped)
+
+
 @app.command()
 def generate(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="JSONL/JSON/CSV/TSV/Parquet/text files, "
-            "folders, saved datasets or hub dataset ids."
-        ),
-    ],
+    inputs: Inputs,
     task_type: Annotated[
         list[str],
         typer.Option("--task-type", "-t", help="Short form or full name; repeat for several."),
@@ -53,14 +117,21 @@ def generate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
     model: Annotated[str, typer.Option(help="Hub id or local folder.")] = "BatsResearch/bonito-v1",
     engine: Annotated[str, typer.Option(help="auto, transformers or vllm.")] = "auto",
-    context_col: Annotated[str, typer.Option(help="Field or column holding the text.")] = "text",
-    split: Annotated[str, typer.Option(help="Split of a dataset input.")] = "train",
+    text_field: TextField = "text",
+    split: Split = "train",
+    include: Include = None,
+    exclude: Exclude = None,
+    max_context_tokens: Annotated[int, typer.Option(help=LONGEST)] = 512,
+    min_context_tokens: Annotated[int, typer.Option(help=SHORTEST)] = 32,
+    overlap: Overlap = 0,
+    max_input_tokens: MaxInputTokens = MAX_INPUT_TOKENS,
     n: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
     temperature: float = 0.5,
     top_p: float = 0.95,
-    max_tokens: int = 256,
+    max_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 256,
     seed: int = 0,
-    limit: Annotated[int | None, typer.Option(help="Read at most this many contexts.")] = None,
+    limit: Limit = None,
+    strict: Strict = False,
     batch_size: Annotated[
         int | None,
         typer.Option(help="transformers: fixed batch size (default: sized from memory)."),
@@ -74,32 +145,112 @@ def generate(
         bool, typer.Option(help="Replace tasks in an existing run folder.")
     ] = False,
 ) -> None:
-    """Generate tasks from passages and write OUTPUT/tasks.jsonl and OUTPUT/summary.json."""
+    """Generate tasks from documents: write OUTPUT/tasks.jsonl, OUTPUT/summary.json and
+    OUTPUT/skipped.jsonl."""
     from bonito.engines import load_engine
-    from bonito.run import generate_to_folder, read_contexts
+    from bonito.run import Summary, generate_to_folder
 
     kinds = [resolve_task_type(t) for t in task_type]
     sampling = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
-    if limit is not None and limit < 1:
-        raise BonitoError(f"--limit must be at least 1, got {limit}.")
     tasks_file = output / "tasks.jsonl"
     if tasks_file.exists() and not overwrite:
         raise BonitoError(
             f"{tasks_file} already exists; choose another --output or pass "
             "--overwrite to replace it."
         )
-    contexts, skipped = read_contexts(inputs, context_col, split=split, limit=limit)
-    for location in skipped[:5]:
-        console.print(f"[yellow]skipped[/] empty context at {location}")
-    if len(skipped) > 5:
-        console.print(f"[yellow]skipped[/] {len(skipped) - 5} more empty contexts")
+    chunker = _chunker(
+        model, max_context_tokens, min_context_tokens, overlap, max_input_tokens, kinds
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    summary, skipped = Summary(), output / "skipped.jsonl"
+    reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
+    contexts = list(_contexts(inputs, chunker, summary, skipped, limit=limit, **reading))
+    _check_strict(summary, strict, skipped)
     kwargs = _engine_kwargs(engine_arg, batch_size=batch_size, device=device)
     with console.status(f"loading {model}"):
         loaded = load_engine(model, engine, **kwargs)
-    summary = generate_to_folder(loaded, contexts, kinds, sampling, output, skipped=len(skipped))
-    _print_summary(summary, output)
+    summary = generate_to_folder(loaded, contexts, kinds, sampling, output, summary=summary)
+    table = _reading_table("bonito generate", summary, skipped)
+    table.add_row("samples", str(summary.samples))
+    table.add_row("accepted", str(summary.accepted))
+    table.add_row("rejected", counts(summary.rejected) or "0")
+    table.add_row("elapsed", f"{summary.elapsed:.1f}s")
+    table.add_row("output tokens/s", f"{summary.tokens_per_second:.1f}")
+    table.add_row("tasks", str(tasks_file))
+    Console().print(table)
+
+
+def _chunker(
+    model: str,
+    max_tokens: int,
+    min_tokens: int,
+    overlap: int,
+    max_input_tokens: int,
+    task_types: Sequence[TaskType] = TASK_TYPES,
+):
+    from bonito.chunking import Chunker
+
+    with console.status(f"loading the tokenizer of {model}"):
+        return Chunker.from_model(
+            model,
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            overlap=overlap,
+            max_input_tokens=max_input_tokens,
+            task_types=task_types,
+        )
+
+
+def _contexts(
+    inputs: list[str],
+    chunker,
+    summary,
+    skipped: Path,
+    *,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    **reading: Any,
+):
+    """The contexts of the inputs, with a progress bar on a terminal."""
+    from bonito.run import read_contexts
+
+    contexts = read_contexts(
+        inputs, chunker, summary, skipped, include=include or (), exclude=exclude or (), **reading
+    )
+    return tqdm(contexts, desc="reading", unit=" contexts", disable=None, file=sys.stderr)
+
+
+def _reading_table(title: str, summary, skipped: Path) -> Table:
+    """The summary of a reading; the first skips go to stderr, all of them are in `skipped`."""
+    with skipped.open(encoding="utf-8") as file:
+        for record in map(json.loads, islice(file, SHOWN_SKIPS)):
+            console.print(
+                f"[yellow]skipped[/] {record['source']} {record['detail']} ({record['reason']})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if summary.skipped.total() > SHOWN_SKIPS:
+        more = summary.skipped.total() - SHOWN_SKIPS
+        console.print(f"[yellow]skipped[/] {more} more; see {skipped}")
+    table = Table(title=title, show_header=False)
+    table.add_row("documents", str(summary.documents))
+    table.add_row("contexts", str(summary.contexts))
+    mean = summary.context_tokens / summary.contexts if summary.contexts else 0
+    table.add_row("context tokens", f"{summary.context_tokens} ({mean:.0f} per context)")
+    table.add_row("skipped", counts(summary.skipped) or "0")
+    if summary.skipped:
+        table.add_row("skipped file", str(skipped))
+    return table
+
+
+def _check_strict(summary, strict: bool, skipped: Path) -> None:
+    if strict and summary.skipped:
+        raise BonitoError(
+            f"--strict: {summary.skipped.total()} skipped ({counts(summary.skipped)}); "
+            f"see {skipped}."
+        )
 
 
 @app.command("tiny-model")
@@ -127,24 +278,6 @@ def _engine_kwargs(pairs: list[str] | None, **options: Any) -> dict[str, Any]:
         except json.JSONDecodeError:
             kwargs[key] = value
     return kwargs
-
-
-def _print_summary(summary, output: Path) -> None:
-    table = Table(title="bonito generate", show_header=False)
-    table.add_row("contexts", str(summary.contexts))
-    if summary.skipped:
-        table.add_row("skipped contexts", _counts(summary.skipped))
-    table.add_row("samples", str(summary.samples))
-    table.add_row("accepted", str(summary.accepted))
-    table.add_row("rejected", _counts(summary.rejected) or "0")
-    table.add_row("elapsed", f"{summary.elapsed:.1f}s")
-    table.add_row("output tokens/s", f"{summary.tokens_per_second:.1f}")
-    table.add_row("tasks", str(output / "tasks.jsonl"))
-    Console().print(table)
-
-
-def _counts(counter) -> str:
-    return ", ".join(f"{reason} {count}" for reason, count in counter.most_common())
 
 
 def main() -> None:

@@ -13,11 +13,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from bonito.chunking import Chunker, Context
 from bonito.engines.base import Completion, Engine, Progress
 from bonito.errors import BonitoError
 from bonito.format import Rejection, Task, build_prompt, parse_task
 from bonito.sampling import SamplingParams
-from bonito.sources import read_documents
+from bonito.sources import Document, Skip, read_documents
 from bonito.task_types import TaskType
 
 CHUNK_SIZE = 1024
@@ -50,9 +51,12 @@ class Sample:
 
 @dataclass
 class Summary:
-    """Counts for the one-screen report at the end of a run."""
+    """Counts for the one-screen report at the end of a run; `skipped` counts by reason what
+    was not read or not sent."""
 
+    documents: int = 0
     contexts: int = 0
+    context_tokens: int = 0
     skipped: Counter = field(default_factory=Counter)
     samples: int = 0
     accepted: int = 0
@@ -75,7 +79,9 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "documents": self.documents,
             "contexts": self.contexts,
+            "context_tokens": self.context_tokens,
             "skipped": dict(self.skipped),
             "samples": self.samples,
             "accepted": self.accepted,
@@ -111,48 +117,82 @@ def generate_samples(
         yield samples
 
 
-def plan_requests(
-    contexts: Sequence[tuple[str, dict[str, Any]]], task_types: Sequence[TaskType]
-) -> list[Request]:
+def plan_requests(contexts: Sequence[Context], task_types: Sequence[TaskType]) -> list[Request]:
     """Every context with every task type, context-major."""
-    return [Request(text, t, source) for text, source in contexts for t in task_types]
+    return [Request(c.text, t, c.provenance()) for c in contexts for t in task_types]
 
 
 def read_contexts(
-    inputs: Sequence[str | Path], text_field: str, *, split: str = "train", limit: int | None = None
-) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """Contexts with their source, and the locations of empty ones (skipped, never sent)."""
-    contexts, skipped = [], []
-    for doc in read_documents(inputs, text_field, split=split, limit=limit):
-        if doc.text.strip():
-            contexts.append((doc.text, {"file": doc.source, **doc.metadata}))
-        else:
-            skipped.append(doc.id)
-    if not contexts:
+    inputs: Sequence[str | Path],
+    chunker: Chunker,
+    summary: Summary,
+    skipped: Path,
+    *,
+    text_field: str = "text",
+    split: str = "train",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    limit: int | None = None,
+) -> Iterator[Context]:
+    """Contexts from the inputs, read and chunked lazily, at most `limit`. Documents, contexts,
+    their tokens and skips by reason are counted in `summary`, and every Skip is written to the
+    file `skipped` as a JSON line; BonitoError when no context comes out."""
+    if limit is not None and limit < 1:
+        raise BonitoError(f"--limit must be at least 1, got {limit}.")
+    documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
+    first_skip = None
+    with skipped.open("w", encoding="utf-8") as file:
+        for item in chunker.chunk(_counted(documents, summary)):
+            if isinstance(item, Skip):
+                first_skip = first_skip or item
+                summary.skipped[item.reason] += 1
+                file.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                continue
+            summary.contexts += 1
+            summary.context_tokens += item.tokens
+            yield item
+            if summary.contexts == limit:
+                return
+    if not summary.contexts:
+        where = ", ".join(map(str, inputs))
         raise BonitoError(
-            f"No text to generate from in {', '.join(map(str, inputs))}"
-            + (f" ({len(skipped)} empty contexts)" if skipped else "")
-            + f"; check the inputs and that '{text_field}' is the field holding the passages."
+            f"No contexts from {where}: "
+            + (
+                f"{summary.skipped.total()} skipped ({counts(summary.skipped)}), e.g. "
+                f"{first_skip.source} {first_skip.detail}; see {skipped}."
+                if first_skip
+                else "there is no text in them."
+            )
         )
-    return contexts, skipped
+
+
+def _counted(documents: Iterable[Document | Skip], summary: Summary) -> Iterator[Document | Skip]:
+    for item in documents:
+        if isinstance(item, Document):
+            summary.documents += 1
+        yield item
+
+
+def counts(counter: Counter) -> str:
+    """Counts by reason, commonest first: "empty 3, corrupt 1"."""
+    return ", ".join(f"{reason} {count}" for reason, count in counter.most_common())
 
 
 def generate_to_folder(
     engine: Engine,
-    contexts: Sequence[tuple[str, dict[str, Any]]],
+    contexts: Sequence[Context],
     task_types: Sequence[TaskType],
     sampling: SamplingParams,
     output: Path,
     *,
-    skipped: int = 0,
+    summary: Summary | None = None,
 ) -> Summary:
     """Run every context with every task type, appending accepted tasks to output/tasks.jsonl as
-    chunks finish, and write output/summary.json at the end."""
+    chunks finish, and write output/summary.json at the end; `summary` may hold the counts of
+    the reading."""
     output.mkdir(parents=True, exist_ok=True)
     requests = plan_requests(contexts, task_types)
-    summary = Summary(contexts=len(contexts))
-    summary.skipped["empty"] = skipped
-    summary.skipped += Counter()  # drop a zero count
+    summary = summary or Summary(contexts=len(contexts))
     meta = {"model": engine.model, "sampling": sampling.to_dict()}
     with (
         (output / "tasks.jsonl").open("w", encoding="utf-8") as file,

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
-from transformers import get_linear_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 IGNORE_INDEX = -100
+Model = TypeVar("Model", bound=torch.nn.Module)
 
 
-def ensure_pad_token(tokenizer, model) -> None:
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:
     """Give the tokenizer a `<pad>` token if it has none, growing the embeddings to match."""
     if tokenizer.pad_token_id is not None:
         return
@@ -25,7 +27,7 @@ def ensure_pad_token(tokenizer, model) -> None:
 def build_example(
     source: str,
     target: str,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     max_source_length: int | None = None,
     max_target_length: int | None = None,
 ) -> tuple[list[int], list[int]]:
@@ -57,6 +59,24 @@ def collate(
     }
 
 
+def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (target) tokens. Logits are computed only
+    from the first position that predicts a target token on (`logits_to_keep`), which saves the
+    output layer's time and memory on long sources."""
+    labels = batch["labels"]
+    first = max(1, int((labels != IGNORE_INDEX).any(dim=0).nonzero()[0]))
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=labels.shape[1] - first + 1,
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1),
+        labels[:, first:].flatten(),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
 def length_grouped_batches(
     lengths: Sequence[int], batch_size: int, rng: random.Random, window: int = 64
 ) -> list[list[int]]:
@@ -75,8 +95,8 @@ def length_grouped_batches(
 
 def train(
     pairs: Iterable[tuple[str, str]],
-    model,
-    tokenizer,
+    model: Model,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     epochs: float = 1.0,
     lr: float = 1e-4,
@@ -89,7 +109,7 @@ def train(
     warmup_steps: int = 0,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
-):
+) -> Model:
     """Fine-tune `model` (any causal LM, or a PEFT-wrapped one) in place on (source, target)
     pairs with AdamW, a linear schedule to 0 and grad-norm clipping; returns it in eval mode.
 
@@ -97,7 +117,6 @@ def train(
     fractional. Batches go to the device of the model's first parameter. `progress(step,
     total_steps, loss)` is called after each optimizer step.
     """
-    random.seed(seed)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     ensure_pad_token(tokenizer, model)
@@ -124,7 +143,7 @@ def train(
             if not micro_batches:
                 micro_batches = length_grouped_batches(lengths, batch_size, rng)
             batch = collate([examples[i] for i in micro_batches.pop()], tokenizer.pad_token_id)
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss = target_loss(model, {k: v.to(device) for k, v in batch.items()})
             (loss / gradient_accumulation).backward()
             step_loss += loss.item() / gradient_accumulation
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -1,18 +1,30 @@
-"""Readers: files, folders and datasets in, Documents out (one module per family of formats)."""
+"""Readers: files, folders and datasets in; Documents out, with a Skip in place of every input,
+or row, that could not be read (one module per family of formats)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from itertools import islice
+import fnmatch
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 from bonito.errors import BonitoError
-from bonito.sources.document import Document
+from bonito.sources.document import Document, Skip, Unreadable
 from bonito.sources.hub import is_saved_dataset, read_hub_dataset, read_saved_dataset
+from bonito.sources.pdf import read_pdf
 from bonito.sources.tables import TABLE_SUFFIXES, read_table
 from bonito.sources.text import TEXT_SUFFIXES, read_text
+from bonito.sources.web import HTML_SUFFIXES, read_html
+from bonito.sources.word import read_docx
 
-SUFFIXES = (*TABLE_SUFFIXES, *TEXT_SUFFIXES)
+READERS: dict[str, Callable[[Path], Document]] = {
+    **dict.fromkeys(TEXT_SUFFIXES, read_text),
+    **dict.fromkeys(HTML_SUFFIXES, read_html),
+    ".pdf": read_pdf,
+    ".docx": read_docx,
+}
+SUFFIXES = (*TABLE_SUFFIXES, *READERS)
 
 
 def read_documents(
@@ -20,44 +32,104 @@ def read_documents(
     text_field: str = "text",
     *,
     split: str = "train",
-    limit: int | None = None,
-) -> Iterator[Document]:
-    """Documents from files, folders (recursively), saved `datasets` folders or hub dataset ids,
-    in the order given; rows of tables keep their row number, text files their paragraph."""
-    documents = (doc for item in inputs for doc in _read_one(str(item), text_field, split))
-    return islice(documents, limit)
-
-
-def _read_one(item: str, text_field: str, split: str) -> Iterator[Document]:
-    path = Path(item).expanduser()
-    if path.is_dir():
-        if is_saved_dataset(path):
-            yield from read_saved_dataset(path, text_field, split)
-            return
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-        if not files:
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> Iterator[Document | Skip]:
+    """Documents, read lazily in the order given, from files, folders, folders written by
+    `datasets.save_to_disk` and hub dataset ids (`owner/name`). Folders are read recursively,
+    hidden entries left out; `include` and `exclude` are glob patterns on the path inside the
+    folder. Whatever cannot be read becomes a Skip in its place; a local path that does not
+    exist raises BonitoError before anything is read."""
+    items = [str(item) for item in inputs]
+    for item in items:
+        if not Path(item).expanduser().exists() and not _is_hub_id(item):
             raise BonitoError(
-                f"The folder '{item}' holds no readable files ({', '.join(SUFFIXES)})."
+                f"The input '{item}' does not exist; give a file, a folder or a hub dataset id."
             )
-        for file in files:
-            yield from _read_file(file, text_field)
-    elif path.is_file():
-        yield from _read_file(path, text_field)
-    elif item.count("/") == 1 and not item.startswith((".", "/", "~")):
-        yield from read_hub_dataset(item, text_field, split)
-    else:
-        raise BonitoError(f"The input '{item}' does not exist; give a file, a folder or a hub id.")
+    return _read(items, text_field, split, include, exclude)
 
 
-def _read_file(path: Path, text_field: str) -> Iterator[Document]:
+def _read(
+    inputs: list[str], text_field: str, split: str, include: Sequence[str], exclude: Sequence[str]
+) -> Iterator[Document | Skip]:
+    for item in inputs:
+        path = Path(item).expanduser()
+        if not path.exists():
+            yield from _guarded(partial(read_hub_dataset, item, text_field, split), item)
+        elif path.is_dir() and is_saved_dataset(path):
+            yield from _guarded(partial(read_saved_dataset, path, text_field, split), item)
+        elif path.is_dir():
+            for found in _walk(path, include, exclude):
+                if isinstance(found, Skip):
+                    yield found
+                elif found.is_dir():
+                    read = partial(read_saved_dataset, found, text_field, split)
+                    yield from _guarded(read, str(found))
+                else:
+                    yield from _read_file(found, text_field)
+        else:
+            yield from _read_file(path, text_field)
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[Document | Skip]:
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
-        return read_table(path, text_field)
-    if suffix in TEXT_SUFFIXES:
-        return read_text(path)
-    raise BonitoError(
-        f"Cannot read '{path}': unknown file type '{suffix}'. Supported: {', '.join(SUFFIXES)}."
-    )
+        return _guarded(partial(read_table, path, text_field), str(path))
+    if suffix in READERS:
+        return _guarded(lambda: [READERS[suffix](path)], str(path))
+    readable = ", ".join(SUFFIXES)
+    return iter([Skip(str(path), "unsupported_type", f"is not one of {readable}")])
 
 
-__all__ = ["Document", "SUFFIXES", "read_documents"]
+def _guarded(
+    read: Callable[[], Iterable[Document | Skip]], source: str
+) -> Iterator[Document | Skip]:
+    """What `read` yields, ending in a Skip with the reason if it fails part way."""
+    try:
+        yield from read()
+    except Unreadable as error:
+        yield Skip(source, error.reason, error.detail)
+    except OSError as error:
+        yield Skip(source, "unreadable", f"cannot be read ({error.strerror or error})")
+    except Exception as error:  # a parser failing on a damaged file must not end the run
+        yield Skip(source, "corrupt", f"could not be parsed ({type(error).__name__}: {error})")
+
+
+def _walk(folder: Path, include: Sequence[str], exclude: Sequence[str]) -> Iterator[Path | Skip]:
+    """Files under `folder` in name order, and saved datasets as folders, not their files."""
+    errors: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=errors.append):
+        yield from _listing_errors(errors)
+        here = Path(root)
+        if here != folder and is_saved_dataset(here):
+            dirs.clear()
+            if _wanted(here.relative_to(folder).as_posix(), include, exclude):
+                yield here
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            if _wanted((here / name).relative_to(folder).as_posix(), include, exclude):
+                yield here / name
+    yield from _listing_errors(errors)
+
+
+def _listing_errors(errors: list[OSError]) -> Iterator[Skip]:
+    while errors:
+        error = errors.pop(0)
+        yield Skip(str(error.filename), "unreadable", f"cannot be listed ({error.strerror})")
+
+
+def _wanted(relative: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether a path inside a folder matches an `include` pattern (if any) and no `exclude`
+    pattern; a pattern matches the path or the file name, and `*` crosses folders."""
+    name = relative.rsplit("/", 1)[-1]
+    matches = [fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in include]
+    excluded = any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(name, p) for p in exclude)
+    return (not include or any(matches)) and not excluded
+
+
+def _is_hub_id(item: str) -> bool:
+    return item.count("/") == 1 and not item.startswith((".", "/", "~"))
+
+
+__all__ = ["SUFFIXES", "Document", "Skip", "read_documents"]

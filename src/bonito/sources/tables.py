@@ -1,80 +1,160 @@
-"""JSON Lines, JSON, CSV/TSV and Parquet: one Document per row, text from one field."""
+"""JSON Lines, JSON, CSV/TSV and Parquet: one Document per row, its text from one field. A bad
+row is a Skip and the rows around it are still read; nothing holds more than one row at a time
+but a .json file, which is parsed whole."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from bonito.errors import BonitoError
-from bonito.sources.document import Document
+from bonito.sources.document import Document, Skip, Unreadable
+from bonito.sources.text import MAX_LINE, decode, detect
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+Row = tuple[str, int, Any]
+"""Where a row is ("line 3", "row 3"), its number, and the record read there."""
 
 
-def read_table(path: Path, text_field: str) -> Iterator[Document]:
+def read_table(path: Path, text_field: str) -> Iterator[Document | Skip]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         rows = _parquet_rows(path, text_field)
     elif suffix in (".csv", ".tsv"):
-        rows = _csv_rows(path, "\t" if suffix == ".tsv" else ",")
-    else:
+        rows = _csv_rows(path, text_field, "\t" if suffix == ".tsv" else ",")
+    elif suffix == ".json":
         rows = _json_rows(path)
-    for row_number, row in rows:
-        if text_field not in row:
-            raise BonitoError(
-                f"{path} row {row_number} has no field '{text_field}' (it has: "
-                f"{', '.join(map(str, row)) or 'nothing'}); name the text field with --context-col."
-            )
-        value = row[text_field]
-        text = "" if value is None else str(value)
-        yield Document(f"{path}:{row_number}", text, str(path), {"row": row_number})
+    else:
+        rows = _json_lines(path)
+    source = str(path)
+    for row in rows:
+        yield row if isinstance(row, Skip) else _document(source, text_field, *row)
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as file:
-        first = file.read(1)
+def row_document(source: str, where: str, number: int, value: Any) -> Document | Skip:
+    """The Document for one row's text value, or why it has none."""
+    if isinstance(value, str) and value.strip():
+        return Document(f"{source}:{number}", value, source, {"row": number})
+    if value is None or isinstance(value, str):
+        return Skip(source, "empty", f"{where} has no text")
+    return Skip(source, "not_text", f"{where} holds a {type(value).__name__}, not text")
+
+
+def _document(source: str, text_field: str, where: str, number: int, record: Any):
+    if not isinstance(record, dict):
+        return Skip(source, "not_an_object", f"{where} is not a JSON object with fields")
+    if text_field not in record:
+        return Skip(
+            source,
+            "missing_field",
+            f"{where} has no field '{text_field}' (it has: "
+            f"{', '.join(map(str, record)) or 'nothing'}); name the text field with --text-field",
+        )
+    return row_document(source, where, number, record[text_field])
+
+
+def _json_lines(path: Path) -> Iterator[Row | Skip]:
+    source = str(path)
+    with path.open("rb") as file:
+        encoding = _ascii_compatible(detect(file.read(2**16)))
         file.seek(0)
-        if path.suffix.lower() == ".json" and first == "[":
-            yield from _numbered(json.load(file), path)
-            return
-        for number, line in enumerate(file, start=1):
-            if line.strip():
-                yield from _numbered([_json_line(line, path, number)], path, start=number)
+        for number, line in enumerate(_lines(file), start=1):
+            where = f"line {number}"
+            if line is None:
+                yield Skip(source, "line_too_long", f"{where} is longer than {MAX_LINE:,} bytes")
+                continue
+            try:
+                text = line.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                yield Skip(source, "encoding", f"{where} is not valid {encoding} ({error.reason})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield where, number, json.loads(text)
+            except json.JSONDecodeError as error:
+                detail = f"{where} is not valid JSON ({error.msg} at column {error.colno})"
+                yield Skip(source, "invalid_json", detail)
 
 
-def _json_line(line: str, path: Path, number: int) -> Any:
+def _lines(file: BinaryIO) -> Iterator[bytes | None]:
+    """Lines of a binary file; None for a line longer than MAX_LINE (read past, never held)."""
+    while line := file.readline(MAX_LINE + 1):
+        if len(line) <= MAX_LINE:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = file.readline(MAX_LINE)
+        yield None
+
+
+def _json_rows(path: Path) -> Iterator[Row]:
+    """A JSON array of rows or one object; a file of JSON Lines named .json is read as such."""
     try:
-        return json.loads(line)
+        value = json.loads(decode(path.read_bytes()))
     except json.JSONDecodeError as error:
-        raise BonitoError(f"{path} line {number} is not valid JSON ({error.msg}).") from error
+        if error.msg == "Extra data":
+            yield from _json_lines(path)
+            return
+        raise Unreadable(
+            "invalid_json",
+            f"is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})",
+        ) from error
+    rows = value if isinstance(value, list) else [value]
+    for number, row in enumerate(rows, start=1):
+        yield f"row {number}", number, row
 
 
-def _numbered(rows: Iterable[Any], path: Path, start: int = 1):
-    for number, row in enumerate(rows, start=start):
-        if not isinstance(row, dict):
-            raise BonitoError(f"{path} row {number} is not a JSON object; each row needs fields.")
-        yield number, row
+def _csv_rows(path: Path, text_field: str, delimiter: str) -> Iterator[Row]:
+    csv.field_size_limit(MAX_LINE)  # the default (128 KiB) would refuse long passages
+    number = 0
+    with path.open("rb") as raw:
+        encoding = _ascii_compatible(detect(raw.read(2**16)))
+        raw.seek(0)
+        try:
+            with io.TextIOWrapper(raw, encoding=encoding, newline="") as file:
+                reader = csv.DictReader(file, delimiter=delimiter)
+                require_column(text_field, reader.fieldnames or [])
+                for number, row in enumerate(reader, start=1):
+                    yield f"row {number}", number, row
+        except UnicodeDecodeError as error:
+            raise Unreadable(
+                "encoding", f"is not valid {encoding} after row {number} ({error.reason})"
+            ) from error
+        except csv.Error as error:
+            raise Unreadable("corrupt", f"is not valid CSV after row {number} ({error})") from error
 
 
-def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as file:
-        yield from enumerate(csv.DictReader(file, delimiter=delimiter), start=1)
-
-
-def _parquet_rows(path: Path, text_field: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _parquet_rows(path: Path, text_field: str) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path)
-    if text_field not in table.schema_arrow.names:
-        raise BonitoError(
-            f"{path} has no column '{text_field}' (it has: {', '.join(table.schema_arrow.names)}); "
-            "name the text column with --context-col."
-        )
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise Unreadable("corrupt", f"is not a readable Parquet file ({error})") from error
+    require_column(text_field, table.schema_arrow.names)
     number = 0
-    for batch in table.iter_batches(columns=[text_field]):
+    for batch in table.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
             number += 1
-            yield number, {text_field: value}
+            yield f"row {number}", number, {text_field: value}
+
+
+def require_column(name: str, columns: list[str]) -> None:
+    """Raise Unreadable unless a table with these columns has the text column."""
+    if name not in columns:
+        raise Unreadable(
+            "missing_field",
+            f"has no column '{name}' (it has: {', '.join(columns) or 'nothing'}); "
+            "name the text column with --text-field",
+        )
+
+
+def _ascii_compatible(encoding: str) -> str:
+    if encoding.startswith(("utf-16", "utf-32")):
+        raise Unreadable("encoding", f"is {encoding.upper()}; save it as UTF-8 to read it")
+    return encoding

@@ -1,23 +1,84 @@
-"""Plain text and markdown: one Document per paragraph (blocks separated by blank lines)."""
+"""Plain text: encoding detection, whitespace normalisation, and .txt/.md files (one Document
+each; chunking does the splitting)."""
 
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-from bonito.errors import BonitoError
-from bonito.sources.document import Document
+from bonito.sources.document import Document, Unreadable, require
 
 TEXT_SUFFIXES = (".txt", ".md")
-_BLANK_LINES = re.compile(r"\n\s*\n")
+MAX_LINE = 8 * 2**20
+"""Longest line read, in bytes: a longer one is data, not running text."""
+
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_WESTERN = "cp1252"
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def read_text(path: Path) -> Iterator[Document]:
+def read_text(path: Path) -> Document:
+    data = path.read_bytes()
+    if len(data) > MAX_LINE:
+        longest = len(max(data.splitlines(), key=len))
+        if longest > MAX_LINE:
+            raise Unreadable(
+                "line_too_long",
+                f"has a line of {longest:,} bytes (the limit is {MAX_LINE:,}); "
+                "it is data, not running text",
+            )
+    text = normalize(decode(data))
+    if not text:
+        raise Unreadable("empty", "has no text")
+    return Document(str(path), text, str(path))
+
+
+def decode(data: bytes) -> str:
+    """Text in the encoding `detect` finds from the first MiB; Unreadable where it does not hold."""
+    encoding = detect(data[: 2**20])
     try:
-        content = path.read_text(encoding="utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise BonitoError(f"{path} is not UTF-8 text; convert it to UTF-8.") from error
-    paragraphs = (p.strip() for p in _BLANK_LINES.split(content))
-    for number, paragraph in enumerate((p for p in paragraphs if p), start=1):
-        yield Document(f"{path}:{number}", paragraph, str(path), {"paragraph": number})
+        raise Unreadable(
+            "encoding", f"is not valid {encoding} text (at byte {error.start:,})"
+        ) from error
+
+
+def detect(sample: bytes) -> str:
+    """The encoding of text starting with `sample`: a byte-order mark, else UTF-8 when it holds
+    valid UTF-8 characters, else charset-normalizer's best guess (Windows-1252 among equals).
+    Binary data raises Unreadable."""
+    for bom, encoding in _BOMS:
+        if sample.startswith(bom):
+            return encoding
+    if b"\0" in sample:
+        raise Unreadable("binary", "is binary data, not text (it holds NUL bytes)")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        text = sample.decode("utf-8", errors="replace")
+    if len(text) - len(text.encode("ascii", errors="ignore")) > text.count("\ufffd"):
+        return "utf-8"  # it holds valid UTF-8 characters: the bad bytes are errors in it
+    charset_normalizer = require("charset_normalizer", "Text that is not UTF-8")
+    matches = charset_normalizer.from_bytes(sample)
+    best = matches.best()
+    if best is None:
+        raise Unreadable("binary", "is binary data, not text in any known encoding")
+    ties = (m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence))
+    if any(_WESTERN in m.could_be_from_charset for m in ties):
+        return _WESTERN  # short samples fit several code pages: take the commonest
+    return best.encoding
+
+
+def normalize(text: str) -> str:
+    """Single spaces, no spaces around line breaks, at most one blank line between paragraphs."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return _BLANK_LINES.sub("\n\n", "\n".join(" ".join(line.split()) for line in lines)).strip()

@@ -1,0 +1,32 @@
+"""Word .docx with python-docx: paragraphs and tables in document order."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from bonito.sources.document import Document, Unreadable, require
+from bonito.sources.text import normalize
+
+
+def read_docx(path: Path) -> Document:
+    docx = require("docx", "Reading .docx")
+    try:
+        document = docx.Document(str(path))
+    except (docx.opc.exceptions.PackageNotFoundError, zipfile.BadZipFile, KeyError) as error:
+        raise Unreadable(
+            "corrupt", "is not a readable .docx (damaged, password-protected or another format)"
+        ) from error
+    blocks = (_text(block) for block in document.iter_inner_content())
+    text = normalize("\n\n".join(blocks))
+    if not text:
+        raise Unreadable("empty", "has no text")
+    title = document.core_properties.title
+    return Document(str(path), text, str(path), {"title": title} if title else {})
+
+
+def _text(block) -> str:
+    """A paragraph's text, or a table as one line per row with its cells joined by ' | '."""
+    if hasattr(block, "rows"):
+        return "\n".join(" | ".join(dict.fromkeys(c.text for c in row.cells)) for row in block.rows)
+    return block.text

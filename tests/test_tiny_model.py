@@ -1,0 +1,214 @@
+"""The offline tiny generator and the training function it is built with."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from bonito import TASK_TYPES, SamplingParams, Task, build_prompt, parse_task
+from bonito.engines.transformers import TransformersEngine
+from bonito.tiny_model import build_tiny_model, load_examples
+from bonito.training import IGNORE_INDEX, build_example, collate, target_loss, train
+
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+MARKERS = ["<|tasktype|>", "<|context|>", "<|task|>", "<|pipe|>", "{{context}}"]
+HELD_OUT = [
+    "The library will close early on Friday for staff training. Books due that day can be "
+    "returned on Saturday without a late fee.",
+    "Glass recycling saves energy because melting old glass needs less heat than making new "
+    "glass from sand. Many towns ask residents to rinse jars and remove the lids first.",
+    "Der Zug nach München fährt um 9:15 Uhr ab — bitte rechtzeitig einsteigen. Tickets kosten "
+    "29 € und gelten den ganzen Tag.",
+    "Participants who took the supplement for twelve weeks reported less joint pain than those "
+    "given a placebo (p = 0.03). No serious adverse events occurred, although three people "
+    "stopped early because of mild stomach upset.",
+    "Update: switching the router from channel 6 to channel 11 fixed the dropouts. My laptop "
+    "now keeps a stable connection even in the kitchen, which never happened before, and the "
+    "video calls no longer freeze.",
+    "Our community orchestra began twenty years ago with nine players in a church hall. Today "
+    "it has more than sixty members, from teenagers to retired teachers, and gives four free "
+    "concerts a year. Rehearsals are on Wednesday evenings, and anyone who can read music is "
+    "welcome to join, although string players are especially needed. The orchestra pays for "
+    "its sheet music and the hall with small donations collected at each concert, and a local "
+    "bakery provides coffee and pastries during the interval. Last spring the group played "
+    "its first concert outdoors, in the park by the river, and more than eight hundred people "
+    "came to listen despite the cold wind.",
+]
+SAMPLING = SamplingParams(temperature=0.5, max_tokens=128, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return TransformersEngine(str(tiny_model), device="cpu")
+
+
+def parse_rate(engine, items: list[tuple[str, str]]) -> float:
+    completions = engine.generate([build_prompt(c, t) for c, t in items], SAMPLING)
+    parsed = [
+        parse_task(c[0].text, context) for c, (context, _) in zip(completions, items, strict=True)
+    ]
+    return sum(isinstance(p, Task) for p in parsed) / len(items)
+
+
+def test_examples_cover_every_task_type_with_a_placeholder():
+    examples = load_examples()
+    assert {e["task_type"] for e in examples} == {t.short for t in TASK_TYPES}
+    assert all(e["context"] and e["output"] for e in examples)
+    assert sum("{{context}}" in e["input"] for e in examples) > 0.9 * len(examples)
+
+
+def test_tokenizer_prepends_bos_exactly_once(tokenizer):
+    for text in ["hello", build_prompt("A cat sat.", "nli")]:
+        ids = tokenizer(text).input_ids
+        assert ids[0] == tokenizer.bos_token_id
+        assert ids.count(tokenizer.bos_token_id) == 1
+        assert ids[1:] == tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_markers_are_ordinary_text_and_any_text_round_trips(tokenizer):
+    context = "Ünïcödé passage — 東京 🐟, ΔΨm ± 0.5 µg, \t tabs and  double  spaces."
+    text = build_prompt(context, "nli") + "{{context}}\n\nTrue or false?\n<|pipe|>\nTrue"
+    ids = tokenizer(text).input_ids
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    assert not special & set(MARKERS)
+    for marker in MARKERS:
+        assert len(tokenizer(marker, add_special_tokens=False).input_ids) == 1
+
+
+def test_saved_model_loads_with_auto_classes(tiny_model, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert isinstance(model, MistralForCausalLM)
+    assert model.config.max_position_embeddings == 4096
+    assert model.config.vocab_size == len(tokenizer)
+    generation = model.generation_config
+    assert (generation.bos_token_id, generation.eos_token_id, generation.pad_token_id) == (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
+    assert len({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}) == 3
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    first, again, other = (
+        build_tiny_model(tmp_path / name, seed=seed, epochs=0.05)
+        for name, seed in [("first", 1), ("again", 1), ("other", 2)]
+    )
+    for name in ["model.safetensors", "tokenizer.json", "config.json"]:
+        assert (first / name).read_bytes() == (again / name).read_bytes()
+    assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+def test_build_example_labels_only_the_target_and_eos(tokenizer):
+    source = build_prompt("The river rose overnight.", "ynqa")
+    target = "{{context}}\n\nDid the river rise?\n<|pipe|>\nYes"
+    src = tokenizer(source, add_special_tokens=False).input_ids
+    tgt = tokenizer(target, add_special_tokens=False).input_ids
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    ids, labels = build_example(source, target, tokenizer)
+    assert ids == [bos, *src, *tgt, eos]
+    assert labels == [IGNORE_INDEX] * (1 + len(src)) + [*tgt, eos]
+
+    ids, labels = build_example(source, target, tokenizer, max_source_length=4, max_target_length=3)
+    assert ids == [bos, *src[:3], *tgt[:3]]
+    assert labels == [IGNORE_INDEX] * 4 + tgt[:3]
+
+
+def test_collate_pads_right_without_attention_or_loss():
+    batch = collate([([5, 6, 7], [-100, 6, 7]), ([5, 8], [-100, 8])], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 8, -100]]
+
+
+def test_target_loss_equals_the_models_own_loss(tiny_model, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    examples = [
+        build_example(build_prompt(c, t), "{{context}}\n<|pipe|>\nYes", tokenizer)
+        for c, t in [(HELD_OUT[0], "ynqa"), (HELD_OUT[5], "te")]
+    ]
+    batch = collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert torch.allclose(target_loss(model, batch), model(**batch).loss, atol=1e-5)
+
+
+def small_model(vocab_size: int) -> MistralForCausalLM:
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    return MistralForCausalLM(config)
+
+
+def test_train_is_seeded_and_learns_the_targets(tokenizer):
+    pairs = [(f"<|context|>\nPassage {i}.\n<|task|>\n", f"Answer {i % 2}") for i in range(4)]
+    batch = collate([build_example(s, t, tokenizer) for s, t in pairs], tokenizer.pad_token_id)
+    model = small_model(len(tokenizer))
+    with torch.no_grad():
+        before = target_loss(model, batch).item()
+
+    trained = [
+        train(pairs, small_model(len(tokenizer)), tokenizer, epochs=30, lr=1e-2, batch_size=4)
+        for _ in range(2)
+    ]
+    first, second = (m.state_dict() for m in trained)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not trained[0].training
+    with torch.no_grad():
+        assert target_loss(trained[0], batch).item() < before / 4
+
+
+def test_train_adds_a_pad_token_when_the_tokenizer_has_none():
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "yes": 3, "no": 4, "river": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    model = small_model(len(vocab))
+    train([("river yes", "no"), ("river", "yes no")], model, tokenizer, epochs=1, batch_size=2)
+    assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == len(vocab)
+    assert model.get_input_embeddings().num_embeddings == len(vocab) + 1
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_parse_rate_on_held_out_passages(engine):
+    items = [(context, t.short) for context in HELD_OUT for t in TASK_TYPES]
+    assert parse_rate(engine, items) >= 0.8
+
+
+def test_parse_rate_on_real_passages(engine):
+    files = sorted(SHARED_DATA.glob("**/*passages.jsonl"))
+    if not files:
+        pytest.skip(f"shared data not found at {SHARED_DATA} (real passages for this check)")
+    rng = random.Random(0)
+    items = []
+    for i in range(100):
+        lines = files[i % len(files)].read_text(encoding="utf-8").splitlines()
+        items.append((json.loads(rng.choice(lines))["text"], rng.choice(TASK_TYPES).short))
+    assert parse_rate(engine, items) >= 0.8

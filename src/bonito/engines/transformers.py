@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from bonito.engines.base import Completion, Progress
 from bonito.engines.models import check_model_path, model_load_error
@@ -91,6 +91,9 @@ class TransformersEngine:
         self.device = device or default_device()
         self.batch_size = batch_size
         self.tokenizer, self.lm = load_model(model, self.device, dtype, **model_kwargs)
+        eos = self.lm.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos) if isinstance(eos, list) else {eos}
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids as vLLM sends them: the tokenizer's special tokens (BOS), never BOS twice."""
@@ -144,61 +147,81 @@ class TransformersEngine:
         memory = psutil.virtual_memory().available * 0.5 // (per_token * 2)
         return max(1, int(min(CPU_TOKEN_BUDGET, memory)))
 
-    def generation_config(self, sampling: SamplingParams) -> GenerationConfig:
-        """Exactly the sampling asked for: no top-k or penalties from the model's own defaults."""
-        sample = sampling.temperature > 0
-        return GenerationConfig(
-            max_new_tokens=sampling.max_tokens,
-            do_sample=sample,
-            temperature=sampling.temperature if sample else None,
-            top_p=sampling.top_p if sample else None,
-            top_k=0 if sample else None,
-            num_return_sequences=sampling.n,
-            stop_strings=list(sampling.stop) or None,
-            eos_token_id=self.lm.generation_config.eos_token_id or self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id,
-        )
-
     @torch.inference_mode()
     def generate_batch(
         self, encoded: list[list[int]], batch: list[int], sampling: SamplingParams
     ) -> list[list[Completion]]:
-        width = max(len(encoded[i]) for i in batch)
+        """Decode one left-padded batch (n rows a prompt), dropping each row from the batch and
+        its KV cache the step it ends, so finished samples cost nothing while others go on."""
+        rows = [encoded[i] for i in batch for _ in range(sampling.n)]
+        width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch])
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor(
-            [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch]
+            [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device
         )
-        output = self.lm.generate(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            generation_config=self.generation_config(sampling),
-            tokenizer=self.tokenizer if sampling.stop else None,
-        )
-        new_tokens = output[:, width:].tolist()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.lm.config)
+        live = list(range(len(rows)))
+        tokens: list[list[int]] = [[] for _ in rows]
+        for _ in range(sampling.max_tokens):
+            logits = self.lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
+            chosen = pick_tokens(logits[:, -1].float(), sampling)
+            keep = []
+            for slot, (row, token) in enumerate(zip(live, chosen.tolist(), strict=True)):
+                tokens[row].append(token)
+                if not self.ended(tokens[row], sampling):
+                    keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(live):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                chosen, mask, positions = chosen[index], mask[index], positions[index]
+                live = [live[slot] for slot in keep]
+            ids = chosen[:, None]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            positions = positions[:, -1:] + 1
         n = sampling.n
         return [
-            [
-                self.completion(new_tokens[row * n + k], len(encoded[index]), sampling)
-                for k in range(n)
-            ]
-            for row, index in enumerate(batch)
+            [self.completion(tokens[row * n + k], len(encoded[i]), sampling) for k in range(n)]
+            for row, i in enumerate(batch)
         ]
 
+    def ended(self, tokens: list[int], sampling: SamplingParams) -> bool:
+        """End of sequence, a stop string in the text so far, or max_tokens reached."""
+        if tokens[-1] in self.eos_ids or len(tokens) >= sampling.max_tokens:
+            return True
+        return bool(sampling.stop) and any(
+            stop in self.tokenizer.decode(tokens) for stop in sampling.stop
+        )
+
     def completion(self, tokens: list[int], prompt_tokens: int, sampling: SamplingParams):
-        """Text up to the end of sequence or first stop string (excluded, as vLLM does)."""
-        eos = self.lm.generation_config.eos_token_id or self.tokenizer.eos_token_id
-        eos_ids = set(eos) if isinstance(eos, list) else {eos}
-        end = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
-        if end is not None:
-            tokens, finish = tokens[: end + 1], "stop"
-        else:
-            while tokens and tokens[-1] == self.tokenizer.pad_token_id:
-                tokens = tokens[:-1]  # padding after a stop string ended this row early
-            finish = "length" if len(tokens) >= sampling.max_tokens else "stop"
+        """The text before end of sequence or the first stop string (excluded, as vLLM does)."""
+        cut_short = len(tokens) >= sampling.max_tokens and tokens[-1] not in self.eos_ids
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         cuts = [text.find(s) for s in sampling.stop if s in text]
         if cuts:
-            text, finish = text[: min(cuts)], "stop"
-        return Completion(text, finish, prompt_tokens, len(tokens))
+            text, cut_short = text[: min(cuts)], False
+        return Completion(text, "length" if cut_short else "stop", prompt_tokens, len(tokens))
+
+
+def pick_tokens(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+    """The next token of each row: greedy at temperature 0, else sampled at the temperature from
+    the smallest set of tokens whose probability reaches top_p (no top-k), as vLLM samples."""
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / sampling.temperature
+    if sampling.top_p < 1:
+        ranked, order = logits.sort(dim=-1, descending=True)
+        probs = ranked.softmax(-1)
+        ranked[probs.cumsum(-1) - probs >= sampling.top_p] = float("-inf")
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ranked)
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)

@@ -160,9 +160,10 @@ def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[t
 
 
 def build_tiny_model(path: str | Path, seed: int = 0, *, epochs: float = EPOCHS) -> Path:
-    """Build, train and save the tiny generator in `path` (about 45 s on two CPU cores; fewer
-    `epochs` for a quicker, worse one). The same seed gives the same files on the same machine.
-    It loads with AutoTokenizer and AutoModelForCausalLM and runs on any bonito engine."""
+    """Build, train and save the tiny generator in `path`: under a minute, on one CPU thread so
+    that the same seed gives the same files whatever the core count, and a busy CPU does not stall
+    it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
+    AutoModelForCausalLM and runs on any bonito engine."""
     path = Path(path)
     examples = load_examples()
     pairs = training_pairs(examples, random.Random(seed))

@@ -7,7 +7,7 @@ import torch
 
 from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import choose_engine, load_engine
-from bonito.engines.transformers import TransformersEngine
+from bonito.engines.transformers import NUCLEUS_CANDIDATES, TransformersEngine, pick_tokens
 
 PASSAGES = [
     "Short one.",
@@ -77,6 +77,28 @@ def test_n_samples_seeded_reproducible_and_distinct(engine):
     )
     assert other != first
     assert any(len({c.text for c in o}) > 1 for o in first)
+
+
+@pytest.mark.parametrize("spread", ["peaked", "flat"])
+def test_top_p_samples_the_nucleus_in_proportion(spread):
+    """Draws stay inside the smallest set reaching top_p and follow its renormalised
+    probabilities, both when the nucleus is among the first candidates and when it is not."""
+    vocab = 4 * NUCLEUS_CANDIDATES
+    probs = torch.linspace(2.0, 1.0, vocab)[
+        torch.randperm(vocab, generator=torch.Generator().manual_seed(1))
+    ]
+    if spread == "peaked":
+        probs[:4] = torch.tensor([4000.0, 2000.0, 1000.0, 500.0])
+    probs /= probs.sum()
+    sampling = SamplingParams(temperature=1.0, top_p=0.8, seed=0)
+    ranked, order = probs.sort(descending=True)
+    nucleus = order[ranked.cumsum(0) - ranked < 0.8]
+    torch.manual_seed(0)
+    draws = pick_tokens(probs.log().repeat(20_000, 1), sampling)
+    assert set(draws.tolist()) <= set(nucleus.tolist())
+    counts = torch.bincount(draws, minlength=vocab)[nucleus].float()
+    expected = probs[nucleus] / probs[nucleus].sum()
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.01)
 
 
 def test_text_is_only_the_completion(engine):

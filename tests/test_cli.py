@@ -78,12 +78,17 @@ def test_generate_writes_tasks_and_summary(tiny_model, inputs, capsys, monkeypat
         {"source": str(inputs / "p.jsonl"), "reason": "empty", "detail": "line 4 has no text"}
     ) + "\n"
     assert counts["samples"] == 4 * 2 * 2
-    assert counts["accepted"] + sum(counts["rejected"].values()) == counts["samples"]
-    assert summary["config"]["task_types"] == ["ynqa", "exqa"]
+    assert (
+        counts["accepted"] + counts["duplicates"] + sum(counts["rejected"].values())
+        == counts["samples"]
+    )
+    assert summary["config"]["task_mix"] == {"ynqa": 1.0, "exqa": 1.0}
+    assert summary["state"] == "finished"
     tasks = read_tasks(out)
-    assert len(tasks) == counts["accepted"] >= 8
+    assert len(tasks) == counts["accepted"] >= 1
     first = tasks[0]
     assert set(first) == {
+        "id",
         "input",
         "output",
         "task_type",
@@ -191,7 +196,7 @@ def test_bad_input_is_one_clear_message(tiny_model, inputs, capsys, monkeypatch,
     assert "Traceback" not in err
 
 
-def test_existing_run_is_not_overwritten(tiny_model, inputs, capsys, monkeypatch):
+def test_the_same_command_resumes_and_another_is_refused(tiny_model, inputs, capsys, monkeypatch):
     args = [
         "generate",
         inputs / "p.csv",
@@ -207,9 +212,16 @@ def test_existing_run_is_not_overwritten(tiny_model, inputs, capsys, monkeypatch
         16,
     ]
     assert run_cli(args, capsys, monkeypatch)[0] == 0
-    code, _, err = run_cli(args, capsys, monkeypatch)
-    assert code == 1 and "already exists; choose another --output or pass --overwrite" in err
-    assert run_cli([*args, "--overwrite"], capsys, monkeypatch)[0] == 0
+    first = (inputs / "again" / "tasks.jsonl").read_text()
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "finished" in stdout and "loading" not in err  # nothing left to do
+    assert (inputs / "again" / "tasks.jsonl").read_text() == first
+    code, _, err = run_cli([*args, "--temperature", "0.7"], capsys, monkeypatch)
+    assert code == 1 and "holds a run with another configuration" in err
+    assert "sampling.temperature: 0.5 -> 0.7" in err and "Traceback" not in err
+    assert run_cli([*args, "--temperature", "0.7", "--overwrite"], capsys, monkeypatch)[0] == 0
+    summary = json.loads((inputs / "again" / "summary.json").read_text())
+    assert summary["config"]["sampling"]["temperature"] == 0.7
 
 
 def test_console_script_reports_errors_without_traceback(inputs):

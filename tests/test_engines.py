@@ -1,13 +1,20 @@
 """The transformers engine on the project's tiny generator; engine choice and load errors."""
 
 import importlib.util
+import math
 
 import pytest
 import torch
 
 from bonito import BonitoError, SamplingParams, build_prompt
-from bonito.engines import choose_engine, load_engine
-from bonito.engines.transformers import NUCLEUS_CANDIDATES, TransformersEngine, pick_tokens
+from bonito.engines import choose_engine, generate_all, load_engine
+from bonito.engines.transformers import (
+    NUCLEUS_CANDIDATES,
+    TransformersEngine,
+    pick_tokens,
+    race_noise,
+)
+from bonito.sampling import derive_seed
 
 PASSAGES = [
     "Short one.",
@@ -48,7 +55,7 @@ def plain_greedy(engine, prompt, max_tokens):
 def test_batched_greedy_equals_plain_generate_per_prompt(engine, batch_size):
     engine.batch_size = batch_size
     try:
-        outputs = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=40))
+        outputs = generate_all(engine, PROMPTS, SamplingParams(temperature=0, max_tokens=40))
     finally:
         engine.batch_size = None
     assert [o[0].text for o in outputs] == [plain_greedy(engine, p, 40) for p in PROMPTS]
@@ -69,11 +76,11 @@ def test_batches_are_length_sorted_and_sized(engine):
 
 def test_n_samples_seeded_reproducible_and_distinct(engine):
     sampling = SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=11)
-    first = engine.generate(PROMPTS[:4], sampling)
+    first = generate_all(engine, PROMPTS[:4], sampling)
     assert [len(o) for o in first] == [3, 3, 3, 3]
-    assert engine.generate(PROMPTS[:4], sampling) == first
-    other = engine.generate(
-        PROMPTS[:4], SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
+    assert generate_all(engine, PROMPTS[:4], sampling) == first
+    other = generate_all(
+        engine, PROMPTS[:4], SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
     )
     assert other != first
     assert any(len({c.text for c in o}) > 1 for o in first)
@@ -93,8 +100,8 @@ def test_top_p_samples_the_nucleus_in_proportion(spread):
     sampling = SamplingParams(temperature=1.0, top_p=0.8, seed=0)
     ranked, order = probs.sort(descending=True)
     nucleus = order[ranked.cumsum(0) - ranked < 0.8]
-    torch.manual_seed(0)
-    draws = pick_tokens(probs.log().repeat(20_000, 1), sampling)
+    seeds = torch.tensor([derive_seed(0, row) for row in range(20_000)])
+    draws = pick_tokens(probs.log().repeat(20_000, 1), sampling, seeds, step=0)
     assert set(draws.tolist()) <= set(nucleus.tolist())
     counts = torch.bincount(draws, minlength=vocab)[nucleus].float()
     expected = probs[nucleus] / probs[nucleus].sum()
@@ -102,7 +109,7 @@ def test_top_p_samples_the_nucleus_in_proportion(spread):
 
 
 def test_text_is_only_the_completion(engine):
-    for outputs in engine.generate(PROMPTS, SamplingParams(max_tokens=64, seed=0)):
+    for outputs in generate_all(engine, PROMPTS, SamplingParams(max_tokens=64, seed=0)):
         completion = outputs[0]
         assert "<|tasktype|>" not in completion.text and "<|context|>" not in completion.text
         assert engine.tokenizer.eos_token not in completion.text
@@ -110,22 +117,67 @@ def test_text_is_only_the_completion(engine):
 
 
 def test_stop_strings_and_finish_reasons(engine):
-    stopped = engine.generate(
-        PROMPTS[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
+    stopped = generate_all(
+        engine, PROMPTS[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
     )
     for outputs in stopped:
         assert "<|pipe|>" not in outputs[0].text
         assert outputs[0].finish_reason == "stop"
-    cut = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=3, seed=0))
+    cut = generate_all(engine, PROMPTS[:2], SamplingParams(max_tokens=3, seed=0))
     assert [(o[0].finish_reason, o[0].completion_tokens) for o in cut] == [("length", 3)] * 2
-    ended = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=128, temperature=0))
+    ended = generate_all(engine, PROMPTS[:2], SamplingParams(max_tokens=128, temperature=0))
     assert all(o[0].finish_reason == "stop" and o[0].completion_tokens < 128 for o in ended)
 
 
-def test_progress_counts_every_prompt(engine):
-    seen = []
-    engine.generate(PROMPTS, SamplingParams(max_tokens=4), progress=seen.append)
-    assert sum(seen) == len(PROMPTS)
+def test_every_prompt_is_yielded_once_in_groups(engine):
+    engine.batch_size = 4
+    try:
+        groups = list(engine.generate(PROMPTS, SamplingParams(max_tokens=4, seed=0)))
+    finally:
+        engine.batch_size = None
+    assert [len(g) for g in groups] == [4, 4, 2]
+    assert sorted(i for g in groups for i, _ in g) == list(range(len(PROMPTS)))
+
+
+def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(engine):
+    """With per-prompt seeds, a prompt gets the same samples alone, in a batch of others, at
+    another position or batch size: what resuming a run relies on."""
+    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=32)
+    seeds = [derive_seed(7, i) for i in range(len(PROMPTS))]
+    together = generate_all(engine, PROMPTS, sampling, seeds)
+    engine.batch_size = 3
+    try:
+        alone = [
+            generate_all(engine, [p], sampling, [s])[0] for p, s in zip(PROMPTS, seeds, strict=True)
+        ]
+        reversed_ = generate_all(engine, PROMPTS[::-1], sampling, seeds[::-1])[::-1]
+    finally:
+        engine.batch_size = None
+    assert alone == together == reversed_
+    assert generate_all(engine, PROMPTS, sampling, [s + 1 for s in seeds]) != together
+
+
+def test_race_noise_is_splitmix64_and_exponential():
+    """The vectorised hash equals a plain-Python SplitMix64 (so int64 arithmetic wraps as
+    assumed), and the noise it gives has the mean and spread of Exp(1)."""
+
+    def reference(seed: int, step: int, token: int) -> float:
+        mask = (1 << 64) - 1
+        x = (seed + (step * (1 << 32) + token) * 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        x ^= x >> 31
+        return -math.log(((x >> 11) + 0.5) * 2.0**-53)
+
+    seeds = torch.tensor([0, 1, derive_seed("a"), (1 << 63) - 1])
+    tokens = torch.tensor([[0, 5, 31999]] * 4)
+    noise = race_noise(seeds, 3, tokens)
+    expected = [
+        [reference(int(s), 3, int(t)) for t in row] for s, row in zip(seeds, tokens, strict=True)
+    ]
+    assert torch.allclose(noise, torch.tensor(expected, dtype=torch.float64), rtol=1e-12)
+    many = race_noise(torch.tensor([derive_seed(1)]), 0, torch.arange(200_000)[None])
+    assert abs(many.mean().item() - 1) < 0.01 and abs(many.std().item() - 1) < 0.01
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")

@@ -59,7 +59,7 @@ def test_coerce_from_a_vllm_style_object():
 
 def test_mapping_to_vllm_round_trips():
     ours = SamplingParams(n=4, temperature=0.3, top_p=0.8, max_tokens=99, seed=7, stop=("a", "b"))
-    kwargs = vllm_sampling_kwargs(ours)
+    kwargs = vllm_sampling_kwargs(ours, seed=7)
     assert kwargs == {
         "n": 4,
         "temperature": 0.3,
@@ -70,11 +70,11 @@ def test_mapping_to_vllm_round_trips():
     }
     assert set(kwargs) <= {f.name for f in fields(VLLMLikeSamplingParams)}
     assert SamplingParams.coerce(VLLMLikeSamplingParams(**kwargs)) == ours
-    assert vllm_sampling_kwargs(SamplingParams())["stop"] is None
+    assert vllm_sampling_kwargs(SamplingParams(), seed=None)["stop"] is None
 
 
 def test_real_vllm_sampling_params_accepts_the_mapping():
     vllm = pytest.importorskip("vllm", reason="vLLM is not installed (it needs Linux with CUDA)")
     ours = SamplingParams(n=2, temperature=0.7, seed=1, stop=("x",))
-    theirs = vllm.SamplingParams(**vllm_sampling_kwargs(ours))
+    theirs = vllm.SamplingParams(**vllm_sampling_kwargs(ours, seed=1))
     assert SamplingParams.coerce(theirs) == ours

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from bonito import TASK_TYPES, SamplingParams, Task, build_prompt, parse_task
+from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
 from bonito.tiny_model import build_tiny_model, load_examples
 from bonito.training import IGNORE_INDEX, build_example, collate, target_loss, train
@@ -58,7 +59,7 @@ def engine(tiny_model):
 
 
 def parse_rate(engine, items: list[tuple[str, str]]) -> float:
-    completions = engine.generate([build_prompt(c, t) for c, t in items], SAMPLING)
+    completions = generate_all(engine, [build_prompt(c, t) for c, t in items], SAMPLING)
     parsed = [
         parse_task(c[0].text, context) for c, (context, _) in zip(completions, items, strict=True)
     ]

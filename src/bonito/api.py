@@ -9,9 +9,8 @@ from tqdm.auto import tqdm
 
 from bonito.engines import load_engine
 from bonito.errors import BonitoError
-from bonito.format import Task
-from bonito.run import Request, Summary, generate_samples
-from bonito.sampling import SamplingParams
+from bonito.generation import Request, Summary, generate_samples
+from bonito.sampling import SamplingParams, derive_seed
 from bonito.task_types import resolve_task_type
 
 
@@ -36,37 +35,44 @@ class Bonito:
         with_metadata: bool = False,
         progress: bool = False,
     ) -> datasets.Dataset:
-        """One row per parseable sample with columns `input` and `output` (with n > 1 every
-        sample is its own row). `with_metadata` adds context, task_type, row and sample_index."""
+        """One row per parseable sample, in the dataset's row order, with columns `input` and
+        `output` (with n > 1 every sample is its own row), exactly as the original library;
+        `with_metadata` adds context, task_type, row and sample_index."""
         kind = resolve_task_type(task_type)
         sampling = SamplingParams.coerce(sampling_params)
         contexts = _column(text_dataset, context_col)
-        requests = [Request(text, kind, {"row": row}) for row, text in enumerate(contexts)]
-        self.last_summary = summary = Summary(contexts=len(requests))
-        bar = tqdm(total=len(requests), desc="contexts", disable=not progress)
-        rows = [
-            _row(sample, with_metadata)
-            for chunk in generate_samples(
-                self.engine, requests, sampling, summary=summary, progress=bar.update
-            )
-            for sample in chunk
-            if isinstance(sample.result, Task)
+        requests = [
+            Request(text, kind, row, _seed(sampling, row), {"row": row})
+            for row, text in enumerate(contexts)
         ]
-        bar.close()
+        self.last_summary = summary = Summary(contexts=len(requests))
+        accepted = []
+        with tqdm(total=len(requests), desc="contexts", disable=not progress) as bar:
+            for group in generate_samples(self.engine, requests, sampling):
+                summary.add(group)
+                bar.update(len(group.samples) // sampling.n + len(group.failed))
+                accepted += [s for s in group.samples if s.status == "accepted"]
+        accepted.sort(key=lambda s: (s.request.key, s.index))  # the dataset's row order
+        rows = [_row(s, with_metadata) for s in accepted]
         columns = ["input", "output"] + (
             ["context", "task_type", "row", "sample_index"] if with_metadata else []
         )
         return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
 
 
+def _seed(sampling: SamplingParams, row: int) -> int | None:
+    """A row's own seed, so that its samples do not depend on the rows sent with it."""
+    return None if sampling.seed is None else derive_seed(sampling.seed, row)
+
+
 def _row(sample, with_metadata: bool) -> dict[str, Any]:
-    row = {"input": sample.result.input, "output": sample.result.output}
+    row = {"input": sample.task.input, "output": sample.task.output}
     if with_metadata:
         request = sample.request
         row |= {
             "context": request.context,
             "task_type": request.task_type.short,
-            "row": request.source["row"],
+            "row": request.key,
             "sample_index": sample.index,
         }
     return row

@@ -16,13 +16,12 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
-from tqdm.auto import tqdm
 
 from bonito.chunking import MAX_INPUT_TOKENS
 from bonito.errors import BonitoError
-from bonito.run import counts
+from bonito.generation import counts
 from bonito.sampling import SamplingParams
-from bonito.task_types import TASK_TYPES, TaskType, resolve_task_type
+from bonito.task_types import TASK_TYPES, TaskType
 
 app = typer.Typer(
     help="Turn unannotated text into instruction-tuning datasets with bonito generators.",
@@ -90,7 +89,8 @@ def chunk(
 ) -> None:
     """Show what `generate` would send, without running the model: write the contexts to OUTPUT
     (JSON Lines) and every skipped input to skipped.jsonl beside it."""
-    from bonito.run import Summary
+    from bonito.generation import Summary
+    from bonito.run import check_strict
 
     if output.is_dir():
         raise BonitoError(f"--output {output} is a folder; give the contexts file to write.")
@@ -104,7 +104,7 @@ def chunk(
     table = _reading_table("bonito chunk", summary, skipped)
     table.add_row("contexts file", str(output))
     Console().print(table)
-    _check_strict(summary, strict, skipped)
+    check_strict(summary, strict, skipped)
 
 
 @app.command()
@@ -112,9 +112,14 @@ def generate(
     inputs: Inputs,
     task_type: Annotated[
         list[str],
-        typer.Option("--task-type", "-t", help="Short form or full name; repeat for several."),
+        typer.Option(
+            "--task-type",
+            "-t",
+            help="Task type (short form or full name), `all`, or a weighted mix such as "
+            "ynqa:2,exqa:1; repeat for several.",
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")],
     model: Annotated[str, typer.Option(help="Hub id or local folder.")] = "BatsResearch/bonito-v1",
     engine: Annotated[str, typer.Option(help="auto, transformers or vllm.")] = "auto",
     text_field: TextField = "text",
@@ -125,12 +130,36 @@ def generate(
     min_context_tokens: Annotated[int, typer.Option(help=SHORTEST)] = 32,
     overlap: Overlap = 0,
     max_input_tokens: MaxInputTokens = MAX_INPUT_TOKENS,
+    per_context: Annotated[
+        int | None,
+        typer.Option(
+            help="Task types asked per context, drawn from the mix by weight (default: all)."
+        ),
+    ] = None,
     n: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
     temperature: float = 0.5,
     top_p: float = 0.95,
     max_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 256,
     seed: int = 0,
     limit: Limit = None,
+    checks: Annotated[
+        bool, typer.Option(help="Task-aware checks; --no-checks keeps every parseable sample.")
+    ] = True,
+    dedup: Annotated[str, typer.Option(help="near, exact or off.")] = "near",
+    dedup_threshold: Annotated[
+        float,
+        typer.Option(help="Word-shingle Jaccard similarity from which tasks are near-duplicates."),
+    ] = 0.8,
+    max_tasks: Annotated[
+        int | None, typer.Option(help="Stop after this many accepted tasks.")
+    ] = None,
+    max_output_tokens: Annotated[
+        int | None, typer.Option(help="Stop after generating this many tokens.")
+    ] = None,
+    retry_rejected: Annotated[
+        int,
+        typer.Option(help="Ask again, up to this many times, for contexts with no accepted task."),
+    ] = 0,
     strict: Strict = False,
     batch_size: Annotated[
         int | None,
@@ -142,43 +171,83 @@ def generate(
         typer.Option(help="KEY=VALUE passed to the engine, e.g. tensor_parallel_size=2."),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace tasks in an existing run folder.")
+        bool, typer.Option(help="Start the run in OUTPUT over, dropping what it holds.")
     ] = False,
 ) -> None:
-    """Generate tasks from documents: write OUTPUT/tasks.jsonl, OUTPUT/summary.json and
-    OUTPUT/skipped.jsonl."""
+    """Generate tasks from documents into the run folder OUTPUT (its store run.sqlite, and
+    tasks.jsonl, summary.json, skipped.jsonl). The same command again continues the run."""
     from bonito.engines import load_engine
-    from bonito.run import Summary, generate_to_folder
+    from bonito.mix import TaskMix
+    from bonito.run import SKIPPED_FILE, TASKS_FILE, Budgets, RunConfig, generate_run
 
-    kinds = [resolve_task_type(t) for t in task_type]
+    mix = TaskMix.parse(task_type)
     sampling = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
-    tasks_file = output / "tasks.jsonl"
-    if tasks_file.exists() and not overwrite:
-        raise BonitoError(
-            f"{tasks_file} already exists; choose another --output or pass "
-            "--overwrite to replace it."
-        )
-    chunker = _chunker(
-        model, max_context_tokens, min_context_tokens, overlap, max_input_tokens, kinds
+    budgets = Budgets(max_tasks, max_output_tokens, retry_rejected)
+    chunking = dict(
+        max_tokens=max_context_tokens,
+        min_tokens=min_context_tokens,
+        overlap=overlap,
+        max_input_tokens=max_input_tokens,
     )
-    output.mkdir(parents=True, exist_ok=True)
-    summary, skipped = Summary(), output / "skipped.jsonl"
-    reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
-    contexts = list(_contexts(inputs, chunker, summary, skipped, limit=limit, **reading))
-    _check_strict(summary, strict, skipped)
+    reading = dict(
+        text_field=text_field,
+        split=split,
+        include=include or [],
+        exclude=exclude or [],
+        limit=limit,
+    )
+    config = RunConfig(
+        model,
+        tuple(inputs),
+        mix,
+        mix.check_per_context(per_context),
+        sampling,
+        reading,
+        chunking,
+        checks,
+        dedup,
+        dedup_threshold,
+    )
     kwargs = _engine_kwargs(engine_arg, batch_size=batch_size, device=device)
-    with console.status(f"loading {model}"):
-        loaded = load_engine(model, engine, **kwargs)
-    summary = generate_to_folder(loaded, contexts, kinds, sampling, output, summary=summary)
+
+    def load():
+        with console.status(f"loading {model}"):
+            return load_engine(model, engine, **kwargs)
+
+    outcome = generate_run(
+        output,
+        config,
+        load,
+        budgets=budgets,
+        overwrite=overwrite,
+        strict=strict,
+        make_chunker=lambda: _chunker(model, *chunking.values(), mix.types),
+        engine_name=engine,
+    )
+    summary, state, skipped = outcome.summary, outcome.state, output / SKIPPED_FILE
     table = _reading_table("bonito generate", summary, skipped)
     table.add_row("samples", str(summary.samples))
     table.add_row("accepted", str(summary.accepted))
+    table.add_row("duplicates", str(summary.duplicates))
     table.add_row("rejected", counts(summary.rejected) or "0")
-    table.add_row("elapsed", f"{summary.elapsed:.1f}s")
+    table.add_row("generation time", f"{summary.elapsed:.1f}s")
     table.add_row("output tokens/s", f"{summary.tokens_per_second:.1f}")
-    table.add_row("tasks", str(tasks_file))
+    table.add_row("state", state)
+    table.add_row("tasks", str(output / TASKS_FILE))
+    Console().print(table)
+
+
+@app.command()
+def status(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
+    """Progress, rates, ETA and counts of a running or finished run."""
+    from bonito.run import status as run_status
+
+    report = run_status(run)
+    table = Table(title=f"bonito status {run}", show_header=False)
+    for name, value in report.items():
+        table.add_row(name, value)
     Console().print(table)
 
 
@@ -214,12 +283,12 @@ def _contexts(
     **reading: Any,
 ):
     """The contexts of the inputs, with a progress bar on a terminal."""
-    from bonito.run import read_contexts
+    from bonito.run import bar, read_contexts
 
     contexts = read_contexts(
         inputs, chunker, summary, skipped, include=include or (), exclude=exclude or (), **reading
     )
-    return tqdm(contexts, desc="reading", unit=" contexts", disable=None, file=sys.stderr)
+    return bar(contexts, desc="reading", unit=" contexts")
 
 
 def _reading_table(title: str, summary, skipped: Path) -> Table:
@@ -243,14 +312,6 @@ def _reading_table(title: str, summary, skipped: Path) -> Table:
     if summary.skipped:
         table.add_row("skipped file", str(skipped))
     return table
-
-
-def _check_strict(summary, strict: bool, skipped: Path) -> None:
-    if strict and summary.skipped:
-        raise BonitoError(
-            f"--strict: {summary.skipped.total()} skipped ({counts(summary.skipped)}); "
-            f"see {skipped}."
-        )
 
 
 @app.command("tiny-model")

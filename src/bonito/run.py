@@ -1,125 +1,479 @@
-"""A generation run: plan requests from contexts, drive the engine, parse, count."""
+"""A run: a folder with a SQLite store in which `bonito generate` keeps everything it reads and
+generates, so that the same command run again continues where it stopped.
+
+The flow, each step saved before the next: read and chunk the inputs into contexts, plan each
+context's requests (task types from the mix, a seed each), send pending requests to the engine
+in fixed blocks, judge every completion (parse, checks, dedup) and save it with its task; then,
+with --retry-rejected, ask again for contexts that got no accepted task."""
 
 from __future__ import annotations
 
 import json
-import time
+import sqlite3
+import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from bonito.chunking import Chunker, Context
-from bonito.engines.base import Completion, Engine, Progress
+from bonito.dedup import Deduplicator
+from bonito.engines.base import Engine
 from bonito.errors import BonitoError
-from bonito.format import Rejection, Task, build_prompt, parse_task
-from bonito.sampling import SamplingParams
-from bonito.sources import Document, Skip, read_documents
-from bonito.task_types import TaskType
+from bonito.generation import (
+    CHUNK_SIZE,
+    Group,
+    Request,
+    Sample,
+    Summary,
+    counts,
+    generate_samples,
+)
+from bonito.mix import TaskMix
+from bonito.sampling import SamplingParams, derive_seed
+from bonito.sources import Document, Skip, fingerprint, read_documents
+from bonito.store import STORE_FILE, PlannedRequest, RunStore, SavedSample
+from bonito.task_types import resolve_task_type
 
-CHUNK_SIZE = 1024
-"""Requests handed to the engine at once: large enough to batch well, small enough to write
-results as the run goes."""
+TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE = (
+    "tasks.jsonl",
+    "summary.json",
+    "skipped.jsonl",
+    "run.lock",
+)
+CONTEXT_BATCH = 512
+"""Contexts saved per transaction while reading."""
 
 
 @dataclass(frozen=True)
-class Request:
-    """One prompt to send: a context, the task type to ask for, and where the context came from."""
+class Budgets:
+    """Limits that end a run cleanly; raising one and running again continues it."""
 
-    context: str
-    task_type: TaskType
-    source: dict[str, Any] = field(default_factory=dict)
+    max_tasks: int | None = None
+    max_output_tokens: int | None = None
+    retry_rejected: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_tasks", "max_output_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise BonitoError(f"{flag} must be at least 1, got {value}.")
+        if self.retry_rejected < 0:
+            raise BonitoError(f"--retry-rejected must be 0 or more, got {self.retry_rejected}.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run is: running again with the same configuration resumes it, a different one is
+    refused. Engine choice, batch size and budgets are not part of it."""
+
+    model: str
+    inputs: tuple[str, ...]
+    mix: TaskMix
+    per_context: int
+    sampling: SamplingParams
+    reading: dict[str, Any] = field(default_factory=dict)
+    chunking: dict[str, Any] = field(default_factory=dict)
+    checks: bool = True
+    dedup: str = "near"
+    dedup_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.dedup not in ("near", "exact", "off"):
+            raise BonitoError(f"--dedup must be near, exact or off, got '{self.dedup}'.")
+        self.deduplicator()  # refuses a bad threshold before anything is read
 
     @property
-    def prompt(self) -> str:
-        return build_prompt(self.context, self.task_type)
+    def seed(self) -> int:
+        return self.sampling.seed if self.sampling.seed is not None else 0
 
+    def to_dict(self, fingerprints: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "inputs": fingerprints,
+            "task_mix": self.mix.to_dict(),
+            "per_context": self.per_context,
+            "sampling": self.sampling.to_dict(),
+            "reading": self.reading,
+            "chunking": self.chunking,
+            "checks": self.checks,
+            "dedup": {"mode": self.dedup, "threshold": self.dedup_threshold},
+        }
 
-@dataclass(frozen=True)
-class Sample:
-    """One completion of a request, and what the parse made of it."""
+    def chunker(self) -> Chunker:
+        """A chunker with the model's own tokenizer and the run's limits."""
+        return Chunker.from_model(self.model, **self.chunking, task_types=self.mix.types)
 
-    request: Request
-    index: int
-    completion: Completion
-    result: Task | Rejection
+    def deduplicator(self) -> Deduplicator | None:
+        if self.dedup == "off":
+            return None
+        return Deduplicator(self.dedup_threshold, near=self.dedup == "near", seed=self.seed)
 
 
 @dataclass
-class Summary:
-    """Counts for the one-screen report at the end of a run; `skipped` counts by reason what
-    was not read or not sent."""
+class Outcome:
+    """How a run ended: its counts and why it stopped ("finished", or the budget reached)."""
 
-    documents: int = 0
-    contexts: int = 0
-    context_tokens: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    samples: int = 0
-    accepted: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    output_tokens: int = 0
-    elapsed: float = 0.0
-
-    def add(self, samples: Iterable[Sample]) -> None:
-        for sample in samples:
-            self.samples += 1
-            self.output_tokens += sample.completion.completion_tokens
-            if isinstance(sample.result, Task):
-                self.accepted += 1
-            else:
-                self.rejected[sample.result.reason] += 1
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.output_tokens / self.elapsed if self.elapsed else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "documents": self.documents,
-            "contexts": self.contexts,
-            "context_tokens": self.context_tokens,
-            "skipped": dict(self.skipped),
-            "samples": self.samples,
-            "accepted": self.accepted,
-            "rejected": dict(self.rejected),
-            "output_tokens": self.output_tokens,
-            "elapsed_s": round(self.elapsed, 3),
-            "output_tokens_per_s": round(self.tokens_per_second, 1),
-        }
+    summary: Summary
+    state: str
+    folder: Path
 
 
-def generate_samples(
-    engine: Engine,
-    requests: Iterable[Request],
-    sampling: SamplingParams,
+def generate_run(
+    folder: Path,
+    config: RunConfig,
+    load_engine: Callable[[], Engine],
     *,
-    summary: Summary | None = None,
-    progress: Progress | None = None,
-    chunk_size: int = CHUNK_SIZE,
-) -> Iterator[list[Sample]]:
-    """Send requests to the engine chunk by chunk; yield each chunk's parsed samples as it ends."""
-    requests = iter(requests)
-    while chunk := list(islice(requests, chunk_size)):
-        started = time.perf_counter()
-        completions = engine.generate([r.prompt for r in chunk], sampling, progress)
-        samples = [
-            Sample(request, index, completion, parse_task(completion.text, request.context))
-            for request, outputs in zip(chunk, completions, strict=True)
-            for index, completion in enumerate(outputs)
+    budgets: Budgets = Budgets(),
+    overwrite: bool = False,
+    strict: bool = False,
+    make_chunker: Callable[[], Chunker] | None = None,
+    engine_name: str | None = None,
+) -> Outcome:
+    """Start or continue the run in `folder`: read and plan (once), generate what is pending,
+    and write summary.json. `load_engine` is called only if something is left to generate;
+    `make_chunker` (default: the model's tokenizer) only if the reading is not done yet."""
+    skipped = folder / SKIPPED_FILE
+    with Run(folder, config.to_dict(fingerprint(config.inputs)), overwrite=overwrite) as run:
+        if not run.read_done:
+            chunker = make_chunker() if make_chunker else config.chunker()
+            summary = Summary()
+            contexts = read_contexts(config.inputs, chunker, summary, skipped, **config.reading)
+            run.read(bar(contexts, desc="reading", unit=" contexts"), summary, config)
+        check_strict(run.summary(), strict, skipped)
+        totals = run.store.counts()
+        with bar(total=totals["requests"], initial=totals["requests_done"]) as progress:
+
+            def advance(done: int, total: int) -> None:
+                progress.total = total
+                progress.update(done)
+
+            state = run.generate(load_engine, config, budgets, advance)
+        return Outcome(run.write_summary(state, engine_name), state, folder)
+
+
+def bar(iterable=None, **options: Any) -> tqdm:
+    """A progress bar on stderr, shown only on a terminal."""
+    options = {"desc": "generating", "unit": " prompts", "dynamic_ncols": True} | options
+    return tqdm(iterable, disable=None, file=sys.stderr, **options)
+
+
+def check_strict(summary: Summary, strict: bool, skipped: Path) -> None:
+    """With --strict, anything skipped is an error."""
+    if strict and summary.skipped:
+        raise BonitoError(
+            f"--strict: {summary.skipped.total()} skipped ({counts(summary.skipped)}); "
+            f"see {skipped}."
+        )
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Where two configurations differ, one line each: `sampling.temperature: 0.5 -> 0.7`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line
+            for key in sorted(set(old) | set(new))
+            for line in differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
         ]
-        if summary is not None:
-            summary.elapsed += time.perf_counter() - started
-            summary.add(samples)
-        yield samples
+    return [] if old == new else [f"{path}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
-def plan_requests(contexts: Sequence[Context], task_types: Sequence[TaskType]) -> list[Request]:
-    """Every context with every task type, context-major."""
-    return [Request(c.text, t, c.provenance()) for c in contexts for t in task_types]
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Turn a full disk, a read-only folder or a locked database into one clear error."""
+    try:
+        yield
+    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as error:
+        raise BonitoError(
+            f"Cannot write the run in {folder} ({error}); free some disk space or choose a "
+            "writable --output, then run the same command again to continue."
+        ) from error
+
+
+class Run:
+    """An open run folder, locked against other processes for as long as it is open."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], *, overwrite: bool = False) -> None:
+        self.folder = folder
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            self.lock = FileLock(folder / LOCK_FILE)
+            try:
+                self.lock.acquire(timeout=0)
+            except Timeout:
+                raise BonitoError(
+                    f"{folder} is in use by another bonito process; wait for it to finish "
+                    "(`bonito status` shows it) or choose another --output."
+                ) from None
+            if overwrite:
+                for name in (STORE_FILE, TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE):
+                    for path in folder.glob(name + "*"):
+                        path.unlink()
+            self.store = RunStore(folder / STORE_FILE)
+            stored = self.store.get("config")
+            started = stored is not None and self.read_done
+            if stored != config and not started:  # nothing read yet: nothing to keep
+                self.store.put("config", config)
+        if stored != config and started:
+            self.close()
+            changed = "\n  ".join(differences(stored, config))
+            raise BonitoError(
+                f"{folder} holds a run with another configuration:\n  {changed}\nRun the "
+                "command it was started with to continue it, pass --overwrite to start over, "
+                "or choose another --output."
+            )
+        self.config = config
+
+    def close(self) -> None:
+        self.store.close()
+        self.lock.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # reading
+    @property
+    def read_done(self) -> bool:
+        return bool(self.store.get("reading"))
+
+    def read(self, contexts: Iterator[Context], summary: Summary, config: RunConfig) -> None:
+        """Save every context with its planned requests, in batches; the reading's counts are
+        saved last, which marks the reading done (an unfinished reading starts over)."""
+        with writing(self.folder):
+            self.store.clear_plan()
+            batch: list[Context] = []
+            for context in contexts:
+                batch.append(context)
+                if len(batch) == CONTEXT_BATCH:
+                    self._save_contexts(batch, config)
+                    batch = []
+            self._save_contexts(batch, config)
+            self.store.put(
+                "reading", {"documents": summary.documents, "skipped": dict(summary.skipped)}
+            )
+
+    def _save_contexts(self, contexts: list[Context], config: RunConfig) -> None:
+        first = self.store.db.execute("SELECT COUNT(*) FROM contexts").fetchone()[0]
+        rows, requests = [], []
+        for number, context in enumerate(contexts, first):
+            rows.append(
+                (number, context.document, context.provenance(), context.text, context.tokens)
+            )
+            kinds = config.mix.assign(config.per_context, config.seed, number)
+            for slot, kind in enumerate(kinds):
+                seed = derive_seed(config.seed, number, slot, 0)
+                requests.append(PlannedRequest(number, slot, 0, kind.short, seed))
+        self.store.add_contexts(rows, requests)
+
+    # generating
+    def generate(
+        self,
+        load_engine: Callable[[], Engine],
+        config: RunConfig,
+        budgets: Budgets,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """Send every pending request, saving results as each group finishes; returns why it
+        stopped: "finished" or the budget reached. The engine is loaded only if needed, and
+        `progress` is called with the requests each group finished and the run's total."""
+        store, engine = self.store, None
+        with writing(self.folder):
+            store.put("state", "running")
+            store.retry_failed()
+            dedup = self._rebuild_dedup(config)
+            self._rewrite_tasks_file()
+            totals = store.counts()
+            tally = Tally(totals["accepted"], totals["output_tokens"], totals["requests"])
+            with (self.folder / TASKS_FILE).open("a", encoding="utf-8") as tasks_file:
+                while not (state := budget_state(budgets, tally)):
+                    chunk = store.next_chunk(CHUNK_SIZE)
+                    if not chunk and budgets.retry_rejected:
+                        tally.requests += self._plan_retries(budgets.retry_rejected, config)
+                        chunk = store.next_chunk(CHUNK_SIZE)
+                    if not chunk:
+                        failed = store.counts()["requests_failed"]
+                        state = f"finished: {failed} requests failed" if failed else "finished"
+                        break
+                    engine = engine or load_engine()
+                    requests = [
+                        Request(r.context, resolve_task_type(r.task_type), r.id, r.seed, r.source)
+                        for r in chunk
+                    ]
+                    groups = generate_samples(
+                        engine, requests, config.sampling, checks=config.checks, dedup=dedup
+                    )
+                    for group in groups:
+                        self._save(group, budgets, tally, tasks_file)
+                        if progress:
+                            progress(len({s.request.key for s in group.samples}), tally.requests)
+                        if budget_state(budgets, tally):
+                            groups.close()
+                            break
+            store.put("state", state)
+        return state
+
+    def _save(self, group: Group, budgets: Budgets, tally: Tally, tasks_file) -> None:
+        """Save a group's samples up to where a budget runs out, and its failures."""
+        samples = within_budgets(group.samples, budgets, tally)
+        self.store.save([saved(s) for s in samples], group.seconds)
+        self.store.fail([(request.key, reason) for request, reason in group.failed])
+        self._append_tasks(tasks_file, samples)
+        tally.accepted += sum(s.status == "accepted" for s in samples)
+        tally.tokens += sum(s.completion.completion_tokens for s in samples)
+
+    def _plan_retries(self, max_attempt: int, config: RunConfig) -> int:
+        """Plan another attempt for contexts with no accepted task; how many requests."""
+        retries = [
+            PlannedRequest(
+                r.context_id,
+                r.slot,
+                r.attempt,
+                r.task_type,
+                derive_seed(config.seed, r.context_id, r.slot, r.attempt),
+            )
+            for r in self.store.unanswered_contexts(max_attempt)
+        ]
+        with self.store.transaction():
+            self.store.add_requests(retries)
+        return len(retries)
+
+    def _rebuild_dedup(self, config: RunConfig) -> Deduplicator | None:
+        """The dedup index as it was: every accepted task fed again in the order saved."""
+        dedup = config.deduplicator()
+        if dedup is not None:
+            accepted = self.store.tasks(("accepted",))
+            dedup.add_many([(t["id"], t["input"], t["output"], t["context"]) for t in accepted])
+        return dedup
+
+    def _rewrite_tasks_file(self) -> None:
+        """tasks.jsonl again from the store: a killed run may have saved tasks it did not get
+        to write out, and never the other way round."""
+        meta = self._task_meta()
+        with (self.folder / TASKS_FILE).open("w", encoding="utf-8") as file:
+            for task in self.store.tasks(("accepted",)):
+                file.write(json.dumps(task_record(task) | meta, ensure_ascii=False) + "\n")
+
+    def _append_tasks(self, file, samples: Sequence[Sample]) -> None:
+        meta = self._task_meta()
+        for sample in samples:
+            if sample.status == "accepted":
+                record = task_record(sample_record(sample)) | meta
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        file.flush()
+
+    def _task_meta(self) -> dict[str, Any]:
+        return {"model": self.config["model"], "sampling": self.config["sampling"]}
+
+    # counting
+    def summary(self) -> Summary:
+        """The run's counts: the reading's, and what the store holds."""
+        reading = self.store.get("reading", {})
+        return summary_from(reading, self.store.counts())
+
+    def write_summary(self, state: str, engine: str | None = None) -> Summary:
+        summary = self.summary()
+        with writing(self.folder):
+            record = {
+                "config": {**self.config, "engine": engine},
+                "state": state,
+                "summary": summary.to_dict(),
+            }
+            (self.folder / SUMMARY_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        return summary
+
+
+def summary_from(reading: dict[str, Any], totals: dict[str, Any]) -> Summary:
+    return Summary(
+        documents=reading.get("documents", 0),
+        contexts=totals["contexts"],
+        context_tokens=totals["context_tokens"],
+        skipped=Counter(reading.get("skipped", {})),
+        samples=totals["samples"],
+        accepted=totals["accepted"],
+        duplicates=totals["duplicates"],
+        rejected=Counter(totals["rejected"]),
+        output_tokens=totals["output_tokens"],
+        elapsed=totals["generation_seconds"],
+    )
+
+
+@dataclass
+class Tally:
+    """Running totals the budgets are checked against."""
+
+    accepted: int
+    tokens: int
+    requests: int
+
+
+def budget_state(budgets: Budgets, tally: Tally) -> str | None:
+    """Which budget is used up, if any, as the run's state."""
+    if budgets.max_tasks is not None and tally.accepted >= budgets.max_tasks:
+        return f"stopped: --max-tasks {budgets.max_tasks} reached"
+    if budgets.max_output_tokens is not None and tally.tokens >= budgets.max_output_tokens:
+        return f"stopped: --max-output-tokens {budgets.max_output_tokens} reached"
+    return None
+
+
+def within_budgets(samples: list[Sample], budgets: Budgets, tally: Tally) -> list[Sample]:
+    """The samples up to the request at which a budget is used up (whole requests only: the
+    rest stay pending)."""
+    if budgets.max_tasks is None and budgets.max_output_tokens is None:
+        return samples
+    after = Tally(tally.accepted, tally.tokens, tally.requests)
+    for position, sample in enumerate(samples):
+        after.accepted += sample.status == "accepted"
+        after.tokens += sample.completion.completion_tokens
+        last_of_request = (
+            position + 1 == len(samples) or samples[position + 1].request is not sample.request
+        )
+        if last_of_request and budget_state(budgets, after):
+            return samples[: position + 1]
+    return samples
+
+
+def saved(sample: Sample) -> SavedSample:
+    completion, task = sample.completion, sample.task
+    return SavedSample(
+        sample.request.key,
+        sample.index,
+        completion.text,
+        completion.finish_reason,
+        completion.prompt_tokens,
+        completion.completion_tokens,
+        task.input if task else None,
+        task.output if task else None,
+        sample.status,
+        sample.reason,
+    )
+
+
+def sample_record(sample: Sample) -> dict[str, Any]:
+    """A just-judged sample in the shape `RunStore.tasks` reads back."""
+    return {
+        "id": sample.id,
+        "input": sample.task.input if sample.task else None,
+        "output": sample.task.output if sample.task else None,
+        "task_type": sample.request.task_type.short,
+        "context": sample.request.context,
+        "source": sample.request.source,
+        "sample_index": sample.index,
+    }
+
+
+def task_record(task: dict[str, Any]) -> dict[str, Any]:
+    """An accepted task as one line of tasks.jsonl."""
+    keys = ("id", "input", "output", "task_type", "context", "source", "sample_index")
+    return {key: task[key] for key in keys}
 
 
 def read_contexts(
@@ -166,60 +520,57 @@ def read_contexts(
         )
 
 
-def _counted(documents: Iterable[Document | Skip], summary: Summary) -> Iterator[Document | Skip]:
+def _counted(documents, summary: Summary) -> Iterator[Document | Skip]:
     for item in documents:
         if isinstance(item, Document):
             summary.documents += 1
         yield item
 
 
-def counts(counter: Counter) -> str:
-    """Counts by reason, commonest first: "empty 3, corrupt 1"."""
-    return ", ".join(f"{reason} {count}" for reason, count in counter.most_common())
-
-
-def generate_to_folder(
-    engine: Engine,
-    contexts: Sequence[Context],
-    task_types: Sequence[TaskType],
-    sampling: SamplingParams,
-    output: Path,
-    *,
-    summary: Summary | None = None,
-) -> Summary:
-    """Run every context with every task type, appending accepted tasks to output/tasks.jsonl as
-    chunks finish, and write output/summary.json at the end; `summary` may hold the counts of
-    the reading."""
-    output.mkdir(parents=True, exist_ok=True)
-    requests = plan_requests(contexts, task_types)
-    summary = summary or Summary(contexts=len(contexts))
-    meta = {"model": engine.model, "sampling": sampling.to_dict()}
-    with (
-        (output / "tasks.jsonl").open("w", encoding="utf-8") as file,
-        tqdm(total=len(requests), unit="prompt", desc="generating", dynamic_ncols=True) as bar,
-    ):
-        for samples in generate_samples(
-            engine, requests, sampling, summary=summary, progress=bar.update
-        ):
-            for sample in samples:
-                if isinstance(sample.result, Task):
-                    file.write(json.dumps(task_record(sample) | meta, ensure_ascii=False) + "\n")
-            file.flush()
-    config = {"engine": engine.name, "task_types": [t.short for t in task_types], **meta}
-    (output / "summary.json").write_text(
-        json.dumps({"config": config, "summary": summary.to_dict()}, indent=2) + "\n"
-    )
-    return summary
-
-
-def task_record(sample: Sample) -> dict[str, Any]:
-    """An accepted task as one JSON record with its provenance."""
-    request = sample.request
-    return {
-        "input": sample.result.input,
-        "output": sample.result.output,
-        "task_type": request.task_type.short,
-        "context": request.context,
-        "source": request.source,
-        "sample_index": sample.index,
+def status(folder: Path) -> dict[str, str]:
+    """A running or finished run's state, progress, rate, ETA and counts, as lines to show."""
+    path = folder / STORE_FILE
+    if not path.is_file():
+        raise BonitoError(
+            f"{folder} is not a bonito run (it has no {STORE_FILE}); give the --output folder "
+            "of a `bonito generate`."
+        )
+    lock = FileLock(folder / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+        lock.release()
+        running = False
+    except Timeout:
+        running = True
+    store = RunStore(path, readonly=True)
+    try:
+        config, state, totals = store.get("config"), store.get("state"), store.counts()
+        rate = store.recent_rate() if running else 0.0
+        summary = summary_from(store.get("reading", {}), totals)
+    finally:
+        store.close()
+    if running:
+        state = "running"
+    elif state in (None, "running"):
+        state = "interrupted: run the same `bonito generate` command to continue"
+    requests, done = totals["requests"], totals["requests_done"]
+    left = requests - done
+    lines = {
+        "state": state,
+        "model": config["model"],
+        "task mix": ", ".join(f"{k}:{w:g}" for k, w in config["task_mix"].items()),
+        "progress": f"{done}/{requests} requests ({done / requests:.1%})" if requests else "0",
+        "documents": str(summary.documents),
+        "contexts": str(summary.contexts),
+        "samples": str(summary.samples),
+        "accepted": str(summary.accepted),
+        "duplicates": str(summary.duplicates),
+        "rejected": counts(summary.rejected) or "0",
+        "failed requests": str(totals["requests_failed"]),
+        "generation time": f"{summary.elapsed:.1f}s",
+        "output tokens/s": f"{summary.tokens_per_second:.1f}",
     }
+    if running:
+        lines["rate"] = f"{rate:.2f} requests/s over the last minute"
+        lines["eta"] = f"{left / rate:.0f}s" if rate else "unknown"
+    return lines

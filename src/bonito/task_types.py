@@ -5,34 +5,46 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from bonito.checks import (
+    NLI_LABELS,
+    PARAPHRASE_ID_LABELS,
+    TE_LABELS,
+    AnswerCheck,
+    extractive_answer,
+    offered_label,
+    option_answer,
+    yes_no_answer,
+)
 from bonito.errors import BonitoError
 
 
 @dataclass(frozen=True)
 class TaskType:
-    """A task type: `name` goes into the prompt, `short` is what users usually type."""
+    """A task type: `name` goes into the prompt, `short` is what users usually type; `check`, when
+    given, judges each answer: (instruction, answer, passage) -> reason code, or None to accept."""
 
     short: str
     name: str
+    check: AnswerCheck | None = None
 
 
 TASK_TYPES: tuple[TaskType, ...] = (
-    TaskType("exqa", "extractive question answering"),
-    TaskType("mcqa", "multiple-choice question answering"),
+    TaskType("exqa", "extractive question answering", extractive_answer),
+    TaskType("mcqa", "multiple-choice question answering", option_answer),
     TaskType("qg", "question generation"),
     TaskType("qa", "question answering without choices"),
-    TaskType("ynqa", "yes-no question answering"),
+    TaskType("ynqa", "yes-no question answering", yes_no_answer),
     TaskType("coref", "coreference resolution"),
     TaskType("paraphrase", "paraphrase generation"),
-    TaskType("paraphrase_id", "paraphrase identification"),
+    TaskType("paraphrase_id", "paraphrase identification", offered_label(PARAPHRASE_ID_LABELS)),
     TaskType("sent_comp", "sentence completion"),
     TaskType("sentiment", "sentiment"),
     TaskType("summarization", "summarization"),
     TaskType("text_gen", "text generation"),
     TaskType("topic_class", "topic classification"),
     TaskType("wsd", "word sense disambiguation"),
-    TaskType("te", "textual entailment"),
-    TaskType("nli", "natural language inference"),
+    TaskType("te", "textual entailment", offered_label(TE_LABELS)),
+    TaskType("nli", "natural language inference", offered_label(NLI_LABELS)),
 )
 
 _BY_NAME = {t.name: t for t in TASK_TYPES}

@@ -6,7 +6,7 @@ import importlib.util
 import logging
 from typing import Any
 
-from bonito.engines.base import Completion, Engine, Progress
+from bonito.engines.base import Completion, Engine, Failure, Finished, generate_all
 from bonito.errors import BonitoError
 
 ENGINES = ("auto", "transformers", "vllm")
@@ -44,4 +44,13 @@ def load_engine(model: str, engine: str = "auto", **engine_kwargs: Any) -> Engin
     return TransformersEngine(model, **engine_kwargs)
 
 
-__all__ = ["ENGINES", "Completion", "Engine", "Progress", "choose_engine", "load_engine"]
+__all__ = [
+    "ENGINES",
+    "Completion",
+    "Engine",
+    "Failure",
+    "Finished",
+    "choose_engine",
+    "generate_all",
+    "load_engine",
+]

@@ -1,15 +1,19 @@
-"""The engine protocol: prompts and sampling in, per prompt a list of completions out."""
+"""The engine protocol: prompts, sampling and per-prompt seeds in; each prompt's completions out,
+in groups as they finish, so that a run can save them as it goes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bonito.sampling import SamplingParams
+from bonito.errors import BonitoError
+from bonito.sampling import SamplingParams, derive_seed
 
-Progress = Callable[[int], None]
-"""Called with the number of prompts just finished."""
+Finished = list[tuple[int, "list[Completion] | Failure"]]
+"""A group of prompts that just finished: (index in the prompts given, its n completions, or the
+Failure that ended it)."""
 
 
 @dataclass(frozen=True)
@@ -23,12 +27,50 @@ class Completion:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A prompt the engine gave up on (say, a server that kept failing), and why in one line; a
+    run records it and sends the prompt again when resumed."""
+
+    reason: str
+
+
 class Engine(Protocol):
-    """A loaded generator. `generate` returns, in prompt order, `sampling.n` completions each."""
+    """A loaded generator. `generate` yields every prompt exactly once, in groups, in any order,
+    each with `sampling.n` completions. With seeds (one per prompt) the samples of a prompt
+    depend only on its text, its seed and the sampling, not on the other prompts."""
 
     name: str
     model: str
 
     def generate(
-        self, prompts: Sequence[str], sampling: SamplingParams, progress: Progress | None = None
-    ) -> list[list[Completion]]: ...
+        self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> Iterator[Finished]: ...
+
+
+def prompt_seeds(sampling: SamplingParams, count: int, seeds: Sequence[int] | None) -> list[int]:
+    """One seed per prompt: the ones given, else drawn from `sampling.seed` by position, else
+    fresh random ones (no seed: not reproducible)."""
+    if seeds is not None:
+        if len(seeds) != count:
+            raise ValueError(f"{len(seeds)} seeds for {count} prompts.")
+        return list(seeds)
+    if sampling.seed is None:
+        return [random.getrandbits(63) for _ in range(count)]
+    return [derive_seed(sampling.seed, index) for index in range(count)]
+
+
+def generate_all(
+    engine: Engine,
+    prompts: Sequence[str],
+    sampling: SamplingParams,
+    seeds: Sequence[int] | None = None,
+) -> list[list[Completion]]:
+    """All completions, in prompt order; BonitoError if the engine gave up on a prompt."""
+    results: list[list[Completion]] = [[] for _ in prompts]
+    for group in engine.generate(prompts, sampling, seeds):
+        for index, completions in group:
+            if isinstance(completions, Failure):
+                raise BonitoError(f"Prompt {index} failed: {completions.reason}")
+            results[index] = completions
+    return results

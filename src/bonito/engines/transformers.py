@@ -3,17 +3,17 @@ batch sizes chosen from memory, n samples per prompt, stop strings, seeded sampl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psutil
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from bonito.engines.base import Completion, Progress
+from bonito.engines.base import Completion, Finished, prompt_seeds
 from bonito.engines.models import check_model_path, model_load_error
 from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams
+from bonito.sampling import SamplingParams, derive_seed
 
 CPU_TOKEN_BUDGET = 16_384
 """On CPU, compute not memory is the limit: at most this many (prompt + new) tokens per batch
@@ -105,20 +105,13 @@ class TransformersEngine:
         return ids
 
     def generate(
-        self, prompts: Sequence[str], sampling: SamplingParams, progress: Progress | None = None
-    ) -> list[list[Completion]]:
+        self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> Iterator[Finished]:
         encoded = [self.encode(p) for p in prompts]
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        results: list[list[Completion]] = [[] for _ in prompts]
+        seeds = prompt_seeds(sampling, len(prompts), seeds)
         for batch in self.batches(encoded, sampling):
-            for index, completions in zip(
-                batch, self.generate_batch(encoded, batch, sampling), strict=True
-            ):
-                results[index] = completions
-            if progress:
-                progress(len(batch))
-        return results
+            completions = self.generate_batch(encoded, seeds, batch, sampling)
+            yield list(zip(batch, completions, strict=True))
 
     def batches(self, encoded: list[list[int]], sampling: SamplingParams) -> list[list[int]]:
         """Prompt indices grouped longest first, each group as large as memory allows."""
@@ -150,11 +143,15 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def generate_batch(
-        self, encoded: list[list[int]], batch: list[int], sampling: SamplingParams
+        self, encoded: list[list[int]], seeds: list[int], batch: list[int], sampling: SamplingParams
     ) -> list[list[Completion]]:
         """Decode one left-padded batch (n rows a prompt), dropping each row from the batch and
         its KV cache the step it ends, so finished samples cost nothing while others go on."""
         rows = [encoded[i] for i in batch for _ in range(sampling.n)]
+        row_seeds = torch.tensor(
+            [derive_seed(seeds[i], k) for i in batch for k in range(sampling.n)],
+            device=self.device,
+        )
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
@@ -165,7 +162,7 @@ class TransformersEngine:
         cache = DynamicCache(config=self.lm.config)
         live = list(range(len(rows)))
         tokens: list[list[int]] = [[] for _ in rows]
-        for _ in range(sampling.max_tokens):
+        for step in range(sampling.max_tokens):
             logits = self.lm(
                 input_ids=ids,
                 attention_mask=mask,
@@ -174,7 +171,7 @@ class TransformersEngine:
                 use_cache=True,
                 logits_to_keep=1,
             ).logits
-            chosen = pick_tokens(logits[:, -1].float(), sampling)
+            chosen = pick_tokens(logits[:, -1].float(), sampling, row_seeds, step)
             keep = []
             for slot, (row, token) in enumerate(zip(live, chosen.tolist(), strict=True)):
                 tokens[row].append(token)
@@ -186,6 +183,7 @@ class TransformersEngine:
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 chosen, mask, positions = chosen[index], mask[index], positions[index]
+                row_seeds = row_seeds[index]
                 live = [live[slot] for slot in keep]
             ids = chosen[:, None]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
@@ -219,22 +217,48 @@ NUCLEUS_CANDIDATES = 64
 rows whose nucleus reaches beyond them."""
 
 
-def pick_tokens(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+def pick_tokens(
+    logits: torch.Tensor, sampling: SamplingParams, seeds: torch.Tensor, step: int
+) -> torch.Tensor:
     """The next token of each row: greedy at temperature 0, else sampled at the temperature from
-    the smallest set of tokens whose probability reaches top_p (no top-k), as vLLM samples."""
+    the smallest set of tokens whose probability reaches top_p (no top-k), as vLLM samples. A
+    row's draw depends only on its logits, its seed and the step, never on the other rows."""
     if sampling.temperature == 0:
         return logits.argmax(-1)
     probs = (logits / sampling.temperature).softmax(-1)
     if sampling.top_p >= 1:
-        return sample(probs)
-    ranked, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]))
-    if (ranked.sum(-1) < sampling.top_p).any():
-        ranked, order = probs.sort(-1, descending=True)
-    ranked[ranked.cumsum(-1) - ranked >= sampling.top_p] = 0
-    return order.gather(-1, sample(ranked)[:, None]).squeeze(-1)
+        ranked, order = probs, torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
+    else:
+        ranked, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]))
+        if (ranked.sum(-1) < sampling.top_p).any():
+            ranked, order = probs.sort(-1, descending=True)
+        ranked[ranked.cumsum(-1) - ranked >= sampling.top_p] = 0
+    choice = (ranked / race_noise(seeds, step, order)).argmax(-1)
+    return order.gather(-1, choice[:, None]).squeeze(-1)
 
 
-def sample(probs: torch.Tensor) -> torch.Tensor:
-    """One index per row drawn in proportion to `probs` (which need not sum to one), by the
-    exponential race: argmax of p / E with E ~ Exp(1), cheaper than torch.multinomial."""
-    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = (
+    _signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+)
+
+
+def _shift(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 values."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def race_noise(seeds: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Exp(1) noise for each (row, token): sampling picks argmax of p / noise, which draws a
+    token in proportion to p. The noise is a hash (SplitMix64, wrapping int64 arithmetic) of the
+    row's seed, the step and the token id, so it needs no generator state and is the same
+    whatever else is in the batch, like a counter-based generator."""
+    x = seeds[:, None] + (step * (1 << 32) + tokens) * _GOLDEN
+    x = (x ^ _shift(x, 30)) * _MIX1
+    x = (x ^ _shift(x, 27)) * _MIX2
+    x = x ^ _shift(x, 31)
+    uniform = (_shift(x, 11).double() + 0.5) * 2.0**-53
+    return -uniform.log()

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from bonito.engines.base import Completion, Progress
+from bonito.engines.base import Completion, Finished, prompt_seeds
 from bonito.engines.models import check_model_path, model_load_error
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams
 
+GROUP = 4096
+"""Prompts per `LLM.generate` call: enough for vLLM to keep its batches full."""
 
-def vllm_sampling_kwargs(sampling: SamplingParams) -> dict[str, Any]:
-    """Our sampling as keyword arguments of `vllm.SamplingParams` (same meanings, same names)."""
+
+def vllm_sampling_kwargs(sampling: SamplingParams, seed: int | None) -> dict[str, Any]:
+    """Our sampling as keyword arguments of `vllm.SamplingParams` (same meanings, same names),
+    with the prompt's own seed."""
     return {
         "n": sampling.n,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
-        "seed": sampling.seed,
+        "seed": seed,
         "stop": list(sampling.stop) or None,
     }
 
@@ -45,23 +49,30 @@ class VLLMEngine:
             raise model_load_error(model, error) from error
 
     def generate(
-        self, prompts: Sequence[str], sampling: SamplingParams, progress: Progress | None = None
-    ) -> list[list[Completion]]:
+        self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> Iterator[Finished]:
+        """vLLM schedules everything itself; the prompts go in groups of GROUP so that a run can
+        save results as they come. Each prompt gets its own seed (vLLM's per-request seed)."""
         from vllm import SamplingParams as VLLMSamplingParams
 
-        params = VLLMSamplingParams(**vllm_sampling_kwargs(sampling))
-        results = self.llm.generate(list(prompts), params, use_tqdm=False)
-        if progress:
-            progress(len(prompts))
-        return [
-            [
-                Completion(
-                    text=out.text,
-                    finish_reason=out.finish_reason or "stop",
-                    prompt_tokens=len(result.prompt_token_ids or ()),
-                    completion_tokens=len(out.token_ids),
-                )
-                for out in result.outputs
+        seeds = prompt_seeds(sampling, len(prompts), seeds)
+        for start in range(0, len(prompts), GROUP):
+            indices = range(start, min(start + GROUP, len(prompts)))
+            params = [
+                VLLMSamplingParams(**vllm_sampling_kwargs(sampling, seeds[i])) for i in indices
             ]
-            for result in results
-        ]
+            results = self.llm.generate([prompts[i] for i in indices], params, use_tqdm=False)
+            yield [(i, completions(result)) for i, result in zip(indices, results, strict=True)]
+
+
+def completions(result: Any) -> list[Completion]:
+    """Our completions from one vLLM RequestOutput."""
+    return [
+        Completion(
+            text=out.text,
+            finish_reason=out.finish_reason or "stop",
+            prompt_tokens=len(result.prompt_token_ids or ()),
+            completion_tokens=len(out.token_ids),
+        )
+        for out in result.outputs
+    ]

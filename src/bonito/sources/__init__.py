@@ -4,6 +4,7 @@ or row, that could not be read (one module per family of formats)."""
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
@@ -128,8 +129,32 @@ def _wanted(relative: str, include: Sequence[str], exclude: Sequence[str]) -> bo
     return (not include or any(matches)) and not excluded
 
 
+def fingerprint(inputs: Sequence[str | Path]) -> list[dict[str, object]]:
+    """What each input is now: a local file or folder as its size and a hash of its files'
+    names and bytes (a changed, added or removed file changes it), a hub id as itself."""
+    prints = []
+    for item in map(str, inputs):
+        path = Path(item).expanduser()
+        if not path.exists():
+            prints.append({"input": item, "hub": True})
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        digest, size = hashlib.blake2b(digest_size=16), 0
+        for file in files:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+            try:
+                with file.open("rb") as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+                        size += len(block)
+            except OSError as error:  # the reading reports it; the print still changes
+                digest.update(f"unreadable: {error.strerror}".encode())
+        prints.append({"input": item, "bytes": size, "blake2b": digest.hexdigest()})
+    return prints
+
+
 def _is_hub_id(item: str) -> bool:
     return item.count("/") == 1 and not item.startswith((".", "/", "~"))
 
 
-__all__ = ["SUFFIXES", "Document", "Skip", "read_documents"]
+__all__ = ["SUFFIXES", "Document", "Skip", "fingerprint", "read_documents"]

@@ -1,0 +1,358 @@
+"""The run store: one SQLite file (WAL) holding a run's configuration, contexts, requests,
+completions and tasks, written as results come so that a killed run loses at most what was in
+flight. Plain SQL over plain tuples; the run decides what to write, the store only keeps it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contexts (
+    id INTEGER PRIMARY KEY,
+    document TEXT NOT NULL,
+    source TEXT NOT NULL,
+    text TEXT NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    context_id INTEGER NOT NULL REFERENCES contexts(id),
+    slot INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    task_type TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    UNIQUE (context_id, slot, attempt)
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests(status, id);
+CREATE TABLE IF NOT EXISTS completions (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    sample INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    finished_at REAL NOT NULL,
+    batch_seconds REAL NOT NULL,
+    PRIMARY KEY (request_id, sample)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    request_id INTEGER NOT NULL,
+    sample INTEGER NOT NULL,
+    input TEXT,
+    output TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    UNIQUE (request_id, sample),
+    FOREIGN KEY (request_id, sample) REFERENCES completions(request_id, sample)
+);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+"""
+STORE_FILE = "run.sqlite"
+
+STATUSES = ("accepted", "rejected", "duplicate")
+"""A task is accepted, rejected (`reason`: the rejection code) or a duplicate (`reason`: the id
+of the earlier task it repeats)."""
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    context_id: int
+    slot: int
+    attempt: int
+    task_type: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """A request read back to be sent: its id, seed, task type and context."""
+
+    id: int
+    context_id: int
+    slot: int
+    attempt: int
+    task_type: str
+    seed: int
+    context: str
+    source: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SavedSample:
+    """One completion of a request and the task it became."""
+
+    request_id: int
+    sample: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    input: str | None
+    output: str | None
+    status: str
+    reason: str | None
+
+
+def task_id(request_id: int, sample: int) -> str:
+    """The stable id of a task in its run: request and sample index."""
+    return f"{request_id}-{sample}"
+
+
+class RunStore:
+    """A run's SQLite file. Writes happen in short transactions; readers (`bonito status`) may
+    open the same file while a run writes to it."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    # meta: configuration and state
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def put(self, key: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # contexts and requests
+    def clear_plan(self) -> None:
+        """Forget contexts and requests (a reading that did not finish starts over)."""
+        with self.transaction():
+            for table in ("tasks", "completions", "requests", "contexts"):
+                self.db.execute(f"DELETE FROM {table}")
+
+    def add_contexts(
+        self,
+        contexts: Sequence[tuple[int, str, dict[str, Any], str, int]],
+        requests: Sequence[PlannedRequest],
+    ) -> None:
+        """Contexts as (id, document, source, text, tokens), with their requests, at once."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO contexts (id, document, source, text, tokens) VALUES (?, ?, ?, ?, ?)",
+                [(i, d, json.dumps(s, ensure_ascii=False), t, n) for i, d, s, t, n in contexts],
+            )
+            self.add_requests(requests)
+
+    def add_requests(self, requests: Iterable[PlannedRequest]) -> None:
+        self.db.executemany(
+            "INSERT INTO requests (context_id, slot, attempt, task_type, seed) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(r.context_id, r.slot, r.attempt, r.task_type, r.seed) for r in requests],
+        )
+
+    def next_chunk(self, size: int) -> list[StoredRequest]:
+        """Requests still to send from the first block of `size` request ids that has any: fixed
+        blocks, so a resumed run batches the rest of a block as the first run would have."""
+        first = self.db.execute("SELECT MIN(id) FROM requests WHERE status = 'pending'").fetchone()[
+            0
+        ]
+        if first is None:
+            return []
+        low = (first - 1) // size * size + 1
+        rows = self.db.execute(
+            "SELECT r.id, r.context_id, r.slot, r.attempt, r.task_type, r.seed, c.text, c.source "
+            "FROM requests r JOIN contexts c ON c.id = r.context_id "
+            "WHERE r.status = 'pending' AND r.id >= ? AND r.id < ? ORDER BY r.id",
+            (low, low + size),
+        ).fetchall()
+        return [StoredRequest(*row[:7], json.loads(row[7])) for row in rows]
+
+    def fail(self, failures: Sequence[tuple[int, str]]) -> None:
+        """Mark requests failed, with why: they wait for the next time the run is started."""
+        with self.transaction():
+            self.db.executemany(
+                "UPDATE requests SET status = 'failed', error = ? WHERE id = ?",
+                [(reason, request_id) for request_id, reason in failures],
+            )
+
+    def retry_failed(self) -> int:
+        """Make failed requests pending again; how many."""
+        return self.db.execute(
+            "UPDATE requests SET status = 'pending', error = NULL WHERE status = 'failed'"
+        ).rowcount
+
+    def unanswered_contexts(self, max_attempt: int) -> list[PlannedRequest]:
+        """The requests of the latest attempt of every context that has no accepted task yet and
+        fewer than `max_attempt` retries, as they would be asked again (attempt + 1, no seed)."""
+        rows = self.db.execute(
+            """
+            WITH latest AS (
+                SELECT context_id, MAX(attempt) AS attempt FROM requests GROUP BY context_id
+            )
+            SELECT r.context_id, r.slot, r.attempt, r.task_type
+            FROM requests r JOIN latest l
+                ON l.context_id = r.context_id AND l.attempt = r.attempt
+            WHERE l.attempt < ? AND NOT EXISTS (
+                SELECT 1 FROM requests q JOIN tasks t ON t.request_id = q.id
+                WHERE q.context_id = r.context_id AND t.status = 'accepted'
+            )
+            ORDER BY r.context_id, r.slot
+            """,
+            (max_attempt,),
+        ).fetchall()
+        return [PlannedRequest(c, s, a + 1, t, 0) for c, s, a, t in rows]
+
+    # results
+    def save(self, samples: Sequence[SavedSample], seconds: float) -> None:
+        """Completions and tasks of finished requests, and the requests marked done, at once."""
+        now = time.time()
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.request_id,
+                        s.sample,
+                        s.text,
+                        s.finish_reason,
+                        s.prompt_tokens,
+                        s.completion_tokens,
+                        now,
+                        seconds,
+                    )
+                    for s in samples
+                ],
+            )
+            self.db.executemany(
+                "INSERT INTO tasks (request_id, sample, input, output, status, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(s.request_id, s.sample, s.input, s.output, s.status, s.reason) for s in samples],
+            )
+            self.db.executemany(
+                "UPDATE requests SET status = 'done', error = NULL WHERE id = ?",
+                [(i,) for i in dict.fromkeys(s.request_id for s in samples)],
+            )
+            self.put("generation_seconds", self.get("generation_seconds", 0.0) + seconds)
+
+    def tasks(self, statuses: Sequence[str] = STATUSES) -> Iterator[dict[str, Any]]:
+        """Tasks in the order they were saved, with their request, context and completion."""
+        marks = ",".join("?" * len(statuses))
+        query = f"""
+            SELECT t.request_id, t.sample, t.input, t.output, t.status, t.reason, r.task_type,
+                   r.attempt, r.context_id, c.document, c.source, c.text, m.finish_reason,
+                   m.prompt_tokens, m.completion_tokens
+            FROM tasks t
+            JOIN requests r ON r.id = t.request_id
+            JOIN contexts c ON c.id = r.context_id
+            JOIN completions m ON m.request_id = t.request_id AND m.sample = t.sample
+            WHERE t.status IN ({marks}) ORDER BY t.seq
+        """
+        for row in self.db.execute(query, tuple(statuses)):
+            yield {
+                "id": task_id(row[0], row[1]),
+                "input": row[2],
+                "output": row[3],
+                "status": row[4],
+                "reason": row[5],
+                "task_type": row[6],
+                "sample_index": row[1],
+                "attempt": row[7],
+                "context_id": row[8],
+                "document": row[9],
+                "source": json.loads(row[10]),
+                "context": row[11],
+                "finish_reason": row[12],
+                "prompt_tokens": row[13],
+                "completion_tokens": row[14],
+            }
+
+    def contexts(self) -> Iterator[dict[str, Any]]:
+        """Every context with its number of accepted tasks."""
+        query = """
+            SELECT c.id, c.document, c.source, c.text, c.tokens,
+                   (SELECT COUNT(*) FROM requests r JOIN tasks t ON t.request_id = r.id
+                    WHERE r.context_id = c.id AND t.status = 'accepted')
+            FROM contexts c ORDER BY c.id
+        """
+        for row in self.db.execute(query):
+            yield {
+                "id": row[0],
+                "document": row[1],
+                "source": json.loads(row[2]),
+                "text": row[3],
+                "tokens": row[4],
+                "accepted": row[5],
+            }
+
+    # counts
+    def counts(self) -> dict[str, Any]:
+        """How far the run is: contexts, requests by status, samples, tasks by status and
+        rejection reason, tokens, generation time."""
+        one = self.db.execute
+        requests = Counter(dict(one("SELECT status, COUNT(*) FROM requests GROUP BY status")))
+        tasks = Counter(dict(one("SELECT status, COUNT(*) FROM tasks GROUP BY status")))
+        rejected = dict(
+            one(
+                "SELECT reason, COUNT(*) FROM tasks WHERE status = 'rejected' "
+                "GROUP BY reason ORDER BY COUNT(*) DESC, reason"
+            )
+        )
+        contexts, context_tokens = one(
+            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM contexts"
+        ).fetchone()
+        output_tokens = one("SELECT COALESCE(SUM(completion_tokens), 0) FROM completions")
+        return {
+            "contexts": contexts,
+            "context_tokens": context_tokens,
+            "requests": sum(requests.values()),
+            "requests_done": requests["done"],
+            "requests_failed": requests["failed"],
+            "samples": sum(tasks.values()),
+            "accepted": tasks["accepted"],
+            "duplicates": tasks["duplicate"],
+            "rejected": rejected,
+            "output_tokens": output_tokens.fetchone()[0],
+            "generation_seconds": self.get("generation_seconds", 0.0),
+        }
+
+    def recent_rate(self, seconds: float = 60.0) -> float:
+        """Requests finished per second over the last `seconds` of work."""
+        last = self.db.execute("SELECT MAX(finished_at) FROM completions").fetchone()[0]
+        if last is None:
+            return 0.0
+        done, first = self.db.execute(
+            "SELECT COUNT(DISTINCT request_id), MIN(finished_at - batch_seconds) "
+            "FROM completions WHERE finished_at >= ?",
+            (last - seconds,),
+        ).fetchone()
+        return done / (last - first) if last > first else 0.0
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -18,6 +18,7 @@ import torch
 import transformers
 
 from bonito import SamplingParams, build_prompt, parse_task
+from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
 from bonito.format import Task
 from bonito.sources import Document, read_documents
@@ -94,7 +95,7 @@ def main() -> None:
     engine = TransformersEngine(args.model, device="cpu")
 
     def batched():
-        outputs = engine.generate(prompts, sampling)
+        outputs = generate_all(engine, prompts, sampling)
         return [o[0].text for o in outputs], sum(o[0].completion_tokens for o in outputs)
 
     rows = [

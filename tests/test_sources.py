@@ -310,3 +310,23 @@ def test_saved_dataset_with_a_wrong_split_or_column_is_a_skip(tmp_path):
             "has no column 'body' (it has: text); name the text column with --text-field"
         )
     }
+
+
+def test_fingerprint_changes_with_the_files_read_and_only_those(tmp_path):
+    from bonito.sources import fingerprint
+
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("One passage.")
+    (folder / "sub" / "b.md").write_text("Another passage.")
+    first = fingerprint([folder, "owner/dataset"])
+    assert first[1] == {"input": "owner/dataset", "hub": True}
+    assert first[0]["bytes"] == len("One passage.") + len("Another passage.")
+    (folder / ".hidden").write_text("not read")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("not read either")
+    assert fingerprint([folder, "owner/dataset"]) == first
+    (folder / "sub" / "b.md").write_text("Another passage!")
+    assert fingerprint([folder])[0]["blake2b"] != first[0]["blake2b"]
+    (folder / "sub" / "b.md").rename(folder / "sub" / "c.md")
+    assert len({fingerprint([folder])[0]["blake2b"], first[0]["blake2b"]}) == 2

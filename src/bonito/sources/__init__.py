@@ -131,14 +131,15 @@ def _wanted(relative: str, include: Sequence[str], exclude: Sequence[str]) -> bo
 
 def fingerprint(inputs: Sequence[str | Path]) -> list[dict[str, object]]:
     """What each input is now: a local file or folder as its size and a hash of its files'
-    names and bytes (a changed, added or removed file changes it), a hub id as itself."""
+    names and bytes (a changed, added or removed file changes it; hidden ones, which are not
+    read, do not), a hub id as itself."""
     prints = []
     for item in map(str, inputs):
         path = Path(item).expanduser()
         if not path.exists():
             prints.append({"input": item, "hub": True})
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = sorted(_visible_files(path)) if path.is_dir() else [path]
         digest, size = hashlib.blake2b(digest_size=16), 0
         for file in files:
             digest.update(file.relative_to(path).as_posix().encode() + b"\0")
@@ -151,6 +152,14 @@ def fingerprint(inputs: Sequence[str | Path]) -> list[dict[str, object]]:
                 digest.update(f"unreadable: {error.strerror}".encode())
         prints.append({"input": item, "bytes": size, "blake2b": digest.hexdigest()})
     return prints
+
+
+def _visible_files(folder: Path) -> Iterator[Path]:
+    """Files under `folder` that reading could see: none hidden, none in a hidden folder."""
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder).parts
+        if path.is_file() and not any(part.startswith(".") for part in relative):
+            yield path
 
 
 def _is_hub_id(item: str) -> bool:

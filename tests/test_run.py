@@ -112,6 +112,10 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, 
         assert first.poll() is None, "the first run ended before the second was tried"
         assert second.returncode == 1
         assert "is in use by another bonito process" in second.stderr
+        running = subprocess.run(BONITO + ["status", str(killed)], capture_output=True, text=True)
+        assert first.poll() is None
+        assert "running" in running.stdout and "requests/s over the last minute" in running.stdout
+        assert "eta" in running.stdout
         wait_for(lambda: done_requests(killed) >= 60)
     finally:
         first.send_signal(signal.SIGKILL)

@@ -8,8 +8,9 @@ the same passage (it is folded into the index keys), and only in the words outsi
 
 Text is normalised by Unicode NFKC, casefolding and collapsing whitespace. A task's shingles are
 the word 3-grams of its normalised `input + " " + output` with the passage taken out; a task of
-fewer than three words is one shingle. Everything is hashed with fixed functions (blake2b, a polynomial hash of a shingle's UTF-8
-bytes mod 2**64, the splitmix64 finaliser), so answers are the same in every process. Signatures
+fewer than three words is one shingle. Everything is hashed with fixed functions (blake2b, a
+polynomial hash of a shingle's UTF-8 bytes mod 2**64, the splitmix64 finaliser), so answers are
+the same in every process. Signatures
 are computed for a batch at once with numpy: permutation k maps a shingle hash h to a_k * h + b_k
 mod 2**64 (a_k, b_k from blake2b of the seed and k) and keeps the top 32 bits of the least.
 

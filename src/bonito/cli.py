@@ -251,6 +251,67 @@ def status(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     Console().print(table)
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
+    format_name: Annotated[
+        str,
+        typer.Option("--format", "-f", help="jsonl, parquet, hf, chat, alpaca or sharegpt."),
+    ] = "jsonl",
+    split_by_document: Annotated[
+        float | None,
+        typer.Option(help="Share of the tasks for a test split, whole documents per side (0.1)."),
+    ] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Also push the dataset and its card to this hub repo.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
+) -> None:
+    """Write the run's accepted tasks as a dataset folder: train (and test) files in FORMAT and
+    a dataset card, README.md."""
+    from bonito.export import export_run
+
+    result = export_run(
+        run,
+        output,
+        format_name,
+        split_by_document=split_by_document,
+        push_to_hub=push_to_hub,
+        overwrite=overwrite,
+    )
+    table = Table(title=f"bonito export {run}", show_header=False)
+    table.add_row("format", result.format)
+    for name, side in result.sides.items():
+        table.add_row(name, f"{side.tasks} tasks from {len(side.documents)} documents")
+    table.add_row("folder", str(result.folder))
+    table.add_row("card", str(result.card))
+    if result.repo:
+        table.add_row("hub", result.repo)
+    Console().print(table)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default RUN/report.html).")
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Tasks in the browsable sample.")] = 200,
+) -> None:
+    """Write a self-contained HTML report of a run: task-type mix, lengths, rejection reasons,
+    coverage and a sample of tasks beside their passages."""
+    from bonito.report import write_report
+
+    result = write_report(run, output, sample)
+    Console().print(
+        f"report of {result.samples} samples ({result.shown} shown; run {result.state}) "
+        f"written to {result.path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _chunker(
     model: str,
     max_tokens: int,

@@ -1,0 +1,381 @@
+"""`bonito export` end to end: a real run with the tiny generator exported in every format and
+read back, the split by document, the dataset card, and the mistakes a user can make."""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+from huggingface_hub import DatasetCard
+from test_cli import run_cli
+
+from bonito import BonitoError
+from bonito.cli import main
+from bonito.export import CITATION, LICENCE_NOTE, split_documents
+from bonito.store import PlannedRequest, RunStore, SavedSample
+
+EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
+HOSTILE = (
+    "Visitors to the old mill <script>window.pwned = 1</script> can see the wheel turn. "
+    '<img src="http://127.0.0.1:9/x.png" onerror="window.pwned = 2"> The miller grinds '
+    "wheat into flour every Saturday and sells it at the market </td></tr></table>."
+)
+BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
+FORMATS = ("jsonl", "parquet", "hf", "chat", "alpaca", "sharegpt")
+
+
+def bonito(*args) -> None:
+    """Run the bonito command in this process; fail on a non-zero exit."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["bonito", *map(str, args)])
+        try:
+            main()
+        except SystemExit as stop:
+            assert stop.code in (0, None), f"bonito {args} exited with {stop.code}"
+
+
+def write_passages(folder: Path) -> Path:
+    """Sixteen documents made from the examples, and one full of markup."""
+    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    lines = [json.dumps({"text": f"Note {i}. {texts[i % len(texts)]}"}) for i in range(16)]
+    path = folder / "passages.jsonl"
+    path.write_text("\n".join([*lines, json.dumps({"text": HOSTILE})]) + "\n")
+    return path
+
+
+def generate_run(model: Path, folder: Path, *extra) -> Path:
+    """A real run of the tiny generator over the passages: the run folder."""
+    out = folder / "run"
+    bonito(
+        "generate",
+        write_passages(folder),
+        *("-t", "ynqa", "-t", "nli", "-t", "exqa"),
+        *("--model", model, "--engine", "transformers"),
+        *("--max-tokens", 48, "--seed", 5, "--output", out),
+        *extra,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model, tmp_path_factory) -> Path:
+    return generate_run(tiny_model, tmp_path_factory.mktemp("export"))
+
+
+def make_config() -> dict:
+    sampling = {"n": 1, "temperature": 0.5, "top_p": 0.95, "max_tokens": 64, "seed": 0}
+    return {
+        "model": "tiny",
+        "inputs": [{"input": "notes.jsonl", "bytes": 10, "blake2b": "00"}],
+        "task_mix": {"ynqa": 1.0, "nli": 1.0},
+        "per_context": 2,
+        "sampling": sampling | {"stop": []},
+        "reading": {},
+        "chunking": {},
+        "checks": True,
+        "dedup": {"mode": "near", "threshold": 0.8},
+    }
+
+
+def make_store(folder: Path, contexts: int, per_request: int) -> None:
+    """A real run store, written through RunStore, of `contexts` contexts (five per document),
+    each asked for ynqa and nli, with `per_request` samples each, a random mix of accepted,
+    duplicate and rejected tasks of random lengths."""
+    rng = random.Random(0)
+    folder.mkdir()
+    store = RunStore(folder / "run.sqlite")
+    store.put("config", make_config())
+    store.add_contexts(
+        [
+            (i, f"doc{i // 5}", {"row": i}, "word " * rng.randint(20, 300), rng.randint(30, 400))
+            for i in range(contexts)
+        ],
+        [
+            PlannedRequest(i, slot, 0, kind, i)
+            for i in range(contexts)
+            for slot, kind in ((0, "ynqa"), (1, "nli"))
+        ],
+    )
+    statuses = [("accepted", None), ("duplicate", "1-0"), ("rejected", "not_yes_no")]
+    samples = [
+        SavedSample(
+            request,
+            sample,
+            "text",
+            "stop",
+            90,
+            rng.randint(4, 64),
+            "Is it? " * rng.randint(2, 80),
+            "yes",
+            *rng.choice(statuses),
+        )
+        for request in range(1, 2 * contexts + 1)
+        for sample in range(per_request)
+    ]
+    store.save(samples, 5.0)
+    store.put("reading", {"documents": contexts // 5, "skipped": {}})
+    store.put("state", "finished")
+    store.close()
+
+
+def store_tasks(run: Path, *statuses: str) -> list[dict]:
+    store = RunStore(run / "run.sqlite", readonly=True)
+    try:
+        return list(store.tasks(statuses or ("accepted", "rejected", "duplicate")))
+    finally:
+        store.close()
+
+
+def read_split(folder: Path, format_name: str, split: str) -> list[dict]:
+    """The records of one split as written, read with the reader each format is meant for."""
+    if format_name == "hf":
+        return datasets.load_from_disk(str(folder))[split].to_list()
+    if format_name == "parquet":
+        return pq.read_table(folder / f"{split}.parquet").to_pylist()
+    lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def load_with_card(folder: Path, tmp: Path) -> datasets.DatasetDict:
+    """The export loaded as the hub loads it, through the card's configs; a cache of its own,
+    as `datasets` caches a local folder by its name and card, not by its files."""
+    return datasets.load_dataset(str(folder), cache_dir=str(tmp / "cache"))
+
+
+def expected_record(task: dict, format_name: str) -> dict:
+    """What the export of `task` should be, written out here rather than taken from bonito."""
+    meta = {"task_type": task["task_type"], "id": task["id"]}
+    prompt, answer = task["input"], task["output"]
+    if format_name == "chat":
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        return {"messages": turns, **meta}
+    if format_name == "alpaca":
+        return {"instruction": prompt, "input": "", "output": answer, **meta}
+    if format_name == "sharegpt":
+        turns = [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
+        return {"conversations": turns, **meta}
+    source = task["source"] if format_name == "jsonl" else json.dumps(task["source"])
+    columns = ("id", "task_type", "input", "output", "context", "document")
+    return {key: task[key] for key in columns} | {"source": source}
+
+
+@pytest.mark.parametrize("format_name", FORMATS)
+def test_every_format_reads_back_as_the_accepted_tasks(
+    run, tmp_path, format_name, capsys, monkeypatch
+):
+    out = tmp_path / format_name
+    code, stdout, err = run_cli(
+        ["export", run, "--format", format_name, "-o", out], capsys, monkeypatch
+    )
+    assert code == 0, err
+    accepted = store_tasks(run, "accepted")
+    assert len(accepted) < len(store_tasks(run)), "the run should have rejected samples too"
+    records = read_split(out, format_name, "train")
+    if format_name == "parquet":
+        records = [r | {"source": json.dumps(json.loads(r["source"]))} for r in records]
+    assert records == [expected_record(task, format_name) for task in accepted]
+    assert not (out / "test.jsonl").exists() and not (out / "test").exists()
+    assert f"{len(accepted)} tasks from" in stdout
+    hub_view = load_with_card(out, tmp_path)
+    assert list(hub_view) == ["train"] and hub_view["train"].num_rows == len(accepted)
+
+
+def test_split_by_document_keeps_documents_whole_and_is_deterministic(
+    run, tmp_path, capsys, monkeypatch
+):
+    folders = [tmp_path / "a" / "tasks", tmp_path / "b" / "tasks"]
+    for folder in folders:
+        args = ["export", run, "-o", folder, "--split-by-document", 0.25]
+        assert run_cli(args, capsys, monkeypatch)[0] == 0
+    for name in ("train.jsonl", "test.jsonl", "README.md"):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes()
+    train, test = (read_split(folders[0], "jsonl", split) for split in ("train", "test"))
+    train_docs, test_docs = ({r["document"] for r in side} for side in (train, test))
+    assert train_docs and test_docs and not train_docs & test_docs
+    accepted = store_tasks(run, "accepted")
+    assert sorted(r["id"] for r in train + test) == sorted(t["id"] for t in accepted)
+    per_document = Counter(t["document"] for t in accepted)
+    assert abs(len(test) - 0.25 * len(accepted)) <= max(per_document.values())
+    card = (folders[0] / "README.md").read_text()
+    assert f"| train | {len(train_docs)} | {len(train)} |" in card
+    assert f"| test | {len(test_docs)} | {len(test)} |" in card
+    assert f"Test holds {len(test) / len(accepted):.1%} of the tasks (asked for 25.0%" in card
+    parquet = tmp_path / "parquet"
+    args = ["export", run, "-o", parquet, "-f", "parquet", "--split-by-document", 0.25]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    assert [r["id"] for r in read_split(parquet, "parquet", "test")] == [r["id"] for r in test]
+    loaded = load_with_card(parquet, tmp_path)
+    assert {name: split.num_rows for name, split in loaded.items()} == {
+        "train": len(train),
+        "test": len(test),
+    }
+
+
+def test_split_documents_is_seeded_close_and_never_leaves_a_side_empty():
+    sizes = {f"doc{i:03}": 1 + i % 7 for i in range(200)}
+    test = split_documents(sizes, 0.1, seed=3)
+    assert test == split_documents(sizes, 0.1, seed=3)
+    assert test != split_documents(sizes, 0.1, seed=4)
+    share = sum(sizes[d] for d in test)
+    assert abs(share - 0.1 * sum(sizes.values())) <= 3.5
+    two = {"a": 5, "b": 5}
+    assert len(split_documents(two, 0.01, seed=0)) == 1  # test gets a document
+    assert len(split_documents(two, 0.99, seed=0)) == 1  # train keeps one
+    with pytest.raises(BonitoError, match="at least two documents"):
+        split_documents({"only": 9}, 0.1, seed=0)
+
+
+def test_card_says_what_made_the_tasks(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_never_in_a_card")
+    out = tmp_path / "chat"
+    args = ["export", run, "-o", out, "-f", "chat", "--split-by-document", 0.3]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    card = DatasetCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    files = meta["configs"][0]["data_files"]
+    assert files == [
+        {"split": "train", "path": "train.jsonl"},
+        {"split": "test", "path": "test.jsonl"},
+    ]
+    assert meta["task_categories"] == ["text-generation"]
+    assert meta["size_categories"] == ["n<1K"] and "bonito" in meta["tags"]
+    text = card.text
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert f"generator: {config['model']}" in text
+    assert "temperature=0.5, top_p=0.95, max_tokens=48, seed=5" in text
+    assert "task mix: ynqa:1, nli:1, exqa:1 (3 per context)" in text
+    assert "passages.jsonl (" in text and "blake2b" in text
+    records = read_split(out, "chat", "train") + read_split(out, "chat", "test")
+    for kind, number in Counter(r["task_type"] for r in records).items():
+        assert f"| {kind} | " in text and f" | {number} |\n" in text
+    rejected = Counter(t["reason"] for t in store_tasks(run, "rejected"))
+    reason, number = rejected.most_common(1)[0]
+    assert f"rejected, not exported: {rejected.total()} (" in text
+    assert f"{reason} {number}" in text
+    assert LICENCE_NOTE in text and CITATION in text
+    assert "SFTTrainer" in text
+    assert "hf_secret" not in (out / "README.md").read_text()
+
+
+def test_overwrite_replaces_an_earlier_export_only(run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    args = ["export", run, "-o", out, "--split-by-document", 0.3]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["export", run, "-o", out, "--overwrite"], capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt", "train.jsonl"]
+    assert len(read_split(out, "jsonl", "train")) == len(store_tasks(run, "accepted"))
+
+
+def test_a_run_without_accepted_tasks_is_refused(tmp_path, capsys, monkeypatch):
+    store = RunStore(tmp_path / "run.sqlite")
+    store.put("config", make_config())
+    store.close()
+    code, _, err = run_cli(["export", tmp_path, "-o", tmp_path / "out"], capsys, monkeypatch)
+    assert code == 1 and "has no accepted tasks to export yet" in err
+
+
+def mistakes(run: Path, tmp: Path) -> list[tuple[list, str]]:
+    (tmp / "full").mkdir()
+    (tmp / "full" / "data.txt").write_text("x")
+    (tmp / "file").write_text("x")
+    out = tmp / "out"
+    return [
+        (["export", tmp, "-o", out], "is not a bonito run (it has no run.sqlite)"),
+        (["export", run, "-o", out, "-f", "csv"], "--format must be one of jsonl, parquet, hf"),
+        (["export", run, "-o", out, "--split-by-document", 0], "between 0 and 1"),
+        (["export", run, "-o", out, "--split-by-document", 1], "between 0 and 1"),
+        (["export", run, "-o", out, "--split-by-document", 1.5], "between 0 and 1"),
+        (["export", run, "-o", tmp / "full"], "is not empty; choose another folder or pass"),
+        (["export", run, "-o", tmp / "file"], "is a file"),
+        (["export", run, "-o", run, "--overwrite"], "--output is the run folder"),
+        (["export", run, "-o", out, "--push-to-hub", "no such//repo"], "is not a hub repo id"),
+        (["export", run, "-o", tmp / "file" / "out"], "Cannot write"),
+    ]
+
+
+def test_mistakes_are_one_clear_message(run, tmp_path, capsys, monkeypatch):
+    for args, message in mistakes(run, tmp_path):
+        code, stdout, err = run_cli(args, capsys, monkeypatch)
+        assert code == 1, args
+        assert message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert stdout == ""
+    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "full" / "data.txt").read_text() == "x"
+
+
+class Unauthorized(BaseHTTPRequestHandler):
+    """A hub that turns every request away."""
+
+    def reply(self) -> None:
+        body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_HEAD = reply
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("hub", ["refusing", "unauthorized"])
+def test_push_failure_is_one_sentence_and_keeps_the_export(run, tmp_path, hub):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1] if hub == "unauthorized" else closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_secret_for_the_test"}
+    out = tmp_path / "out"
+    try:
+        result = subprocess.run(
+            [*BONITO, "export", str(run), "-o", str(out), "-f", "chat", "--push-to-hub", "me/t"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: Could not push to the hub dataset me/t (")
+    assert f"the export in {out} is complete" in errors[0]
+    assert "Traceback" not in result.stderr and "hf_secret" not in result.stderr
+    assert len(read_split(out, "chat", "train")) == len(store_tasks(run, "accepted"))
+    assert "hf_secret" not in (out / "README.md").read_text()
+
+
+def test_a_run_of_100k_tasks_is_exported_in_batches(tmp_path, capsys, monkeypatch):
+    run, out = tmp_path / "big", tmp_path / "out"
+    make_store(run, contexts=1000, per_request=50)
+    args = ["export", run, "-o", out, "-f", "parquet", "--split-by-document", 0.1]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    files = [pq.ParquetFile(out / f"{split}.parquet") for split in ("train", "test")]
+    accepted = len(store_tasks(run, "accepted"))
+    assert sum(f.metadata.num_rows for f in files) == accepted > 30_000
+    assert 0.09 < files[1].metadata.num_rows / accepted < 0.11
+    assert all(
+        f.metadata.row_group(i).num_rows <= 1000 for f in files for i in range(f.num_row_groups)
+    )
+    documents = [set(f.read(columns=["document"]).column(0).to_pylist()) for f in files]
+    assert not documents[0] & documents[1]

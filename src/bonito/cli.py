@@ -121,7 +121,12 @@ def generate(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")],
     model: Annotated[str, typer.Option(help="Hub id or local folder.")] = "BatsResearch/bonito-v1",
-    engine: Annotated[str, typer.Option(help="auto, transformers or vllm.")] = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="auto, transformers, vllm, openai (a server: --base-url) or llamacpp (a .gguf)."
+        ),
+    ] = "auto",
     text_field: TextField = "text",
     split: Split = "train",
     include: Include = None,
@@ -166,6 +171,50 @@ def generate(
         typer.Option(help="transformers: fixed batch size (default: sized from memory)."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="transformers: cpu, cuda, cuda:1...")] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="openai: the server's root or its /v1, e.g. http://127.0.0.1:8000/v1."),
+    ] = None,
+    served_model: Annotated[
+        str | None,
+        typer.Option(
+            help="openai: the model name the server knows (default: --model if it serves it, "
+            "else the one model it lists)."
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="openai: environment variable holding the server's API key (never written "
+            "anywhere); no key is sent without it."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="openai: requests in flight at most, fewer while the server pushes back "
+            "[default: 16]."
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(help="openai: seconds one request may take [default: 600]."),
+    ] = None,
+    max_retries: Annotated[
+        int | None,
+        typer.Option(
+            help="openai: times a request is sent again after a timeout, a dropped connection, "
+            "a 429 or a 5xx [default: 8]."
+        ),
+    ] = None,
+    remote_warning: Annotated[
+        bool | None,
+        typer.Option(
+            "--remote-warning/--no-remote-warning",
+            help="openai: warn when --base-url is neither this machine nor a private network "
+            "[default: on].",
+        ),
+    ] = None,
     engine_arg: Annotated[
         list[str] | None,
         typer.Option(help="KEY=VALUE passed to the engine, e.g. tensor_parallel_size=2."),
@@ -210,7 +259,18 @@ def generate(
         dedup,
         dedup_threshold,
     )
-    kwargs = _engine_kwargs(engine_arg, batch_size=batch_size, device=device)
+    kwargs = _engine_kwargs(
+        engine_arg,
+        batch_size=batch_size,
+        device=device,
+        base_url=base_url,
+        served_model=served_model,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        timeout=request_timeout,
+        max_retries=max_retries,
+        remote_warning=remote_warning,
+    )
 
     def load():
         with console.status(f"loading {model}"):

@@ -9,12 +9,13 @@ from typing import Any
 from bonito.engines.base import Completion, Engine, Failure, Finished, generate_all
 from bonito.errors import BonitoError
 
-ENGINES = ("auto", "transformers", "vllm")
+ENGINES = ("auto", "transformers", "vllm", "openai")
 log = logging.getLogger("bonito")
 
 
 def choose_engine(engine: str) -> str:
-    """Resolve "auto": vLLM when importable and a CUDA device is present, else transformers."""
+    """Resolve "auto": vLLM when importable and a CUDA device is present, else transformers
+    ("openai", a server, is only ever chosen by name)."""
     if engine not in ENGINES:
         raise BonitoError(f"Unknown engine '{engine}'; choose one of {', '.join(ENGINES)}.")
     if engine != "auto":
@@ -33,8 +34,19 @@ def choose_engine(engine: str) -> str:
 
 
 def load_engine(model: str, engine: str = "auto", **engine_kwargs: Any) -> Engine:
-    """Load `model` with the named engine; engine_kwargs go to that backend unchanged."""
+    """Load `model` with the named engine; engine_kwargs go to that backend unchanged. For
+    "openai", `model` is the model the server is asked for unless served_model is given, and
+    base_url is required."""
     chosen = choose_engine(engine)
+    if chosen == "openai":
+        from bonito.engines.openai import OpenAIEngine
+
+        if "base_url" not in engine_kwargs:
+            raise BonitoError(
+                "The openai engine needs the server's address: --base-url, such as "
+                "http://127.0.0.1:8000/v1."
+            )
+        return OpenAIEngine(model, **engine_kwargs)
     if chosen == "vllm":
         from bonito.engines.vllm import VLLMEngine
 

@@ -1,0 +1,455 @@
+"""The openai engine against a real OpenAI-compatible server: `transformers serve` on 127.0.0.1
+serving the tiny generator, alone and behind our fault-injecting proxy (tests/servers.py).
+Same tasks as the in-process engine under greedy decoding; retries, backoff and failures that
+are recorded and sent again; a server killed mid-run; keys that stay secret; clear errors."""
+
+import asyncio
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from servers import (
+    FaultProxy,
+    free_port,
+    llama_cpp_serve,
+    llama_cpp_server_missing,
+    serving_missing,
+    transformers_serve,
+)
+from transformers import AutoTokenizer
+
+from bonito import BonitoError, SamplingParams, build_prompt
+from bonito.engines import generate_all, load_engine
+from bonito.engines.openai import (
+    PROBE_PROMPT,
+    Concurrency,
+    OpenAIEngine,
+    Stats,
+    api_root,
+    completions_from,
+    is_local,
+    retry_after,
+    split_tokens,
+)
+from bonito.engines.transformers import TransformersEngine
+from bonito.mix import TaskMix
+from bonito.run import RunConfig, generate_run
+from bonito.sampling import derive_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "passages.jsonl"
+CONVERT = ROOT / "scripts" / "convert_to_gguf.py"
+GREEDY = SamplingParams(temperature=0, max_tokens=40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    """`transformers serve` with the tiny generator, for the whole module."""
+    missing = serving_missing()
+    if missing:
+        pytest.skip(missing)
+    process = transformers_serve(tiny_model, tmp_path_factory.mktemp("serve") / "server.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def passages(tmp_path_factory) -> Path:
+    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"Note {i}. {t}"}) + "\n" for i, t in enumerate(texts))
+    )
+    return path
+
+
+def run_config(model, passages, sampling=GREEDY, limit=6) -> RunConfig:
+    return RunConfig(
+        str(model),
+        (str(passages),),
+        TaskMix.parse(["ynqa", "nli"]),
+        1,
+        sampling,
+        reading={"limit": limit},
+    )
+
+
+def query(folder: Path, sql: str) -> list[tuple]:
+    db = sqlite3.connect(folder / "run.sqlite")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def completions_of(folder: Path) -> list[tuple]:
+    return query(
+        folder,
+        "SELECT request_id, sample, text, finish_reason, prompt_tokens, completion_tokens "
+        "FROM completions ORDER BY request_id, sample",
+    )
+
+
+def counts_of(folder: Path) -> tuple[int, int, int, int]:
+    """Requests done, requests failed, completions, distinct (request, sample) completions."""
+    return query(
+        folder,
+        "SELECT (SELECT COUNT(*) FROM requests WHERE status = 'done'), "
+        "(SELECT COUNT(*) FROM requests WHERE status = 'failed'), COUNT(*), "
+        "COUNT(DISTINCT request_id || '-' || sample) FROM completions",
+    )[0]
+
+
+def test_greedy_run_through_the_server_equals_the_in_process_run(
+    server, tiny_model, passages, tmp_path
+):
+    """Same completions (text, finish reason, token counts: so BOS is added once), the same
+    tasks: the raw prompt reaches the server unchanged."""
+    config = run_config(tiny_model, passages)
+    local = generate_run(
+        tmp_path / "local", config, lambda: TransformersEngine(str(tiny_model), device="cpu")
+    )
+    served = generate_run(
+        tmp_path / "served",
+        config,
+        lambda: load_engine(str(tiny_model), "openai", base_url=server.url + "/v1"),
+        engine_name="openai",
+    )
+    assert local.state == served.state == "finished"
+    expected = completions_of(tmp_path / "local")
+    assert len(expected) == 6 and completions_of(tmp_path / "served") == expected
+    assert all(c[4] > 20 for c in expected)
+    tasks = [(tmp_path / f / "tasks.jsonl").read_text() for f in ("local", "served")]
+    assert tasks[0] == tasks[1]
+    assert served.summary.accepted == local.summary.accepted
+
+
+def test_samples_are_asked_one_by_one_from_a_server_that_ignores_n(server, tiny_model):
+    """transformers serve returns one choice whatever n is: the engine finds that out at the
+    start and sends each sample alone with its own seed."""
+    proxy = FaultProxy(server.url)
+    try:
+        engine = load_engine(str(tiny_model), "openai", base_url=proxy.url)
+        assert engine.split_n and engine.model == str(tiny_model)
+        prompts = [build_prompt("Glaciers move slowly.", t) for t in ("ynqa", "nli")]
+        sampling = SamplingParams(n=3, temperature=0, max_tokens=16)
+        results = generate_all(engine, prompts, sampling, seeds=[11, 12])
+    finally:
+        proxy.close()
+    assert [len(r) for r in results] == [3, 3]
+    assert all(c.completion_tokens > 0 and c.prompt_tokens > 10 for r in results for c in r)
+    sent = {(s.prompt, s.seed, s.n) for s in proxy.seen if s.prompt != PROBE_PROMPT}
+    assert sent == {
+        (prompt, s, 1)
+        for prompt, seed in zip(prompts, (11, 12), strict=True)
+        for s in (seed, derive_seed(seed, 1), derive_seed(seed, 2))
+    }
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_model, tmp_path_factory):
+    """llama-cpp-python's server with the tiny generator converted to GGUF."""
+    missing = llama_cpp_server_missing(CONVERT)
+    if missing:
+        pytest.skip(missing)
+    folder = tmp_path_factory.mktemp("llama-server")
+    converted = subprocess.run(
+        [sys.executable, str(CONVERT), str(tiny_model), str(folder / "tiny.gguf")],
+        capture_output=True,
+        text=True,
+    )
+    assert converted.returncode == 0, converted.stderr
+    process = llama_cpp_serve(folder / "tiny.gguf", folder / "server.log").start()
+    yield process
+    process.stop()
+
+
+def test_a_llama_cpp_server_gets_bos_once_and_seeded_samples_one_by_one(llama_server, tiny_model):
+    """llama.cpp adds BOS itself (the prompt counts as many tokens as with the transformers
+    tokenizer), ignores n and honours seeds: samples are asked one by one, reproducibly."""
+    engine = load_engine(str(tiny_model), "openai", base_url=llama_server.url)
+    assert engine.model.endswith("tiny.gguf") and engine.split_n  # the one model it lists
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()[:3]]
+    prompts = [build_prompt(t, "ynqa") for t in texts]
+    stop = SamplingParams(temperature=0, max_tokens=64, stop=("<|pipe|>",))
+    for prompt, (completion,) in zip(prompts, generate_all(engine, prompts, stop), strict=True):
+        assert completion.prompt_tokens == len(tokenizer(prompt).input_ids)
+        assert "<|pipe|>" not in completion.text and completion.finish_reason == "stop"
+    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=24)
+    first = generate_all(engine, prompts, sampling, seeds=[1, 2, 3])
+    assert generate_all(engine, prompts, sampling, seeds=[1, 2, 3]) == first
+    assert generate_all(engine, prompts, sampling, seeds=[4, 5, 6]) != first
+    assert [len(r) for r in first] == [2, 2, 2] and any(r[0].text != r[1].text for r in first)
+
+
+SCRIPTS = [[], ["429"], ["500", "500"], ["slow"], ["drop"], ["500"] * 99]
+"""What the proxy does to each new prompt in turn, attempt by attempt (then it passes)."""
+
+
+def test_faults_are_retried_with_backoff_and_failures_recorded_then_resent(
+    server, tiny_model, passages, tmp_path, caplog
+):
+    assigned: dict = {}
+
+    def script(seen):
+        if seen.prompt == PROBE_PROMPT:
+            return "pass"
+        steps = assigned.setdefault(seen.prompt, SCRIPTS[len(assigned) % len(SCRIPTS)])
+        return steps[seen.repeat] if seen.repeat < len(steps) else "pass"
+
+    proxy = FaultProxy(server.url, script, retry_after=1, slow_seconds=6)
+    engines = []
+
+    def load():
+        engine = OpenAIEngine(
+            str(tiny_model),
+            base_url=proxy.url,
+            concurrency=3,
+            timeout=4,
+            max_retries=3,
+            backoff=0.2,
+            max_backoff=1.0,
+        )
+        engines.append(engine)
+        return engine
+
+    config = run_config(tiny_model, passages, SamplingParams(temperature=0, max_tokens=16), 12)
+    folder = tmp_path / "run"
+    try:
+        with caplog.at_level(logging.INFO, logger="bonito"):
+            first = generate_run(folder, config, load)
+        assert first.state == "finished: 2 requests failed"
+        assert counts_of(folder) == (10, 2, 10, 10)
+        errors = query(folder, "SELECT error FROM requests WHERE status = 'failed'")
+        assert errors == [("HTTP 500: injected failure (4 attempts)",)] * 2
+
+        by_prompt: dict = {}
+        for seen in proxy.seen:
+            by_prompt.setdefault(seen.prompt, []).append(seen)
+        for prompt, steps in assigned.items():
+            times = [s.at for s in by_prompt[prompt]]
+            if len(steps) > 3:
+                assert len(times) == 4  # given up after max_retries
+            else:  # more if the loaded server was slow beyond the timeout once more
+                assert len(times) >= len(steps) + 1, (steps, len(times))
+            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            if steps == ["429"]:
+                assert gaps[0] >= 1.0  # Retry-After: 1 honoured
+            elif steps and steps[0] == "500":
+                assert all(g >= 0.1 * 2**k * 0.9 for k, g in enumerate(gaps))  # backoff grows
+            elif steps == ["slow"]:
+                assert gaps[0] >= 4.0  # the per-request timeout
+        stats = engines[0].stats
+        assert stats.retries["HTTP 429"] == 2 and stats.retries["timeout"] >= 2
+        assert stats.retries["connection"] == 2 and stats.failed == 2
+        assert stats.retries["HTTP 500"] == 2 * 2 + 2 * 3
+        assert stats.concurrency and min(stats.concurrency) < 3  # pushed back: fewer in flight
+        assert "openai engine: concurrency 3 -> 1" in caplog.text
+
+        proxy.script = lambda seen: "pass"
+        again = generate_run(folder, config, load)
+        assert again.state == "finished"
+        assert counts_of(folder) == (12, 0, 12, 12)
+    finally:
+        proxy.close()
+    ids = [json.loads(line)["id"] for line in (folder / "tasks.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == again.summary.accepted
+
+
+def test_a_server_killed_mid_run_and_restarted_loses_and_repeats_nothing(
+    server, tiny_model, passages, tmp_path
+):
+    folder = tmp_path / "run"
+    engines, at_kill = [], []
+
+    def load():
+        engines.append(
+            OpenAIEngine(
+                str(tiny_model),
+                base_url=server.url,
+                concurrency=4,
+                max_retries=80,
+                backoff=0.2,
+                max_backoff=1.0,
+            )
+        )
+        return engines[0]
+
+    def crash_and_restart():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if counts_of(folder)[0] >= 3:
+                    break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.02)
+        server.kill()
+        at_kill.append(counts_of(folder)[0])
+        time.sleep(1)
+        server.start()
+
+    crasher = threading.Thread(target=crash_and_restart)
+    config = run_config(tiny_model, passages, SamplingParams(temperature=0, max_tokens=16), 12)
+    try:
+        crasher.start()
+        outcome = generate_run(folder, config, load)
+    finally:
+        crasher.join()
+        if not server.ready():
+            server.start()
+    assert outcome.state == "finished"
+    assert 3 <= at_kill[0] < 12
+    assert counts_of(folder) == (12, 0, 12, 12)
+    assert engines[0].stats.retries["connection"] > 0 and engines[0].stats.failed == 0
+
+
+def test_the_api_key_is_sent_and_never_written_or_logged(
+    server, tiny_model, passages, tmp_path, monkeypatch, caplog
+):
+    secret = "sk-test-7f3a9c1e5d"
+    monkeypatch.setenv("BONITO_TEST_KEY", secret)
+    proxy = FaultProxy(server.url, api_key=secret)
+    folder = tmp_path / "run"
+    try:
+        with caplog.at_level(logging.DEBUG):
+            engine = load_engine(
+                str(tiny_model), "openai", base_url=proxy.url, api_key_env="BONITO_TEST_KEY"
+            )
+            outcome = generate_run(
+                folder,
+                run_config(tiny_model, passages, SamplingParams(max_tokens=8, seed=1), 3),
+                lambda: engine,
+                engine_name="openai",
+            )
+        assert outcome.state == "finished"
+        assert {h.get("authorization") for h in proxy.headers} == {f"Bearer {secret}"}
+        monkeypatch.setenv("BONITO_TEST_KEY", "sk-wrong")
+        with pytest.raises(BonitoError, match=r"HTTP 401.*check the key in \$BONITO_TEST_KEY"):
+            OpenAIEngine(base_url=proxy.url, api_key_env="BONITO_TEST_KEY")
+        with pytest.raises(BonitoError, match="refused the request .*pass --api-key-env"):
+            OpenAIEngine(base_url=proxy.url)
+    finally:
+        proxy.close()
+    written = b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
+    assert secret.encode() not in written and b"sk-wrong" not in written
+    assert secret not in caplog.text and secret not in repr(engine)
+
+
+def test_mistakes_end_in_one_clear_sentence_before_generating(server, tiny_model, monkeypatch):
+    cases = [
+        (dict(base_url="ftp://127.0.0.1/v1"), "must be an http:// or https:// URL"),
+        (dict(base_url="http://me:pw@127.0.0.1/v1"), "must not carry a user name or password"),
+        (dict(base_url=f"http://127.0.0.1:{free_port()}"), "Cannot reach an OpenAI-compatible"),
+        (dict(base_url=server.url + "/nothing/v1"), r"completions does not exist \(HTTP 404"),
+        (dict(base_url=server.url, served_model="other"), "refused the model .*'other'"),
+        (dict(base_url=server.url, api_key_env="BONITO_NO_SUCH_VAR"), "no such environment"),
+        (dict(base_url=server.url, concurrency=0), "concurrency must be a whole number"),
+        (dict(base_url=server.url, device="cpu"), "does not take device"),
+    ]
+    monkeypatch.delenv("BONITO_NO_SUCH_VAR", raising=False)
+    for kwargs, message in cases:
+        with pytest.raises(BonitoError, match=message) as error:
+            load_engine(str(tiny_model), "openai", **kwargs)
+        assert "\n" not in str(error.value)
+    with pytest.raises(BonitoError, match="needs the server's address: --base-url"):
+        load_engine(str(tiny_model), "openai")
+
+
+def test_a_remote_base_url_warns_once_unless_silenced(caplog):
+    for host in ("localhost", "127.0.0.1", "::1", "10.1.2.3", "192.168.0.7", "fe80::1%eth0"):
+        assert is_local(host), host
+    for host in ("1.1.1.1", "2606:4700::1111", "no-such-host.invalid"):
+        assert not is_local(host), host
+    for remote_warning, lines in ((True, 1), (False, 0)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bonito"):
+            with pytest.raises(BonitoError, match="Cannot reach"):  # .invalid never resolves
+                OpenAIEngine(
+                    base_url="http://bonito-test.invalid:9/v1", remote_warning=remote_warning
+                )
+        warnings = [r.getMessage() for r in caplog.records if "leave this machine" in r.message]
+        assert len(warnings) == lines
+
+
+def test_generate_works_from_a_thread_and_inside_an_event_loop_and_stops_when_closed(
+    server, tiny_model
+):
+    engine = OpenAIEngine(str(tiny_model), base_url=server.url, concurrency=2)
+    prompts = [build_prompt(f"Passage {i}. Bakers rise early.", "ynqa") for i in range(4)]
+    sampling = SamplingParams(temperature=0, max_tokens=8)
+    expected = generate_all(engine, prompts, sampling)
+    found = {}
+
+    def in_a_thread():
+        found["thread"] = generate_all(engine, prompts, sampling)
+
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+
+    async def inside_a_loop():
+        return generate_all(engine, prompts, sampling)
+
+    assert found["thread"] == asyncio.run(inside_a_loop()) == expected
+    groups = engine.generate(prompts, sampling)
+    first = next(groups)
+    groups.close()
+    assert 1 <= len(first) < 4
+    assert not [t for t in threading.enumerate() if t.name == "bonito-openai"]
+
+
+def test_concurrency_halves_once_per_burst_and_climbs_back():
+    async def scenario():
+        stats = Stats()
+        limit = Concurrency(8, 8, stats)
+        epochs = [await limit.acquire() for _ in range(8)]
+        for epoch in epochs[:4]:  # a burst of 429s from requests sent together: one cut
+            limit.release(epoch, "pushback")
+        assert limit.limit == 4
+        for epoch in epochs[4:]:
+            limit.release(epoch, "neutral")
+        blocked = asyncio.ensure_future(asyncio.gather(*(limit.acquire() for _ in range(5))))
+        await asyncio.sleep(0)
+        assert limit.active == 4 and not blocked.done()  # the fifth waits
+        for _ in range(4 + 5 + 6 + 7 + 8):
+            limit.release(limit.epoch, "ok")
+            await limit.acquire()
+        assert limit.limit == 8 and stats.concurrency == [4, 5, 6, 7, 8]
+        blocked.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_answers_headers_and_urls_are_read_as_servers_write_them():
+    assert api_root("http://h:8000") == "http://h:8000/v1"
+    assert api_root("http://h:8000/v1/") == "http://h:8000/v1"
+    assert api_root("https://h/api/v1/completions") == "https://h/api/v1"
+    assert retry_after("3") == 3.0 and retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date gone by: at once
+    assert split_tokens(None, ["a", "b"]) == [0, 0]
+    assert split_tokens(10, ["abc"]) == [10]
+    assert sum(split_tokens(101, ["aaaa", "b", "cc"])) == 101
+    answer = {
+        "choices": [
+            {"index": 1, "text": "x\n<|pipe|>\ny STOP z", "finish_reason": "length"},
+            {"index": 0, "text": "a", "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 12},
+    }
+    first, second = completions_from(answer, ["STOP"])
+    assert (first.text, first.finish_reason, first.prompt_tokens) == ("a", "stop", 30)
+    assert (second.text, second.finish_reason) == ("x\n<|pipe|>\ny ", "stop")
+    assert first.completion_tokens + second.completion_tokens == 12
+    no_usage = completions_from({"choices": [{"text": "t", "finish_reason": "length"}]}, [])
+    assert no_usage[0].completion_tokens == 0 and no_usage[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="no choices"):
+        completions_from({"choices": []}, [])

@@ -16,6 +16,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from bonito.errors import BonitoError
@@ -154,15 +155,22 @@ class Chunker:
 
     @classmethod
     def from_model(cls, model: str, **options: Any) -> Chunker:
-        """A chunker with the tokenizer of `model` (a hub id or a local folder)."""
+        """A chunker with the tokenizer of `model`: a hub id, a local folder, or a .gguf file
+        (its own tokenizer, read by transformers with the `gguf` package)."""
         from transformers import AutoTokenizer
 
         from bonito.engines.models import check_model_path, model_load_error
 
-        check_model_path(model)
+        path = Path(model)
+        gguf = path.suffix == ".gguf" and path.is_file()
+        if not gguf:
+            check_model_path(model)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model)
-        except (OSError, ValueError) as error:
+            if gguf:
+                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError, ImportError) as error:
             raise model_load_error(model, error) from error
         return cls(tokenizer, **options)
 

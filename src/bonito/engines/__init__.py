@@ -9,13 +9,13 @@ from typing import Any
 from bonito.engines.base import Completion, Engine, Failure, Finished, generate_all
 from bonito.errors import BonitoError
 
-ENGINES = ("auto", "transformers", "vllm", "openai")
+ENGINES = ("auto", "transformers", "vllm", "openai", "llamacpp")
 log = logging.getLogger("bonito")
 
 
 def choose_engine(engine: str) -> str:
     """Resolve "auto": vLLM when importable and a CUDA device is present, else transformers
-    ("openai", a server, is only ever chosen by name)."""
+    ("openai", a server, and "llamacpp", a .gguf file, are only ever chosen by name)."""
     if engine not in ENGINES:
         raise BonitoError(f"Unknown engine '{engine}'; choose one of {', '.join(ENGINES)}.")
     if engine != "auto":
@@ -47,6 +47,10 @@ def load_engine(model: str, engine: str = "auto", **engine_kwargs: Any) -> Engin
                 "http://127.0.0.1:8000/v1."
             )
         return OpenAIEngine(model, **engine_kwargs)
+    if chosen == "llamacpp":
+        from bonito.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(model, **engine_kwargs)
     if chosen == "vllm":
         from bonito.engines.vllm import VLLMEngine
 

@@ -36,6 +36,8 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/batching.py
 	$(BIN)/python bench/chunking.py
+	$(BIN)/python bench/run_store.py
+	$(BIN)/python bench/dedup.py
 
 clean:
 	rm -rf $(VENV) models runs

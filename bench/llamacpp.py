@@ -28,7 +28,9 @@ from bonito.engines import generate_all
 from bonito.engines.llamacpp import LlamaCppEngine, default_threads
 from bonito.engines.transformers import TransformersEngine
 from bonito.format import Task
-from bonito.sources import Document, read_documents
+
+sys.path.insert(0, str(Path(__file__).parent))
+from batching import passages  # noqa: E402  the same passages as the batching bench
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -38,18 +40,6 @@ SETTINGS = {
     "card": SamplingParams(temperature=0.5, top_p=0.95, max_tokens=128, seed=0),
     "card n=4": SamplingParams(n=4, temperature=0.5, top_p=0.95, max_tokens=128, seed=0),
 }
-
-
-def passages(count: int) -> list[str]:
-    """Real passages from the shared data, round-robin over domains; the examples otherwise."""
-    files = sorted(SHARED.glob("*/*passages.jsonl")) or [ROOT / "examples" / "passages.jsonl"]
-    pools = [[d.text for d in read_documents([f]) if isinstance(d, Document)] for f in files]
-    picked, i = [], 0
-    while len(picked) < count:
-        pool = pools[i % len(pools)]
-        picked.append(pool[(i // len(pools)) % len(pool)])
-        i += 1
-    return picked
 
 
 def measure(engine, setting: str, prompts: list[str], contexts: list[str]) -> tuple[dict, list]:

@@ -74,16 +74,21 @@ def test_batches_are_length_sorted_and_sized(engine):
     assert sorted(i for b in batches for i in b) == list(range(len(PROMPTS)))
 
 
-def test_n_samples_seeded_reproducible_and_distinct(engine):
+def check_n_samples_seeded_reproducible_and_distinct(engine, prompts):
+    """Any engine: n samples a prompt, the same again with the same seed, others with another."""
     sampling = SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=11)
-    first = generate_all(engine, PROMPTS[:4], sampling)
-    assert [len(o) for o in first] == [3, 3, 3, 3]
-    assert generate_all(engine, PROMPTS[:4], sampling) == first
+    first = generate_all(engine, prompts, sampling)
+    assert [len(o) for o in first] == [3] * len(prompts)
+    assert generate_all(engine, prompts, sampling) == first
     other = generate_all(
-        engine, PROMPTS[:4], SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
+        engine, prompts, SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
     )
     assert other != first
     assert any(len({c.text for c in o}) > 1 for o in first)
+
+
+def test_n_samples_seeded_reproducible_and_distinct(engine):
+    check_n_samples_seeded_reproducible_and_distinct(engine, PROMPTS[:4])
 
 
 @pytest.mark.parametrize("spread", ["peaked", "flat"])

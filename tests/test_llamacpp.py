@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_engines import check_n_samples_seeded_reproducible_and_distinct
 
 from bonito import BonitoError, SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
@@ -152,15 +153,7 @@ def test_greedy_tasks_match_the_transformers_engine(tiny_gguf, transformers_engi
 
 @needs_llama
 def test_n_samples_seeded_reproducible_and_distinct(engine):
-    sampling = SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=11)
-    first = generate_all(engine, PROMPTS[:4], sampling)
-    assert [len(o) for o in first] == [3, 3, 3, 3]
-    assert generate_all(engine, PROMPTS[:4], sampling) == first
-    other = generate_all(
-        engine, PROMPTS[:4], SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
-    )
-    assert other != first
-    assert all(len({c.text for c in o}) > 1 for o in first)
+    check_n_samples_seeded_reproducible_and_distinct(engine, PROMPTS[:4])
 
 
 @needs_llama

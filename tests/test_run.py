@@ -345,3 +345,20 @@ def test_status_of_a_finished_run(tiny_model, passages, tmp_path, capsys, monkey
     code, stdout, _ = run_cli(["status", out], capsys, monkeypatch)
     assert code == 0
     assert "finished" in stdout and "6/6 requests (100.0%)" in stdout
+
+
+def test_no_checks_alone_is_the_original_behaviour(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    """--no-checks keeps every parseable sample: no task checks and no dedup."""
+    out = tmp_path / "run"
+    args = generate_args(passages, tiny_model, out, "--no-checks", "--limit", 12, "--n", 2)
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["checks"] is False
+    assert summary["config"]["dedup"]["mode"] == "off"
+    counts = summary["summary"]
+    assert counts["duplicates"] == 0
+    assert set(counts["rejected"]) <= {"no_pipe", "several_pipes", "empty_input", "empty_output"}
+    assert counts["accepted"] + sum(counts["rejected"].values()) == counts["samples"] == 24

@@ -150,7 +150,10 @@ def generate(
     checks: Annotated[
         bool, typer.Option(help="Task-aware checks; --no-checks keeps every parseable sample.")
     ] = True,
-    dedup: Annotated[str, typer.Option(help="near, exact or off.")] = "near",
+    dedup: Annotated[
+        str | None,
+        typer.Option(help="near, exact or off [default: near; off with --no-checks]."),
+    ] = None,
     dedup_threshold: Annotated[
         float,
         typer.Option(help="Word-shingle Jaccard similarity from which tasks are near-duplicates."),
@@ -256,7 +259,7 @@ def generate(
         reading,
         chunking,
         checks,
-        dedup,
+        dedup or ("near" if checks else "off"),  # --no-checks alone: the original's output
         dedup_threshold,
     )
     kwargs = _engine_kwargs(

@@ -452,6 +452,75 @@ def tiny_model(
     console.print(f"tiny bonito model written to {path} in {time.perf_counter() - started:.1f}s")
 
 
+ctga_app = typer.Typer(
+    help="ctga: bonito training pairs from promptsource templates (see docs/ctga.md).",
+    no_args_is_help=True,
+)
+app.add_typer(ctga_app, name="ctga")
+
+
+@ctga_app.command("build")
+def ctga_build(
+    templates: Annotated[
+        Path, typer.Option(help="promptsource templates folder (DATASET[/SUBSET]/templates.yaml).")
+    ],
+    annotations: Annotated[
+        Path, typer.Option(help="CSV: dataset_name, dataset_config_name, template_name, task_type.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pairs file: .jsonl or .parquet.")],
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(help="name[/subset]=SOURCE:passage_field[:split]; repeat for more."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON list of datasets (name, subset, source, ...).")
+    ] = None,
+    per_dataset: Annotated[
+        int | None, typer.Option(help="At most this many pairs a dataset.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the row order and template draws.")] = 0,
+    every_template: Annotated[
+        bool, typer.Option(help="Every annotated template on each row, not one drawn at random.")
+    ] = False,
+    truncate_passage: Annotated[
+        bool, typer.Option(help="Cut passages past 2,048 characters as promptsource (ctga-v1).")
+    ] = True,
+    passage_in_answer: Annotated[
+        bool, typer.Option(help="Keep templates whose answer alone holds the passage (ctga-v1).")
+    ] = False,
+) -> None:
+    """Build bonito training pairs (source, target, provenance) from promptsource templates
+    annotated with task types and the datasets they were written for."""
+    from bonito.ctga import Summary, build_ctga, load_specs, parse_spec, write_pairs
+
+    specs = [parse_spec(text) for text in dataset or []]
+    if config is not None:
+        specs += load_specs(config)
+    if not specs:
+        raise BonitoError("Give the datasets with --dataset or --config.")
+    summary = Summary()
+    pairs = build_ctga(
+        specs,
+        templates,
+        annotations,
+        per_dataset=per_dataset,
+        seed=seed,
+        every_template=every_template,
+        truncate_passage=truncate_passage,
+        passage_in_answer=passage_in_answer,
+        summary=summary,
+    )
+    with console.status("building ctga pairs"):
+        written = write_pairs(pairs, output)
+    table = Table(title=f"bonito ctga build -> {output}", show_header=False)
+    for label, count in summary.pairs.items():
+        table.add_row(label, f"{count} pairs")
+    table.add_row("task types", counts(summary.task_types) or "0")
+    table.add_row("skipped", counts(summary.skipped) or "0")
+    table.add_row("written", str(written))
+    Console().print(table)
+
+
 def _engine_kwargs(pairs: list[str] | None, **options: Any) -> dict[str, Any]:
     kwargs = {key: value for key, value in options.items() if value is not None}
     for pair in pairs or []:

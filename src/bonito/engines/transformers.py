@@ -3,6 +3,7 @@ batch sizes chosen from memory, n samples per prompt, stop strings, seeded sampl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,11 @@ from bonito.engines.base import Completion, Finished, prompt_seeds
 from bonito.engines.models import check_model_path, model_load_error
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams, derive_seed
+
+# transformers 5.23+ warns that `past_key_values` will be renamed `cache` (in 5.40), but in 5.23
+# Mistral's forward does not take `cache` yet (it silently builds a new cache): keep the old name,
+# without the warning on every step.
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 CPU_TOKEN_BUDGET = 16_384
 """On CPU, compute not memory is the limit: at most this many (prompt + new) tokens per batch

@@ -121,17 +121,29 @@ def test_text_is_only_the_completion(engine):
         assert completion.prompt_tokens > 10
 
 
-def test_stop_strings_and_finish_reasons(engine):
+def check_stop_strings_and_finish_reasons(engine, prompts):
+    """Any engine: a stop string ends the text before it (finish "stop"), max_tokens cuts it
+    (finish "length"), end of sequence ends it, and no special token is left in the text."""
     stopped = generate_all(
-        engine, PROMPTS[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
+        engine, prompts[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
     )
     for outputs in stopped:
         assert "<|pipe|>" not in outputs[0].text
         assert outputs[0].finish_reason == "stop"
-    cut = generate_all(engine, PROMPTS[:2], SamplingParams(max_tokens=3, seed=0))
-    assert [(o[0].finish_reason, o[0].completion_tokens) for o in cut] == [("length", 3)] * 2
-    ended = generate_all(engine, PROMPTS[:2], SamplingParams(max_tokens=128, temperature=0))
+    free = generate_all(engine, prompts[:4], SamplingParams(max_tokens=64, seed=0))
+    for cut, whole in zip(stopped, free, strict=True):
+        if "<|pipe|>" in whole[0].text:
+            assert whole[0].text.startswith(cut[0].text)
+            assert cut[0].completion_tokens < whole[0].completion_tokens
+    short = generate_all(engine, prompts[:2], SamplingParams(max_tokens=3, seed=0))
+    assert [(o[0].finish_reason, o[0].completion_tokens) for o in short] == [("length", 3)] * 2
+    ended = generate_all(engine, prompts[:2], SamplingParams(max_tokens=128, temperature=0))
     assert all(o[0].finish_reason == "stop" and o[0].completion_tokens < 128 for o in ended)
+    assert all("</s>" not in o[0].text and "<|task|>" not in o[0].text for o in ended)
+
+
+def test_stop_strings_and_finish_reasons(engine):
+    check_stop_strings_and_finish_reasons(engine, PROMPTS)
 
 
 def test_every_prompt_is_yielded_once_in_groups(engine):

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_engines import check_n_samples_seeded_reproducible_and_distinct
+from test_engines import (
+    check_n_samples_seeded_reproducible_and_distinct,
+    check_stop_strings_and_finish_reasons,
+)
 
 from bonito import BonitoError, SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
@@ -178,22 +181,7 @@ def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(tiny_gguf, eng
 
 @needs_llama
 def test_stop_strings_and_finish_reasons(engine):
-    stopped = generate_all(
-        engine, PROMPTS[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
-    )
-    for outputs in stopped:
-        assert "<|pipe|>" not in outputs[0].text
-        assert outputs[0].finish_reason == "stop"
-    free = generate_all(engine, PROMPTS[:4], SamplingParams(max_tokens=64, seed=0))
-    for cut, whole in zip(stopped, free, strict=True):
-        if "<|pipe|>" in whole[0].text:
-            assert whole[0].text.startswith(cut[0].text)
-            assert cut[0].completion_tokens < whole[0].completion_tokens
-    short = generate_all(engine, PROMPTS[:2], SamplingParams(max_tokens=3, seed=0))
-    assert [(o[0].finish_reason, o[0].completion_tokens) for o in short] == [("length", 3)] * 2
-    ended = generate_all(engine, PROMPTS[:2], SamplingParams(max_tokens=128, temperature=0))
-    assert all(o[0].finish_reason == "stop" and o[0].completion_tokens < 128 for o in ended)
-    assert all("</s>" not in o[0].text and "<|task|>" not in o[0].text for o in ended)
+    check_stop_strings_and_finish_reasons(engine, PROMPTS)
 
 
 @needs_llama

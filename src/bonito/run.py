@@ -122,7 +122,6 @@ class Outcome:
 
     summary: Summary
     state: str
-    folder: Path
 
 
 def generate_run(
@@ -155,7 +154,7 @@ def generate_run(
                 progress.update(done)
 
             state = run.generate(load_engine, config, budgets, advance)
-        return Outcome(run.write_summary(state, engine_name), state, folder)
+        return Outcome(run.write_summary(state, engine_name), state)
 
 
 def bar(iterable=None, **options: Any) -> tqdm:

@@ -5,7 +5,7 @@ and against a stub server that answers at once. Target: the engine's own time pe
 stays under 5% of the request's end-to-end time at concurrency 16.
 
     python bench/http_engine.py [--requests 96] [--concurrency 16] [--max-tokens 64]
-                                [--rounds 7] [--model models/tiny-bonito]
+                                [--rounds 7] [--model models/tiny-bonito] [--out FILE]
 
 Rounds alternate thin client and engine (medians over rounds). "latency" is the engine's mean
 time from sending a request to holding its parsed answer (end to end); "client cpu ms" is the
@@ -14,7 +14,7 @@ latency is waiting on the server); "share" is client cpu ms over latency. Agains
 nearly all time is the client's, so its req/s is the engine's ceiling. The wall times compare
 whole runs: the best round of each ("overhead"; other work on a shared machine only adds time)
 and the median of each round's pair ("paired"); on a busy machine they swing with the server's
-speed. Prints a table and writes bench/results/http_engine.json.
+speed. Prints a table and writes bench/results/http_engine.json (or --out).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+import aiohttp  # noqa: E402
 from servers import ServerProcess, free_port, transformers_serve  # noqa: E402
 
 from bonito import SamplingParams, build_prompt  # noqa: E402
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--stub-requests", type=int, default=4000)
     parser.add_argument("--model", default=str(ROOT / "models" / "tiny-bonito"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http_engine.json")
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # run as the stub server
     args = parser.parse_args()
     if args.stub:
@@ -242,12 +244,12 @@ def main() -> None:
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
         "server": "transformers serve --continuous-batching --device cpu, tiny generator",
+        "http_client": f"aiohttp {aiohttp.__version__}",
         "rows": rows,
         "target_client_share_of_latency": 0.05,
     }
-    out = ROOT / "bench" / "results" / "http_engine.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ from bonito.engines.openai import (
     Stats,
     api_root,
     completions_from,
+    env_proxy,
     is_local,
     retry_after,
     split_tokens,
+    to_json,
 )
 from bonito.engines.transformers import TransformersEngine
 from bonito.mix import TaskMix
@@ -453,3 +455,15 @@ def test_answers_headers_and_urls_are_read_as_servers_write_them():
     assert no_usage[0].completion_tokens == 0 and no_usage[0].finish_reason == "length"
     with pytest.raises(ValueError, match="no choices"):
         completions_from({"choices": []}, [])
+    assert to_json({"prompt": "Zürich\n", "top_p": 1.0}) == '{"prompt":"Zürich\\n","top_p":1.0}'
+
+
+def test_a_proxy_named_in_the_environment_is_used_unless_no_proxy_exempts_the_host(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    assert env_proxy("http://10.0.0.5:8000/v1") == "http://proxy.example:3128"
+    assert env_proxy("https://gpu.example.org/v1") is None  # no HTTPS_PROXY
+    monkeypatch.setenv("NO_PROXY", "localhost,10.0.0.5")
+    assert env_proxy("http://10.0.0.5:8000/v1") is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -16,10 +17,12 @@ import random
 import socket
 import threading
 import time
+import urllib.request
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
@@ -27,14 +30,12 @@ from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams, derive_seed
 
 try:
-    import httpx2 as httpx  # what huggingface_hub 2 and openai install
-except ImportError:  # pragma: no cover - older environments have it under its first name
-    try:
-        import httpx  # type: ignore[no-redef]
-    except ImportError:
-        httpx = None  # type: ignore[assignment]
+    import aiohttp
+except ImportError:  # pragma: no cover - a dependency of bonito; only a broken install lacks it
+    aiohttp = None  # type: ignore[assignment]
 
 log = logging.getLogger("bonito")
+T = TypeVar("T")
 
 PUSHBACK_STATUSES = frozenset({429, 503})
 """Answers that mean "too much load": the concurrency halves (as it does on a timeout)."""
@@ -149,19 +150,79 @@ def completions_from(payload: Any, stop: Sequence[str]) -> list[Completion]:
     return completions
 
 
-def error_message(response: Any, secret: str | None = None) -> str:
+def env_proxy(url: str) -> str | None:
+    """The proxy HTTP_PROXY or HTTPS_PROXY names for `url`, unless NO_PROXY exempts its host,
+    read as requests reads them; None if there is none."""
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+def to_json(value: Any) -> str:
+    """A request body: compact JSON, UTF-8 text left as it is."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class Answer:
+    """An HTTP answer, read in full."""
+
+    status: int
+    reason: str
+    body: bytes
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError if it is not."""
+        return json.loads(self.body)
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None
+) -> Answer:
+    """GET `url`, or POST `body` to it as JSON, and read the answer; aiohttp.ClientError or
+    asyncio.TimeoutError if no answer came."""
+    request = session.get(url) if body is None else session.post(url, json=body)
+    async with request as response:
+        content = await response.read()
+        return Answer(
+            response.status, response.reason or "", content, response.headers.get("Retry-After")
+        )
+
+
+def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
+    """What `coroutine` returns, run on an event loop in a thread of its own: this works under a
+    running event loop too, and Ctrl-C does not wait for it."""
+    outcome: Future = Future()
+
+    def run() -> None:
+        try:
+            outcome.set_result(asyncio.run(coroutine))
+        except BaseException as error:
+            outcome.set_exception(error)
+
+    threading.Thread(target=run, name="bonito-openai-check", daemon=True).start()
+    return outcome.result()
+
+
+def error_message(answer: Answer, secret: str | None = None) -> str:
     """The server's own words for an error answer, short, with the API key blanked out."""
     try:
-        payload = response.json()
+        payload = answer.json()
     except ValueError:
-        payload = response.text
+        payload = answer.body.decode("utf-8", "replace")
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict):
             payload = error.get("message") or error.get("detail") or error
         else:
             payload = payload.get("message") or payload.get("detail") or error
-    text = " ".join(str(payload).split())[:300] or response.reason_phrase
+    text = " ".join(str(payload).split())[:300] or answer.reason
     return text.replace(secret, "***") if secret else text
 
 
@@ -294,8 +355,8 @@ class OpenAIEngine:
                 "base_url, served_model, api_key_env, concurrency, timeout, connect_timeout, "
                 "max_retries, backoff, max_backoff, remote_warning and extra_body."
             )
-        if httpx is None:
-            raise BonitoError("The openai engine needs httpx2: `pip install httpx2`.")
+        if aiohttp is None:
+            raise BonitoError("The openai engine needs aiohttp: `pip install aiohttp`.")
         for label, value, least in (
             ("concurrency", concurrency, 1),
             ("max_retries", max_retries, 0),
@@ -321,7 +382,7 @@ class OpenAIEngine:
         self._key = self._read_key(api_key_env)
         self._key_env = api_key_env
         self._limit = concurrency
-        self._tls = httpx.create_ssl_context()  # once: making one costs ~25 ms of CPU
+        self._proxy = env_proxy(self.base_url)
         self.stats = Stats()
         self.split_n = False
         """True once the server is known to return fewer choices than n."""
@@ -362,8 +423,18 @@ class OpenAIEngine:
             headers["Authorization"] = f"Bearer {self._key}"
         return headers
 
-    def _timeouts(self) -> Any:
-        return httpx.Timeout(self.timeout, connect=self.connect_timeout)
+    def _session(
+        self, connections: int, timeout: float, keepalive: bool = True
+    ) -> aiohttp.ClientSession:
+        """An aiohttp session for this server (to make inside the event loop that uses it).
+        TLS takes aiohttp's default context, made once when aiohttp is imported."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, force_close=not keepalive),
+            headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=timeout, connect=self.connect_timeout),
+            proxy=self._proxy,
+            json_serialize=to_json,
+        )
 
     # checking the server before anything is sent
     def _connect(self, served_model: str | None, model: str | None) -> str:
@@ -371,12 +442,13 @@ class OpenAIEngine:
         accepts the key and serves that model; BonitoError with one sentence if not. Without
         --served-model: `model` if the server lists it (or lists nothing), else the one model
         it lists; never a guess among several."""
-        timeouts = httpx.Timeout(min(self.timeout, 120.0), connect=self.connect_timeout)
-        fresh = httpx.Limits(max_keepalive_connections=0)  # some servers drop one after a 500
-        with httpx.Client(
-            headers=self._headers(), timeout=timeouts, limits=fresh, verify=self._tls
-        ) as client:
-            listed = self._listed_models(client)
+        return run_apart(self._check(served_model, model))
+
+    async def _check(self, served_model: str | None, model: str | None) -> str:
+        """What `_connect` does, on an event loop."""
+        # no keep-alive: some servers drop a connection after a 500
+        async with self._session(1, min(self.timeout, 120.0), keepalive=False) as session:
+            listed = await self._listed_models(session)
             if served_model:
                 candidates = [served_model]
             elif listed and len(listed) == 1 and model not in listed:
@@ -390,7 +462,7 @@ class OpenAIEngine:
                 )
             refusals = []
             for name in candidates:
-                refusal = self._probe(client, name)
+                refusal = await self._probe(session, name)
                 if refusal is None:
                     return name
                 refusals.append(f"'{name}': {refusal}")
@@ -407,20 +479,20 @@ class OpenAIEngine:
             "shows how) or correct --base-url."
         )
 
-    def _listed_models(self, client: Any) -> list[str] | None:
+    async def _listed_models(self, session: aiohttp.ClientSession) -> list[str] | None:
         """The ids /v1/models lists, or None if the server does not say."""
         try:
-            response = client.get(f"{self.base_url}/models")
-        except httpx.HTTPError as error:
+            answer = await fetch(session, f"{self.base_url}/models")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise self._unreachable(error) from None
-        if response.status_code in (401, 403):
-            raise self._auth_error(response)
+        if answer.status in (401, 403):
+            raise self._auth_error(answer)
         try:
-            return [str(m["id"]) for m in response.json()["data"]] if response.is_success else None
+            return [str(m["id"]) for m in answer.json()["data"]] if answer.ok else None
         except (ValueError, KeyError, TypeError):
             return None
 
-    def _probe(self, client: Any, name: str) -> str | None:
+    async def _probe(self, session: aiohttp.ClientSession, name: str) -> str | None:
         """None if the server generates for `name`, else its reason for refusing the model;
         raises for an unreachable server, a refused key or a missing endpoint. Learns whether
         the server honours n (asking for two one-token samples, then for one)."""
@@ -433,18 +505,18 @@ class OpenAIEngine:
         }
         for n in (2, 1):
             try:
-                response = client.post(url, json=body | {"n": n})
-            except httpx.TimeoutException as error:
-                if isinstance(error, httpx.ConnectTimeout):
-                    raise self._unreachable(error) from None
+                answer = await fetch(session, url, body | {"n": n})
+            except aiohttp.ConnectionTimeoutError as error:
+                raise self._unreachable(error) from None
+            except asyncio.TimeoutError:
                 log.warning("openai engine: the test request timed out; going on")
                 return None
-            except httpx.HTTPError as error:
+            except aiohttp.ClientError as error:
                 raise self._unreachable(error) from None
-            status = response.status_code
-            if response.is_success:
+            status = answer.status
+            if answer.ok:
                 try:
-                    choices = len(completions_from(response.json(), ()))
+                    choices = len(completions_from(answer.json(), ()))
                 except ValueError as error:
                     raise BonitoError(
                         f"{url} does not answer as an OpenAI-compatible server does ({error}); "
@@ -453,8 +525,8 @@ class OpenAIEngine:
                 self.split_n = n == 1 or choices < n
                 return None
             if status in (401, 403):
-                raise self._auth_error(response)
-            message = error_message(response, self._key)
+                raise self._auth_error(answer)
+            message = error_message(answer, self._key)
             names_model = "model" in message.lower() or name in message
             if status == 404 and not names_model:
                 raise BonitoError(
@@ -475,15 +547,15 @@ class OpenAIEngine:
             return f"HTTP {status}: {message}"
         return None
 
-    def _auth_error(self, response: Any) -> BonitoError:
+    def _auth_error(self, answer: Answer) -> BonitoError:
         fix = (
             f"check the key in ${self._key_env}"
             if self._key_env
             else "pass --api-key-env with the name of the environment variable holding its key"
         )
         return BonitoError(
-            f"The server at {self.base_url} refused the request (HTTP {response.status_code}: "
-            f"{error_message(response, self._key)}); {fix}."
+            f"The server at {self.base_url} refused the request (HTTP {answer.status}: "
+            f"{error_message(answer, self._key)}); {fix}."
         )
 
     # generating
@@ -553,38 +625,35 @@ class OpenAIEngine:
         emit: Callable[[tuple[int, list[Completion] | Failure]], None],
     ) -> None:
         limit = Concurrency(self.concurrency, self._limit, self.stats)
-        connections = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-        )
-        client = httpx.AsyncClient(
-            headers=self._headers(),
-            timeout=self._timeouts(),
-            limits=connections,
-            verify=self._tls,
-        )
+        session = self._session(self.concurrency, self.timeout)
 
-        async def one(index: int) -> tuple[int, list[Completion] | Failure]:
-            return index, await self._prompt(client, limit, prompts[index], sampling, seeds[index])
+        async def one(index: int) -> None:
+            result = await self._prompt(session, limit, prompts[index], sampling, seeds[index])
+            emit((index, result))
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
         try:
-            for next_finished in asyncio.as_completed(tasks):
-                emit(await next_finished)
+            await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await client.aclose()
+            await session.close()
             self._limit = limit.limit
 
     async def _prompt(
-        self, client: Any, limit: Concurrency, prompt: str, sampling: SamplingParams, seed: int
+        self,
+        session: aiohttp.ClientSession,
+        limit: Concurrency,
+        prompt: str,
+        sampling: SamplingParams,
+        seed: int,
     ) -> list[Completion] | Failure:
         """A prompt's n completions: one request for all n, or one a sample where the server
         is known not to honour n (also for the samples a short answer left out)."""
         n, have = sampling.n, []
         if n == 1 or not self.split_n:
-            first = await self._request(client, limit, self._body(prompt, sampling, seed, n))
+            first = await self._request(session, limit, self._body(prompt, sampling, seed, n))
             if isinstance(first, Failure) or len(first) >= n:
                 return first if isinstance(first, Failure) else first[:n]
             if not self.split_n:
@@ -598,7 +667,7 @@ class OpenAIEngine:
             have = first
         rest = await asyncio.gather(
             *(
-                self._request(client, limit, self._body(prompt, sampling, sample_seed(seed, k), 1))
+                self._request(session, limit, self._body(prompt, sampling, sample_seed(seed, k), 1))
                 for k in range(len(have), n)
             )
         )
@@ -622,7 +691,7 @@ class OpenAIEngine:
         return body
 
     async def _request(
-        self, client: Any, limit: Concurrency, body: dict[str, Any]
+        self, session: aiohttp.ClientSession, limit: Concurrency, body: dict[str, Any]
     ) -> list[Completion] | Failure:
         """One completions request, sent again after failures that may pass; its completions,
         or a Failure saying what happened the last time."""
@@ -634,17 +703,17 @@ class OpenAIEngine:
                 self.stats.sent += 1
                 sent = time.perf_counter()
                 try:
-                    response = await asyncio.wait_for(client.post(url, json=body), self.timeout)
-                except (asyncio.TimeoutError, httpx.TimeoutException):
+                    answer = await fetch(session, url, body)
+                except asyncio.TimeoutError:
                     outcome, cause = "pushback", "timeout"
                     why = f"timed out after {self.timeout:g}s"
-                except httpx.TransportError as error:
+                except aiohttp.ClientError as error:
                     cause, why = "connection", f"connection failed ({type(error).__name__})"
                 else:
-                    status = response.status_code
-                    if response.is_success:
+                    status = answer.status
+                    if answer.ok:
                         try:
-                            completions = completions_from(response.json(), stop)
+                            completions = completions_from(answer.json(), stop)
                         except ValueError as error:
                             cause, why = "unreadable", f"unreadable answer ({error})"
                         else:
@@ -653,10 +722,10 @@ class OpenAIEngine:
                             self.stats.seconds += time.perf_counter() - sent
                             return completions
                     else:
-                        message = error_message(response, self._key)
+                        message = error_message(answer, self._key)
                         cause, why = f"HTTP {status}", f"HTTP {status}: {message}"
                         if status in (401, 403):
-                            raise self._auth_error(response)
+                            raise self._auth_error(answer)
                         if status == 404:
                             raise BonitoError(
                                 f"{url} answered HTTP 404 ({message}); check --base-url and "
@@ -667,7 +736,7 @@ class OpenAIEngine:
                             return Failure(why)
                         if status in PUSHBACK_STATUSES:
                             outcome = "pushback"
-                        wait = retry_after(response.headers.get("retry-after"))
+                        wait = retry_after(answer.retry_after)
             finally:
                 limit.release(epoch, outcome)
             if attempt == self.max_retries:

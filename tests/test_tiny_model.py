@@ -1,4 +1,4 @@
-"""The offline tiny generator and the training function it is built with."""
+"""The offline tiny generator (built by `bonito train`'s path, tested in test_training.py)."""
 
 import json
 import random
@@ -6,20 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, MistralForCausalLM
 
 from bonito import TASK_TYPES, SamplingParams, Task, build_prompt, parse_task
 from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
 from bonito.tiny_model import build_tiny_model, load_examples
-from bonito.training import IGNORE_INDEX, build_example, collate, target_loss, train
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 MARKERS = ["<|tasktype|>", "<|context|>", "<|task|>", "<|pipe|>", "{{context}}"]
@@ -117,85 +109,6 @@ def test_same_seed_gives_identical_files(tmp_path):
         assert (first / name).read_bytes() == (again / name).read_bytes()
     assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
     assert torch.are_deterministic_algorithms_enabled() == deterministic
-
-
-def test_build_example_labels_only_the_target_and_eos(tokenizer):
-    source = build_prompt("The river rose overnight.", "ynqa")
-    target = "{{context}}\n\nDid the river rise?\n<|pipe|>\nYes"
-    src = tokenizer(source, add_special_tokens=False).input_ids
-    tgt = tokenizer(target, add_special_tokens=False).input_ids
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-
-    ids, labels = build_example(source, target, tokenizer)
-    assert ids == [bos, *src, *tgt, eos]
-    assert labels == [IGNORE_INDEX] * (1 + len(src)) + [*tgt, eos]
-
-    ids, labels = build_example(source, target, tokenizer, max_source_length=4, max_target_length=3)
-    assert ids == [bos, *src[:3], *tgt[:3]]
-    assert labels == [IGNORE_INDEX] * 4 + tgt[:3]
-
-
-def test_collate_pads_right_without_attention_or_loss():
-    batch = collate([([5, 6, 7], [-100, 6, 7]), ([5, 8], [-100, 8])], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 8, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 8, -100]]
-
-
-def test_target_loss_equals_the_models_own_loss(tiny_model, tokenizer):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    examples = [
-        build_example(build_prompt(c, t), "{{context}}\n<|pipe|>\nYes", tokenizer)
-        for c, t in [(HELD_OUT[0], "ynqa"), (HELD_OUT[5], "te")]
-    ]
-    batch = collate(examples, tokenizer.pad_token_id)
-    with torch.no_grad():
-        assert torch.allclose(target_loss(model, batch), model(**batch).loss, atol=1e-5)
-
-
-def small_model(vocab_size: int) -> MistralForCausalLM:
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    return MistralForCausalLM(config)
-
-
-def test_train_is_seeded_and_learns_the_targets(tokenizer):
-    pairs = [(f"<|context|>\nPassage {i}.\n<|task|>\n", f"Answer {i % 2}") for i in range(4)]
-    batch = collate([build_example(s, t, tokenizer) for s, t in pairs], tokenizer.pad_token_id)
-    model = small_model(len(tokenizer))
-    with torch.no_grad():
-        before = target_loss(model, batch).item()
-
-    trained = [
-        train(pairs, small_model(len(tokenizer)), tokenizer, epochs=30, lr=1e-2, batch_size=4)
-        for _ in range(2)
-    ]
-    first, second = (m.state_dict() for m in trained)
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    assert not trained[0].training
-    with torch.no_grad():
-        assert target_loss(trained[0], batch).item() < before / 4
-
-
-def test_train_adds_a_pad_token_when_the_tokenizer_has_none():
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "yes": 3, "no": 4, "river": 5}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    model = small_model(len(vocab))
-    train([("river yes", "no"), ("river", "yes no")], model, tokenizer, epochs=1, batch_size=2)
-    assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == len(vocab)
-    assert model.get_input_embeddings().num_embeddings == len(vocab) + 1
-    assert model.config.pad_token_id == tokenizer.pad_token_id
 
 
 def test_parse_rate_on_held_out_passages(engine):

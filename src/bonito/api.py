@@ -11,16 +11,18 @@ from bonito.engines import load_engine
 from bonito.errors import BonitoError
 from bonito.generation import Request, Summary, generate_samples
 from bonito.sampling import SamplingParams, derive_seed
-from bonito.task_types import resolve_task_type
+from bonito.task_types import load_declared_task_types, resolve_task_type
 
 
 class Bonito:
     """A bonito generator. `engine` is "auto", "transformers" or "vllm"; `engine_kwargs` go to
-    the backend (for vLLM exactly `vllm.LLM`'s keyword arguments, as in the original library)."""
+    the backend (for vLLM exactly `vllm.LLM`'s keyword arguments, as in the original library).
+    A generator trained by `bonito train` on new task types brings them along."""
 
     def __init__(
         self, model: str = "BatsResearch/bonito-v1", engine: str = "auto", **engine_kwargs: Any
     ) -> None:
+        load_declared_task_types(model)
         self.engine = load_engine(model, engine, **engine_kwargs)
         self.model = model
         self.last_summary: Summary | None = None

@@ -117,6 +117,17 @@ def offered_label(default_labels: Iterable[str]) -> AnswerCheck:
     return check
 
 
+def label_in(labels: Iterable[str]) -> AnswerCheck:
+    """A closed label set (a custom task type's): the answer, or its labelled part ("B. Sports"),
+    is one of `labels`, ignoring case, outer punctuation and spaces."""
+    allowed = frozenset(_key(label) for label in labels)
+
+    def check(instruction: str, answer: str, passage: str) -> str | None:
+        return None if not _answer_keys(answer).isdisjoint(allowed) else "not_a_label"
+
+    return check
+
+
 def squad_normalise(text: str) -> str:
     """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
     words = _PUNCTUATION.sub("", text.lower()).split()

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
@@ -21,7 +22,7 @@ from bonito.chunking import MAX_INPUT_TOKENS
 from bonito.errors import BonitoError
 from bonito.generation import counts
 from bonito.sampling import SamplingParams
-from bonito.task_types import TASK_TYPES, TaskType
+from bonito.task_types import TASK_TYPES, TaskType, all_task_types, load_task_types
 
 app = typer.Typer(
     help="Turn unannotated text into instruction-tuning datasets with bonito generators.",
@@ -34,12 +35,24 @@ SHOWN_SKIPS = 5
 """Skips printed at the end of a reading; all of them are in skipped.jsonl."""
 
 
+TaskTypesFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--task-types",
+        help="YAML file declaring new task types (short, name, description, check, labels); "
+        "see docs/training.md.",
+    ),
+]
+
+
 @app.command()
-def tasks() -> None:
-    """List the 16 task types: short form and the full name the model sees."""
-    table = Table("short form", "full name")
-    for kind in TASK_TYPES:
-        table.add_row(kind.short, kind.name)
+def tasks(task_types: TaskTypesFile = None) -> None:
+    """List the task types: short form, the full name the model sees, and the answer check."""
+    if task_types:
+        load_task_types(task_types)
+    table = Table("short form", "full name", "checked", "description")
+    for kind in all_task_types():
+        table.add_row(kind.short, kind.name, "yes" if kind.check else "", kind.description)
     Console().print(table)
 
 
@@ -222,16 +235,22 @@ def generate(
         list[str] | None,
         typer.Option(help="KEY=VALUE passed to the engine, e.g. tensor_parallel_size=2."),
     ] = None,
+    task_types_file: TaskTypesFile = None,
     overwrite: Annotated[
         bool, typer.Option(help="Start the run in OUTPUT over, dropping what it holds.")
     ] = False,
 ) -> None:
     """Generate tasks from documents into the run folder OUTPUT (its store run.sqlite, and
-    tasks.jsonl, summary.json, skipped.jsonl). The same command again continues the run."""
+    tasks.jsonl, summary.json, skipped.jsonl). The same command again continues the run. A
+    generator trained by `bonito train` brings its own task types."""
     from bonito.engines import load_engine
     from bonito.mix import TaskMix
     from bonito.run import SKIPPED_FILE, TASKS_FILE, Budgets, RunConfig, generate_run
+    from bonito.task_types import load_declared_task_types
 
+    load_declared_task_types(model)
+    if task_types_file:
+        load_task_types(task_types_file)
     mix = TaskMix.parse(task_type)
     sampling = SamplingParams(
         n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
@@ -488,10 +507,15 @@ def ctga_build(
     passage_in_answer: Annotated[
         bool, typer.Option(help="Keep templates whose answer alone holds the passage (ctga-v1).")
     ] = False,
+    task_types_file: TaskTypesFile = None,
 ) -> None:
     """Build bonito training pairs (source, target, provenance) from promptsource templates
-    annotated with task types and the datasets they were written for."""
+    annotated with task types (built-in ones, or new ones declared with --task-types) and the
+    datasets they were written for."""
     from bonito.ctga import Summary, build_ctga, load_specs, parse_spec, write_pairs
+
+    if task_types_file:
+        load_task_types(task_types_file)
 
     specs = [parse_spec(text) for text in dataset or []]
     if config is not None:
@@ -519,6 +543,373 @@ def ctga_build(
     table.add_row("skipped", counts(summary.skipped) or "0")
     table.add_row("written", str(written))
     Console().print(table)
+
+
+# the training recipe's options, shared by train, finetune and adapt (defaults are each one's)
+LoraRank = Annotated[int, typer.Option(help="LoRA rank.")]
+LoraAlpha = Annotated[float, typer.Option(help="LoRA alpha.")]
+LoraDropout = Annotated[float, typer.Option(help="LoRA dropout.")]
+Full = Annotated[bool, typer.Option(help="Train every weight instead of LoRA adapters.")]
+Quantize = Annotated[
+    bool | None,
+    typer.Option(help="4-bit NF4 base (Q-LoRA) [default: on with CUDA, off without]."),
+]
+LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
+WarmupSteps = Annotated[int, typer.Option(help="Steps of linear warm-up.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
+MaxGradNorm = Annotated[float, typer.Option(help="Gradient norm clipping.")]
+BatchSize = Annotated[int, typer.Option(help="Pairs per optimizer step.")]
+MicroBatchSize = Annotated[
+    int, typer.Option(help="Pairs per forward pass (gradient accumulation makes the rest).")
+]
+Epochs = Annotated[float, typer.Option(help="Passes over the pairs.")]
+MaxSteps = Annotated[int | None, typer.Option(help="Optimizer steps (instead of --epochs).")]
+MaxSourceTokens = Annotated[int, typer.Option(help="Longer sources are skipped and counted.")]
+MaxTargetTokens = Annotated[int, typer.Option(help="Longer targets are skipped and counted.")]
+Optimizer = Annotated[
+    str | None,
+    typer.Option(help="transformers optimizer name [default: paged_adamw_32bit on CUDA]."),
+]
+SaveSteps = Annotated[int, typer.Option(help="Steps between checkpoints (0: none).")]
+LoggingSteps = Annotated[int, typer.Option(help="Steps between loss lines.")]
+
+
+def _recipe(options: dict[str, Any]):
+    """The training recipe from a command's parameters (its `locals()`): those named like
+    Recipe's fields, the rest at Recipe's defaults; --full trains every weight (no LoRA)."""
+    from dataclasses import fields
+
+    from bonito.training import Recipe
+
+    values = {f.name: options[f.name] for f in fields(Recipe) if f.name in options}
+    return Recipe(**values | ({"lora_r": None} if options.get("full") else {}))
+
+
+def _training_table(title: str, summary: dict[str, Any], pairs: str) -> Table:
+    """A training's summary: its pairs, those skipped, steps, loss and speed."""
+    table = Table(title=title, show_header=False)
+    table.add_row("pairs", pairs)
+    table.add_row("skipped", counts(Counter(summary["pairs"]["skipped"])) or "0")
+    table.add_row("steps", str(summary["steps"]))
+    if summary["train_loss"]:
+        first, last = summary["train_loss"][0][1], summary["train_loss"][-1][1]
+        table.add_row("train loss", f"{first:.4f} -> {last:.4f}")
+    if summary["tokens_per_second"]:
+        table.add_row("tokens/s", f"{summary['tokens_per_second']:,.0f}")
+    return table
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str, typer.Option(help="Pairs: `bonito ctga build` output, a saved dataset or hub id.")
+    ],
+    base_model: Annotated[str, typer.Option(help="Base model: hub id or local folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the generator.")],
+    task_types_file: TaskTypesFile = None,
+    split: Split = "train",
+    held_out: Annotated[
+        int, typer.Option(help="Pairs held out for evaluation (at most a tenth).")
+    ] = 200,
+    eval_generations: Annotated[
+        int, typer.Option(help="Held-out pairs completed greedily at each evaluation.")
+    ] = 64,
+    eval_max_tokens: Annotated[int, typer.Option(help="New tokens per such completion.")] = 256,
+    lora_r: LoraRank = 64,
+    lora_alpha: LoraAlpha = 4.0,
+    lora_dropout: LoraDropout = 0.0,
+    full: Full = False,
+    quantize: Quantize = None,
+    learning_rate: LearningRate = 1e-4,
+    warmup_steps: WarmupSteps = 0,
+    weight_decay: WeightDecay = 0.0,
+    max_grad_norm: MaxGradNorm = 0.3,
+    batch_size: BatchSize = 16,
+    micro_batch_size: MicroBatchSize = 4,
+    epochs: Epochs = 1.0,
+    max_steps: MaxSteps = None,
+    max_source_tokens: MaxSourceTokens = 2048,
+    max_target_tokens: MaxTargetTokens = 2048,
+    optimizer: Optimizer = None,
+    save_steps: SaveSteps = 500,
+    eval_steps: Annotated[int, typer.Option(help="Steps between evaluations.")] = 500,
+    logging_steps: LoggingSteps = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the split, order and initialisation.")] = 0,
+    merged: Annotated[
+        bool, typer.Option(help="Also save the adapter merged into its base (OUTPUT/merged).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over, dropping the checkpoints in OUTPUT.")
+    ] = False,
+) -> None:
+    """Train a bonito generator on ctga pairs with bonito-v1's recipe (Q-LoRA on CUDA, LoRA on
+    CPU; every value can be changed). The same command again resumes from the last checkpoint.
+    `bonito generate --model OUTPUT` then uses it."""
+    from bonito.ctga import load_pairs
+    from bonito.generator_training import train_generator
+
+    recipe = _recipe(locals())
+    if task_types_file:
+        load_task_types(task_types_file)
+    with console.status(f"reading {data}"):
+        pairs = load_pairs(data, split)
+    summary = train_generator(
+        pairs,
+        base_model,
+        output,
+        recipe,
+        held_out=held_out,
+        eval_generations=eval_generations,
+        eval_max_tokens=eval_max_tokens,
+        merged=merged,
+        overwrite=overwrite,
+    )
+    counted = summary["pairs"]
+    pairs_line = f"{counted['train']} train, {counted['held_out']} held out"
+    table = _training_table(f"bonito train -> {output}", summary, pairs_line)
+    if summary["eval_loss"]:
+        table.add_row(
+            "held-out loss",
+            f"{summary['eval_loss'][0][1]:.4f} -> {summary['eval_loss'][-1][1]:.4f}",
+        )
+    if summary["generations"]:
+        scores = summary["generations"]["all"]
+        table.add_row("held-out parse", f"{scores['parse_rate']:.0%}")
+        table.add_row("passage in instruction", f"{scores['placeholder_rate']:.0%}")
+    Console().print(table)
+
+
+# the evaluation's options, shared by evaluate and adapt
+DataFormat = Annotated[
+    str,
+    typer.Option(
+        help="labelled (the schema), or a set's own format: pubmedqa, contractnli, vitaminc, "
+        "squadshifts or policyqa."
+    ),
+]
+Templates = Annotated[
+    str, typer.Option(help="all, the first N, or template names separated by commas.")
+]
+PromptFormat = Annotated[
+    str, typer.Option(help="input-output (<|input|>/<|output|>) or chat (chat template).")
+]
+EvalLimit = Annotated[int | None, typer.Option(help="Evaluate the first N examples.")]
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Target model: hub id or local folder.")],
+    data: Annotated[Path, typer.Option(help="Labelled data, JSON Lines (docs/evaluation.md).")],
+    task_type: Annotated[
+        str, typer.Option("--task-type", "-t", help="ynqa, nli or exqa (or the full name).")
+    ],
+    adapter: Annotated[
+        Path | None, typer.Option(help="PEFT adapter folder to apply to the model.")
+    ] = None,
+    data_format: DataFormat = "labelled",
+    templates: Templates = "all",
+    prompt_format: PromptFormat = "input-output",
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 8,
+    limit: EvalLimit = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1...")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="JSON file for scores and predictions.")
+    ] = None,
+) -> None:
+    """Evaluate a target model on labelled data with several prompt templates: ynqa and nli by
+    ranked classification (accuracy, macro-F1), exqa by greedy generation (SQuAD EM, F1)."""
+    from bonito.evaluation import evaluate_model
+
+    result = evaluate_model(
+        model,
+        data,
+        task_type,
+        adapter=adapter,
+        data_format=data_format,
+        templates=templates,
+        prompt_format=prompt_format,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+    )
+    if output:
+        result.save(output)
+    metrics = list(result.average)
+    table = Table("template", *metrics, title=f"bonito evaluate ({result.examples} examples, %)")
+    for row in result.templates:
+        table.add_row(row.template, *(f"{100 * row.scores[m]:.1f}" for m in metrics))
+    table.add_row("average", *(f"{100 * result.average[m]:.1f}" for m in metrics), style="bold")
+    Console().print(table)
+    if output:
+        console.print(f"scores and predictions written to {output}")
+
+
+@app.command()
+def finetune(
+    tasks: Annotated[
+        str,
+        typer.Argument(
+            help="Generated tasks: a run folder (its accepted tasks), or an export of one (its "
+            "folder, a JSONL/Parquet file, a saved dataset or a hub id)."
+        ),
+    ],
+    base_model: Annotated[str, typer.Option(help="Target model: hub id or local folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the adapter.")],
+    prompt_format: PromptFormat = "input-output",
+    split: Split = "train",
+    lora_r: LoraRank = 64,
+    lora_alpha: LoraAlpha = 16.0,
+    lora_dropout: LoraDropout = 0.0,
+    full: Full = False,
+    quantize: Quantize = None,
+    learning_rate: LearningRate = 1e-4,
+    warmup_steps: WarmupSteps = 0,
+    weight_decay: WeightDecay = 0.0,
+    max_grad_norm: MaxGradNorm = 0.3,
+    batch_size: BatchSize = 16,
+    micro_batch_size: MicroBatchSize = 4,
+    epochs: Epochs = 1.0,
+    max_steps: MaxSteps = None,
+    max_source_tokens: MaxSourceTokens = 2048,
+    max_target_tokens: MaxTargetTokens = 2048,
+    optimizer: Optimizer = None,
+    save_steps: SaveSteps = 500,
+    logging_steps: LoggingSteps = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the order and initialisation.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over, dropping the checkpoints in OUTPUT.")
+    ] = False,
+) -> None:
+    """Fine-tune a target model on generated tasks, the loss on the output only, with the
+    paper's recipe (Q-LoRA on CUDA, LoRA on CPU, alpha 16; one epoch, at most 10,000 steps). The
+    same command again resumes from the last checkpoint; `bonito evaluate --adapter OUTPUT`
+    scores the result."""
+    from bonito.adaptation import finetune as finetune_tasks
+
+    recipe = _recipe(locals())
+    summary = finetune_tasks(
+        tasks,
+        base_model,
+        output,
+        recipe,
+        prompt_format=prompt_format,
+        split=split,
+        overwrite=overwrite,
+    )
+    trained = f"{summary['pairs']['train']} tasks from {tasks}"
+    Console().print(_training_table(f"bonito finetune -> {output}", summary, trained))
+
+
+@app.command()
+def adapt(
+    unlabelled: Annotated[
+        list[str],
+        typer.Option(
+            help="Unlabelled passages of the domain, as `generate` reads them; repeat for more."
+        ),
+    ],
+    labelled: Annotated[Path, typer.Option(help="Labelled data to evaluate on.")],
+    task_type: Annotated[
+        str, typer.Option("--task-type", "-t", help="ynqa, nli or exqa: generated and evaluated.")
+    ],
+    base_model: Annotated[str, typer.Option(help="Target model: hub id or local folder.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for every stage and the table.")
+    ],
+    generator: Annotated[str, typer.Option(help="Bonito generator: hub id or local folder.")] = (
+        "BatsResearch/bonito-v1"
+    ),
+    baseline: Annotated[
+        str | None, typer.Option(help="tapt: also a copy continued-pretrained on the passages.")
+    ] = None,
+    prompt_format: PromptFormat = "input-output",
+    engine: Annotated[str, typer.Option(help="Generation engine, as for `generate`.")] = (
+        "transformers"
+    ),
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1... for generation and evaluation.")
+    ] = None,
+    text_field: TextField = "text",
+    split: Split = "train",
+    max_context_tokens: Annotated[int, typer.Option(help=LONGEST)] = 512,
+    min_context_tokens: Annotated[int, typer.Option(help=SHORTEST)] = 32,
+    n: Annotated[int, typer.Option(help="Samples per prompt.")] = SamplingParams.n,
+    temperature: float = SamplingParams.temperature,
+    max_tasks: Annotated[
+        int | None, typer.Option(help="Stop generating after this many accepted tasks.")
+    ] = None,
+    data_format: DataFormat = "labelled",
+    templates: Templates = "all",
+    limit: EvalLimit = None,
+    eval_batch_size: Annotated[int, typer.Option(help="Prompts per evaluation pass.")] = 8,
+    lora_r: LoraRank = 64,
+    lora_alpha: LoraAlpha = 16.0,
+    quantize: Quantize = None,
+    learning_rate: LearningRate = 1e-4,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 16,
+    micro_batch_size: MicroBatchSize = 4,
+    save_steps: SaveSteps = 500,
+    logging_steps: LoggingSteps = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the generation and the trainings.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Start every stage in OUTPUT over.")] = False,
+) -> None:
+    """Adapt a target model to a domain as the Bonito paper does: generate tasks of the task type
+    from the unlabelled passages, fine-tune the model on them, and evaluate it on the labelled
+    data beside the zero-shot base (and, with --baseline tapt, a copy continued-pretrained on
+    the passages). The table goes to OUTPUT/results.md and results.json (docs/adaptation.md);
+    the same command again continues a stopped stage and reuses finished ones."""
+    from bonito.adaptation import RESULTS_MD, Benchmark
+    from bonito.adaptation import adapt as adapt_model
+    from bonito.mix import TaskMix
+    from bonito.run import Budgets, RunConfig
+
+    recipe = _recipe(locals())
+    mix = TaskMix.parse([task_type])
+    generation = RunConfig(
+        generator,
+        tuple(unlabelled),
+        mix,
+        mix.check_per_context(None),
+        SamplingParams(n=n, temperature=temperature, seed=seed),
+        # as `generate` writes them, so that a run it made in OUTPUT/generate is taken up
+        reading={
+            "text_field": text_field,
+            "split": split,
+            "include": [],
+            "exclude": [],
+            "limit": None,
+        },
+        chunking={
+            "max_tokens": max_context_tokens,
+            "min_tokens": min_context_tokens,
+            "overlap": 0,
+            "max_input_tokens": MAX_INPUT_TOKENS,
+        },
+    )
+    benchmark = Benchmark(
+        str(labelled), task_type, data_format, templates, limit, eval_batch_size, device
+    )
+    table = adapt_model(
+        output,
+        generation,
+        benchmark,
+        base_model,
+        engine=engine,
+        engine_options=_engine_kwargs(None, device=device),
+        budgets=Budgets(max_tasks),
+        recipe=recipe,
+        prompt_format=prompt_format,
+        baseline=baseline,
+        overwrite=overwrite,
+    )
+    metrics = table["metrics"]
+    title = f"bonito adapt ({table['examples']} examples, %, mean of the templates)"
+    shown = Table("model", *metrics, title=title)
+    for row in table["rows"]:
+        shown.add_row(row["label"], *(f"{100 * row['scores'][m]:.1f}" for m in metrics))
+    Console().print(shown)
+    console.print(f"table and settings written to {output / RESULTS_MD}")
 
 
 def _engine_kwargs(pairs: list[str] | None, **options: Any) -> dict[str, Any]:

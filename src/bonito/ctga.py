@@ -351,7 +351,13 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 def load_rows(spec: DatasetSpec) -> Sequence[dict[str, Any]]:
     """The rows of the spec's split: a list for a local file, a `datasets.Dataset` otherwise."""
-    path = Path(spec.source).expanduser()
+    return read_rows(spec.source, spec.subset, spec.split)
+
+
+def read_rows(source: str, subset: str | None = None, split: str = "train") -> Sequence[dict]:
+    """The rows of a JSONL/JSON/CSV/TSV/Parquet file, a saved `datasets` folder (its `split`)
+    or a hub dataset (`subset`, `split`)."""
+    path = Path(source).expanduser()
     if path.is_file():
         return _file_rows(path)
     import datasets
@@ -364,20 +370,20 @@ def load_rows(spec: DatasetSpec) -> Sequence[dict[str, Any]]:
                 f"The folder '{path}' is not a dataset saved with save_to_disk ({_line(error)})."
             ) from error
         if isinstance(data, datasets.DatasetDict):
-            if spec.split not in data:
+            if split not in data:
                 raise BonitoError(
-                    f"The saved dataset '{path}' has no split '{spec.split}' "
+                    f"The saved dataset '{path}' has no split '{split}' "
                     f"(it has: {', '.join(data)})."
                 )
-            data = data[spec.split]
+            data = data[split]
         return data
-    if spec.source.count("/") > 1 or spec.source.startswith((".", "~")):
-        raise BonitoError(f"The dataset source '{spec.source}' does not exist.")
+    if source.count("/") > 1 or source.startswith((".", "~")):
+        raise BonitoError(f"The dataset source '{source}' does not exist.")
     try:
-        return datasets.load_dataset(spec.source, spec.subset, split=spec.split)
+        return datasets.load_dataset(source, subset, split=split)
     except Exception as error:
         raise BonitoError(
-            f"The dataset '{spec.source}' (split '{spec.split}') could not be loaded from the "
+            f"The dataset '{source}' (split '{split}') could not be loaded from the "
             f"hub ({_line(error)}); save it with save_to_disk where there is internet access "
             "and pass the folder."
         ) from error
@@ -551,6 +557,40 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
     )
     pq.write_table(pa.table(columns, schema=schema), path)
     return count
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """What generator training reads: the bonito prompt, the target and the pair's task type."""
+
+    source: str
+    target: str
+    task_type: str
+
+
+def load_pairs(data: str, split: str = "train") -> list[TrainingPair]:
+    """Pairs from `bonito ctga build` output (JSONL or Parquet), a saved `datasets` folder or a
+    hub dataset such as ctga-v1: `source`/`target` columns (or `input`/`output`); the task type
+    is read from the source prompt's `<|tasktype|>` line."""
+    pairs = []
+    for number, row in enumerate(read_rows(data, split=split), start=1):
+        source, target = row.get("source", row.get("input")), row.get("target", row.get("output"))
+        task_type = _prompt_task_type(source) if isinstance(source, str) else None
+        if not isinstance(target, str) or task_type is None:
+            raise BonitoError(
+                f"Row {number} of '{data}' is not a bonito training pair: it needs a `source` "
+                "(a bonito prompt, from `bonito ctga build`) and a `target` text."
+            )
+        pairs.append(TrainingPair(source, target, task_type))
+    if not pairs:
+        raise BonitoError(f"'{data}' holds no training pairs.")
+    return pairs
+
+
+def _prompt_task_type(prompt: str) -> str | None:
+    head, _, rest = prompt.partition("\n")
+    name, _, _ = rest.partition("\n")
+    return name if head == "<|tasktype|>" and name.strip() else None
 
 
 def load_ctga(name: str = CTGA_HUB_ID, split: str = "train"):

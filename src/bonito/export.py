@@ -25,7 +25,7 @@ from bonito.generation import counts
 from bonito.run import status
 from bonito.sampling import derive_seed
 from bonito.store import STORE_FILE, RunStore
-from bonito.task_types import resolve_task_type
+from bonito.task_types import load_declared_task_types, resolve_task_type
 
 CITATION = """@inproceedings{bonito:aclfindings24,
   title = {Learning to Generate Instruction Tuning Datasets for Zero-Shot Task Adaptation},
@@ -527,6 +527,7 @@ def export_run(
     if push_to_hub is not None:
         check_repo_id(push_to_hub)
     fmt = FORMATS[format_name]
+    load_declared_task_types(run)
     with open_run(run) as view:
         check_output(output, run, overwrite)
         per_document = accepted_per_document(view.store)

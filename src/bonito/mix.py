@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bonito.errors import BonitoError
 from bonito.sampling import derive_seed
-from bonito.task_types import TASK_TYPES, TaskType, resolve_task_type
+from bonito.task_types import TaskType, all_task_types, resolve_task_type
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class TaskMix:
         weights: dict[TaskType, float] = {}
         for value in (part for v in values for part in str(v).split(",") if part.strip()):
             name, _, weight = value.partition(":")
-            kinds = TASK_TYPES if name.strip().lower() == "all" else (resolve_task_type(name),)
+            every = name.strip().lower() == "all"
+            kinds = all_task_types() if every else (resolve_task_type(name),)
             for kind in kinds:
                 if kind in weights:
                     raise BonitoError(

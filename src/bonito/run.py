@@ -38,7 +38,7 @@ from bonito.mix import TaskMix
 from bonito.sampling import SamplingParams, derive_seed
 from bonito.sources import Document, Skip, fingerprint, read_documents
 from bonito.store import STORE_FILE, PlannedRequest, RunStore, SavedSample
-from bonito.task_types import resolve_task_type
+from bonito.task_types import resolve_task_type, save_task_types
 
 TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE = (
     "tasks.jsonl",
@@ -145,6 +145,7 @@ def generate_run(
             summary = Summary()
             contexts = read_contexts(config.inputs, chunker, summary, skipped, **config.reading)
             run.read(bar(contexts, desc="reading", unit=" contexts"), summary, config)
+            save_task_types(config.mix.types, folder)
         check_strict(run.summary(), strict, skipped)
         totals = run.store.counts()
         with bar(total=totals["requests"], initial=totals["requests_done"]) as progress:

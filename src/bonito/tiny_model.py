@@ -1,7 +1,8 @@
-"""A tiny bonito-format generator built offline in under a minute on a CPU: a byte-level BPE
-tokenizer and a small Mistral model trained with `bonito.training.train` on the packaged,
-hand-written examples (data/tiny_examples.jsonl). It writes well-formed tasks, not good ones:
-for smoke tests, demos and CI without downloads."""
+"""A tiny bonito-format generator built offline in about a minute on a CPU: a byte-level BPE
+tokenizer and a small random Mistral model, trained by `bonito train`'s own path
+(`train_generator`, every weight trained) on the packaged, hand-written examples
+(data/tiny_examples.jsonl). It writes well-formed tasks, not good ones: for smoke tests, demos
+and CI without downloads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import random
 import re
 import string
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -21,8 +23,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from bonito.ctga import TrainingPair
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
-from bonito.training import train
+from bonito.generator_training import train_generator
+from bonito.task_types import resolve_task_type
+from bonito.training import Recipe
 
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 MARKERS = ("<|tasktype|>", "<|context|>", "<|task|>", PIPE, PLACEHOLDER)
@@ -129,7 +134,7 @@ def template_words(examples: list[dict[str, str]], min_passages: int = 4) -> set
     return {word for word, seen in passages.items() if len(seen) >= min_passages}
 
 
-def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[tuple[str, str]]:
+def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[TrainingPair]:
     """Each example as written, plus variants with words disguised: `SHORT_VARIANTS` on the
     passage cut after a random word (short contexts teach the task type quickly; any last word
     teaches that only `<|task|>` starts the task) and, with probability `LONG_PROBABILITY`, one
@@ -155,8 +160,44 @@ def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[t
             rng.shuffle(parts)
             joined = rng.choice(SEPARATORS).join(parts)
             variants.append(disguise(joined, target, rng, rng.choice(DISGUISE_RATES), keep))
-        pairs += [(build_prompt(c, example["task_type"]), t) for c, t in variants]
+        kind = resolve_task_type(example["task_type"])
+        pairs += [TrainingPair(build_prompt(c, kind), t, kind.name) for c, t in variants]
     return pairs
+
+
+def save_random_model(
+    tokenizer: PreTrainedTokenizerFast,
+    path: str | Path,
+    *,
+    hidden_size: int = 128,
+    layers: int = 2,
+    max_positions: int = 4096,
+) -> Path:
+    """Save a randomly initialised small Mistral for `tokenizer` (which is saved beside it), with
+    the generation config pointing at its special tokens; the seed is the caller's."""
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=max_positions,
+        sliding_window=None,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = MistralForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
 
 
 def build_tiny_model(path: str | Path, seed: int = 0, *, epochs: float = EPOCHS) -> Path:
@@ -169,46 +210,28 @@ def build_tiny_model(path: str | Path, seed: int = 0, *, epochs: float = EPOCHS)
     pairs = training_pairs(examples, random.Random(seed))
     written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]
     tokenizer = build_tokenizer([text for pair in written for text in pair])
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    recipe = Recipe(
+        lora_r=None,
+        quantize=False,
+        learning_rate=3e-3,
+        batch_size=8,
+        micro_batch_size=8,
+        max_grad_norm=1.0,
+        warmup_steps=20,
+        epochs=epochs,
+        save_steps=0,
+        logging_steps=100,
+        seed=seed,
     )
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
-        model = MistralForCausalLM(config)
-        train(
-            pairs,
-            model,
-            tokenizer,
-            epochs=epochs,
-            lr=3e-3,
-            batch_size=8,
-            max_grad_norm=1.0,
-            warmup_steps=20,
-            seed=seed,
-        )
+        with tempfile.TemporaryDirectory() as base:
+            torch.manual_seed(seed)
+            save_random_model(tokenizer, base)
+            train_generator(pairs, base, path, recipe, held_out=0, overwrite=True)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path

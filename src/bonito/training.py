@@ -1,17 +1,164 @@
-"""Causal-LM fine-tuning on (source, target) text pairs with the loss on the target tokens only,
-as bonito-v1 was trained: BOS + source + target + EOS, labels -100 on BOS, source and padding."""
+"""Fine-tuning with the loss on the target only: one trainer for generators (`bonito train`) and
+for target models (`bonito finetune`). transformers' Trainer runs the loop (schedule, gradient
+accumulation, checkpoints, resume), peft adds the LoRA adapters and bitsandbytes the 4-bit base
+(Q-LoRA) on CUDA. Each example is BOS + source + target + EOS with labels only on target + EOS."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from bonito.engines.models import check_model_path, model_load_error
+from bonito.errors import BonitoError
 
 IGNORE_INDEX = -100
-Model = TypeVar("Model", bound=torch.nn.Module)
+CHECKPOINTS = "checkpoints"
+CONFIG_FILE = "train_config.json"
+SUMMARY_FILE = "training_summary.json"
+TOKENIZE_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to fine-tune. The defaults are bonito-v1's (its model card): LoRA r 64, alpha 4,
+    dropout 0 on every linear layer but lm_head; a 4-bit NF4 base with double quantization and
+    paged AdamW where CUDA is present; lr 1e-4 falling linearly to 0; weight decay 0; gradient
+    norm clipped at 0.3; 16 pairs per optimizer step; sources and targets up to 2,048 tokens
+    (longer pairs are skipped and counted, never cut)."""
+
+    lora_r: int | None = 64
+    """LoRA rank; None trains every weight (full fine-tuning)."""
+    lora_alpha: float = 4.0
+    lora_dropout: float = 0.0
+    quantize: bool | None = None
+    """4-bit NF4 base (Q-LoRA); None: where CUDA is present."""
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3
+    warmup_steps: int = 0
+    batch_size: int = 16
+    """Pairs per optimizer step: micro_batch_size times the gradient accumulation steps."""
+    micro_batch_size: int = 4
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Optimizer steps; None: `epochs` passes over the pairs."""
+    max_source_tokens: int = 2048
+    max_target_tokens: int = 2048
+    optimizer: str | None = None
+    """A transformers optimizer name; None: `default_optimizer()`."""
+    save_steps: int = 500
+    """Steps between checkpoints (0: none, so no resume)."""
+    eval_steps: int = 500
+    logging_steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "micro_batch_size", "max_source_tokens", "max_target_tokens")
+        for name in positive + ("eval_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise BonitoError(f"The training option {name} must be at least 1.")
+        if self.batch_size % self.micro_batch_size:
+            raise BonitoError(
+                f"The batch size {self.batch_size} is not a multiple of the micro-batch size "
+                f"{self.micro_batch_size}; choose sizes that divide evenly (e.g. 16 and 4)."
+            )
+        if self.lora_r is not None and self.lora_r < 1:
+            raise BonitoError("The LoRA rank must be at least 1 (or None for full fine-tuning).")
+        if self.learning_rate <= 0 or self.epochs <= 0 or (self.max_steps or 1) < 1:
+            raise BonitoError("The learning rate, epochs and max steps must be positive.")
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+    def quantized(self) -> bool:
+        return torch.cuda.is_available() if self.quantize is None else self.quantize
+
+
+@dataclass
+class Examples:
+    """Tokenized pairs ready for the trainer, and the pairs skipped (by reason) on the way."""
+
+    items: list[dict[str, list[int]]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(item["input_ids"]) for item in self.items)
+
+
+def tokenize(
+    pairs: Iterable[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> Examples:
+    """Input ids and labels for each (source, target) pair: BOS + source (labels -100), then
+    target + EOS (labelled); a source that starts with BOS (a chat template may write it) does
+    not get a second one. Source and target are tokenized apart so the boundary is exact. A pair
+    whose source (with BOS) or target (with EOS) is over the recipe's limits is skipped and
+    counted as source_too_long or target_too_long; an empty target as empty_target."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id]
+    examples = Examples()
+    pairs = iter(pairs)
+    while batch := [pair for _, pair in zip(range(TOKENIZE_BATCH), pairs, strict=False)]:
+        sources = tokenizer([s for s, _ in batch], add_special_tokens=False).input_ids
+        targets = tokenizer([t for _, t in batch], add_special_tokens=False).input_ids
+        for source_ids, target_ids in zip(sources, targets, strict=True):
+            if source_ids[:1] != bos:  # a chat template may have written BOS already
+                source_ids = bos + source_ids
+            target_ids = target_ids + eos
+            if len(target_ids) == 1:
+                examples.skipped["empty_target"] += 1
+            elif len(source_ids) > recipe.max_source_tokens:
+                examples.skipped["source_too_long"] += 1
+            elif len(target_ids) > recipe.max_target_tokens:
+                examples.skipped["target_too_long"] += 1
+            else:
+                examples.items.append(
+                    {
+                        "input_ids": source_ids + target_ids,
+                        "labels": [IGNORE_INDEX] * len(source_ids) + target_ids,
+                    }
+                )
+    return examples
+
+
+class Collator:
+    """Right-pads a batch: padding gets attention 0 and label -100."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in items)
+        ids, labels, mask = [], [], []
+        for item in items:
+            pad = width - len(item["input_ids"])
+            ids.append(item["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(item["labels"] + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(item["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor(labels),
+        }
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> None:
@@ -24,132 +171,246 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module)
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def build_example(
-    source: str,
-    target: str,
-    tokenizer: PreTrainedTokenizerBase,
-    max_source_length: int | None = None,
-    max_target_length: int | None = None,
-) -> tuple[list[int], list[int]]:
-    """Input ids and labels for one pair. Source and target are tokenized separately so the
-    boundary is exact; over-long parts keep their beginning (a cut target loses its EOS)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    source_ids = bos + tokenizer(source, add_special_tokens=False).input_ids
-    target_ids = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    source_ids = source_ids[:max_source_length]
-    target_ids = target_ids[:max_target_length]
-    return source_ids + target_ids, [IGNORE_INDEX] * len(source_ids) + target_ids
+def load_base(base_model: str, recipe: Recipe) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The base model (4-bit NF4 with double quantization when the recipe quantizes; bf16 on
+    CUDA, float32 on CPU otherwise) and its tokenizer, through the normal from_pretrained path."""
+    check_model_path(base_model)
+    options: dict[str, Any] = {"dtype": torch.float32}
+    if torch.cuda.is_available():
+        options = {"dtype": torch.bfloat16, "device_map": {"": torch.cuda.current_device()}}
+    if recipe.quantized():
+        options["quantization_config"] = _four_bit()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model = AutoModelForCausalLM.from_pretrained(base_model, **options)
+    except OSError as error:
+        raise model_load_error(base_model, error) from error
+    return model, tokenizer
 
 
-def collate(
-    examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int
-) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: padding gets attention 0 and label -100."""
-    width = max(len(ids) for ids, _ in examples)
-    ids, labels, mask = [], [], []
-    for example_ids, example_labels in examples:
-        pad = width - len(example_ids)
-        ids.append(example_ids + [pad_token_id] * pad)
-        labels.append(example_labels + [IGNORE_INDEX] * pad)
-        mask.append([1] * len(example_ids) + [0] * pad)
-    return {
-        "input_ids": torch.tensor(ids),
-        "attention_mask": torch.tensor(mask),
-        "labels": torch.tensor(labels),
-    }
+def _four_bit():
+    if not torch.cuda.is_available():
+        raise BonitoError(
+            "4-bit Q-LoRA needs a CUDA GPU; on this machine train without --quantize (plain LoRA)."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise BonitoError(
+            "4-bit Q-LoRA needs bitsandbytes: `pip install 'bonito[qlora]'`, or train without "
+            "quantization (--no-quantize)."
+        ) from error
+    from transformers import BitsAndBytesConfig
 
-
-def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled (target) tokens. Logits are computed only
-    from the first position that predicts a target token on (`logits_to_keep`), which saves the
-    output layer's time and memory on long sources."""
-    labels = batch["labels"]
-    first = max(1, int((labels != IGNORE_INDEX).any(dim=0).nonzero()[0]))
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        logits_to_keep=labels.shape[1] - first + 1,
-    ).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1),
-        labels[:, first:].flatten(),
-        ignore_index=IGNORE_INDEX,
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
     )
 
 
-def length_grouped_batches(
-    lengths: Sequence[int], batch_size: int, rng: random.Random, window: int = 64
-) -> list[list[int]]:
-    """Shuffled batches of similar-length examples (less padding): shuffle, sort within windows
-    of `window` batches, then shuffle the batches."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * window
-    batches = []
-    for start in range(0, len(order), chunk):
-        group = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
-        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def train(
-    pairs: Iterable[tuple[str, str]],
-    model: Model,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    epochs: float = 1.0,
-    lr: float = 1e-4,
-    batch_size: int = 16,
-    gradient_accumulation: int = 1,
-    max_source_length: int = 2048,
-    max_target_length: int = 2048,
-    weight_decay: float = 0.0,
-    max_grad_norm: float = 0.3,
-    warmup_steps: int = 0,
-    seed: int = 0,
-    progress: Callable[[int, int, float], None] | None = None,
-) -> Model:
-    """Fine-tune `model` (any causal LM, or a PEFT-wrapped one) in place on (source, target)
-    pairs with AdamW, a linear schedule to 0 and grad-norm clipping; returns it in eval mode.
-
-    An optimizer step sees `batch_size * gradient_accumulation` pairs; `epochs` may be
-    fractional. Batches go to the device of the model's first parameter. `progress(step,
-    total_steps, loss)` is called after each optimizer step.
-    """
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
+def prepare(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> torch.nn.Module:
+    """Add a pad token if missing, then wrap the model in LoRA adapters on every linear layer
+    but lm_head (after preparing a 4-bit base for training), unless the recipe trains every
+    weight."""
     ensure_pad_token(tokenizer, model)
-    examples = [
-        build_example(source, target, tokenizer, max_source_length, max_target_length)
-        for source, target in pairs
-    ]
-    if not examples:
-        raise ValueError("train() needs at least one (source, target) pair.")
-    micro_batches_per_epoch = -(-len(examples) // batch_size)
-    total_steps = max(1, round(epochs * micro_batches_per_epoch / gradient_accumulation))
+    if recipe.lora_r is None:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    lengths = [len(ids) for ids, _ in examples]
-    micro_batches: list[list[int]] = []
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
 
-    model.train()
-    for step in range(1, total_steps + 1):
-        step_loss = 0.0
-        for _ in range(gradient_accumulation):
-            if not micro_batches:
-                micro_batches = length_grouped_batches(lengths, batch_size, rng)
-            batch = collate([examples[i] for i in micro_batches.pop()], tokenizer.pad_token_id)
-            loss = target_loss(model, {k: v.to(device) for k, v in batch.items()})
-            (loss / gradient_accumulation).backward()
-            step_loss += loss.item() / gradient_accumulation
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if progress:
-            progress(step, total_steps, step_loss)
-    return model.eval()
+
+def fingerprint(pairs: Iterable[tuple[str, str]]) -> str:
+    """A hash of the pairs, so a resumed training is known to read the same data."""
+    digest = hashlib.blake2b(digest_size=16)
+    for source, target in pairs:
+        digest.update(source.encode() + b"\0" + target.encode() + b"\1")
+    return digest.hexdigest()
+
+
+def check_config(output: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Record the training's settings in the output folder; a folder holding a training with
+    other settings is refused (listing the differences) unless `overwrite`, which starts over."""
+    from bonito.run import differences
+
+    path = output / CONFIG_FILE
+    if path.is_file() and not overwrite:
+        changed = differences(json.loads(path.read_text(encoding="utf-8")), config)
+        if changed:
+            raise BonitoError(
+                f"{output} holds a training with other settings ({'; '.join(changed)}); "
+                "use the same settings to resume it, another --output, or --overwrite."
+            )
+    if overwrite:
+        for stale in (output / CHECKPOINTS, output / SUMMARY_FILE):
+            _remove(stale)
+    output.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def default_optimizer() -> str:
+    """Paged AdamW (bitsandbytes) on CUDA, as the recipe has it; plain AdamW where there is no
+    CUDA device or no bitsandbytes."""
+    import importlib.util
+
+    paged = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    return "paged_adamw_32bit" if paged else "adamw_torch"
+
+
+class Progress(TrainerCallback):
+    """A progress bar (on a terminal) and one line per logging step with the loss, learning
+    rate and tokens/s; the rates are kept for the summary."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.rates: list[float] = []
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from bonito.run import bar
+
+        self.bar = bar(total=state.max_steps, initial=state.global_step, desc=self.description)
+        self.bar.unit = " steps"
+        self.mark = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or self.bar is None:
+            return
+        now, seen = time.perf_counter(), state.num_input_tokens_seen
+        rate = (seen - self.mark[1]) / max(now - self.mark[0], 1e-9)
+        self.mark = (now, seen)
+        self.rates.append(rate)
+        logs["tokens_per_second"] = round(rate, 1)
+        self.bar.write(
+            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+            f"lr {logs.get('learning_rate', 0):.2e}  {rate:,.0f} tokens/s"
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+def fine_tune(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train: Examples,
+    output: Path,
+    recipe: Recipe,
+    *,
+    held_out: Examples | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    description: str = "training",
+) -> dict[str, Any]:
+    """Train `model` (prepared by `prepare`) on the examples, evaluating the held-out ones every
+    `eval_steps` (and at the start and end); checkpoints go to output/checkpoints, and a run with
+    checkpoints there continues from the last one. Saves the result (the adapter, or the whole
+    model) and the tokenizer in `output`; returns the loss history and rates."""
+    if not train.items:
+        raise BonitoError(
+            "No training pairs are left after the length limits "
+            f"(skipped: {dict(train.skipped)}); raise --max-source-tokens/--max-target-tokens."
+        )
+    cuda = torch.cuda.is_available()
+    evaluate = bool(held_out and held_out.items)
+    checkpoints = output / CHECKPOINTS
+    arguments = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=recipe.micro_batch_size,
+        per_device_eval_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.accumulation,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=recipe.warmup_steps,
+        weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm,
+        optim=recipe.optimizer or default_optimizer(),
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps or -1,
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps" if recipe.save_steps else "no",
+        save_steps=recipe.save_steps or 500,
+        save_total_limit=2,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=recipe.eval_steps,
+        eval_on_start=evaluate,
+        seed=recipe.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        dataloader_pin_memory=cuda,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
+        include_num_input_tokens_seen="non_padding",
+    )
+    progress = Progress(description)
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=train.items,
+        eval_dataset=held_out.items if evaluate else None,
+        data_collator=Collator(tokenizer.pad_token_id),
+        callbacks=[progress, *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    final = {}
+    if evaluate and (not evaluated or evaluated[-1] != trainer.state.global_step):
+        final = trainer.evaluate()
+    trainer.save_model(str(output))
+    tokenizer.save_pretrained(str(output))
+    model.eval()
+    history = trainer.state.log_history
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from": Path(last).name if last else None,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(sum(progress.rates) / len(progress.rates), 1)
+        if progress.rates
+        else None,
+        "train_loss": [(h["step"], h["loss"]) for h in history if "loss" in h],
+        "eval_loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
+        "final_eval": {k: v for k, v in final.items() if isinstance(v, int | float)},
+    }
+
+
+def merge(adapter: str | Path, output: str | Path) -> Path:
+    """Fold a saved LoRA adapter into its base model (in bf16 on CUDA, float32 elsewhere) and
+    save the whole model with the adapter's tokenizer in `output`, for engines that take only
+    whole models (vLLM, llama.cpp after conversion)."""
+    from bonito.engines.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(adapter))
+    output = Path(output)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output

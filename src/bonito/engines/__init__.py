@@ -13,20 +13,26 @@ ENGINES = ("auto", "transformers", "vllm", "openai", "llamacpp")
 log = logging.getLogger("bonito")
 
 
-def choose_engine(engine: str) -> str:
-    """Resolve "auto": vLLM when importable and a CUDA device is present, else transformers
-    ("openai", a server, and "llamacpp", a .gguf file, are only ever chosen by name)."""
+def choose_engine(engine: str, model: str = "") -> str:
+    """Resolve "auto": vLLM when importable and a CUDA device is present and the model is not a
+    LoRA adapter folder, else transformers ("openai", a server, and "llamacpp", a .gguf file,
+    are only ever chosen by name)."""
     if engine not in ENGINES:
         raise BonitoError(f"Unknown engine '{engine}'; choose one of {', '.join(ENGINES)}.")
     if engine != "auto":
         return engine
     import torch
 
+    from bonito.engines.models import is_adapter
+
     has_vllm = importlib.util.find_spec("vllm") is not None
-    chosen = "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
+    adapter = bool(model) and is_adapter(model)
+    chosen = "vllm" if has_vllm and torch.cuda.is_available() and not adapter else "transformers"
     why = (
         "vLLM and a CUDA device found"
         if chosen == "vllm"
+        else "a LoRA adapter"
+        if adapter and has_vllm
         else ("no CUDA device" if has_vllm else "vLLM not installed")
     )
     log.info("engine auto -> %s (%s)", chosen, why)
@@ -37,7 +43,7 @@ def load_engine(model: str, engine: str = "auto", **engine_kwargs: Any) -> Engin
     """Load `model` with the named engine; engine_kwargs go to that backend unchanged. For
     "openai", `model` is the model the server is asked for unless served_model is given, and
     base_url is required."""
-    chosen = choose_engine(engine)
+    chosen = choose_engine(engine, model)
     if chosen == "openai":
         from bonito.engines.openai import OpenAIEngine
 

@@ -1,10 +1,19 @@
-"""Where a model comes from (local folder or hub), and one clear message when it fails to load."""
+"""Where a model comes from (local folder, LoRA adapter folder or hub), how it loads, and one
+clear message when it fails to load."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bonito.errors import BonitoError
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter(model: str) -> bool:
+    """Whether `model` is a folder holding a LoRA adapter (what `bonito train` saves)."""
+    return (Path(model).expanduser() / ADAPTER_CONFIG).is_file()
 
 
 def check_model_path(model: str) -> None:
@@ -18,11 +27,48 @@ def check_model_path(model: str) -> None:
             f"The model path '{model}' does not exist. Pass a folder with a saved model "
             "(config.json and weights) or a hub id such as BatsResearch/bonito-v1."
         )
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not is_adapter(model):
         raise BonitoError(
-            f"'{model}' is not a model: it has no config.json. Pass the folder that "
-            "save_pretrained wrote (or `bonito tiny-model DIR` made), or a hub id."
+            f"'{model}' is not a model: it has no config.json (nor {ADAPTER_CONFIG}). Pass the "
+            "folder that save_pretrained or `bonito train` wrote (or `bonito tiny-model DIR` "
+            "made), or a hub id."
         )
+
+
+def load_causal_lm(model: str, adapter: str | Path | None = None, **options: Any):
+    """(model, tokenizer) through the normal from_pretrained path, `options` going to the model's
+    from_pretrained. A LoRA adapter (`adapter`, or `model` itself when it is an adapter folder,
+    on the base its adapter_config.json names) is merged in; the tokenizer saved with it, which
+    may have gained a pad token, is used and the embeddings grow to match."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_path(model)
+    if adapter is None and is_adapter(model):
+        adapter = model
+    if adapter is not None and not is_adapter(str(adapter)):
+        raise BonitoError(
+            f"The adapter {adapter} has no {ADAPTER_CONFIG}; pass the folder `bonito train` or "
+            "`bonito finetune` saved (or any PEFT adapter folder)."
+        )
+    try:
+        if adapter is None:
+            tokenizer = AutoTokenizer.from_pretrained(model)
+            return AutoModelForCausalLM.from_pretrained(model, **options), tokenizer
+        from peft import PeftConfig, PeftModel
+
+        base = (
+            model
+            if adapter != model
+            else PeftConfig.from_pretrained(adapter).base_model_name_or_path
+        )
+        has_tokenizer = (Path(adapter) / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base)
+        lm = AutoModelForCausalLM.from_pretrained(base, **options)
+    except (OSError, ValueError) as error:
+        raise model_load_error(model, error) from error
+    if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+        lm.resize_token_embeddings(len(tokenizer))
+    return PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload(), tokenizer
 
 
 def model_load_error(model: str, error: Exception) -> BonitoError:

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bonito.engines.base import Completion, Finished, prompt_seeds
-from bonito.engines.models import check_model_path, model_load_error
+from bonito.engines.models import check_model_path, is_adapter, model_load_error
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams
 
@@ -42,6 +42,11 @@ class VLLMEngine:
                 "on Linux with an NVIDIA GPU, or use --engine transformers."
             ) from error
         check_model_path(model)
+        if is_adapter(model):
+            raise BonitoError(
+                f"'{model}' is a LoRA adapter and vLLM takes whole models: pass the merged copy "
+                "(`bonito train --merged` writes OUTPUT/merged), or use --engine transformers."
+            )
         self.model = model
         try:
             self.llm = vllm.LLM(model=model, **engine_kwargs)

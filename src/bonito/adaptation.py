@@ -1,0 +1,533 @@
+"""Adapting a target model to a domain, as the Bonito paper does (docs/adaptation.md):
+`finetune` trains it on generated tasks with the loss on the output only, `continued_pretraining`
+trains it on the passages themselves (the TAPT baseline), and `adapt` runs the whole loop into
+one folder: generate, fine-tune, evaluate beside the zero-shot base (and TAPT), write the table.
+Both trainings go through `bonito.training`, the trainer `bonito train` uses."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from bonito import __version__
+from bonito.chunking import Chunker
+from bonito.ctga import read_rows
+from bonito.engines import Engine, load_engine
+from bonito.errors import BonitoError
+from bonito.evaluation import evaluate_model, load_examples, select_templates, target_prompt
+from bonito.evaluation.evaluate import check_options
+from bonito.evaluation.labelled import evaluation_task
+from bonito.evaluation.prompts import check_prompt_format
+from bonito.generation import Summary
+from bonito.run import SKIPPED_FILE, Budgets, Outcome, RunConfig, generate_run, read_contexts
+from bonito.sources import fingerprint as input_fingerprint
+from bonito.store import STORE_FILE, RunStore
+from bonito.training import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    Examples,
+    Recipe,
+    check_config,
+    fine_tune,
+    fingerprint,
+    load_base,
+    prepare,
+    tokenize,
+)
+
+TARGET_RECIPE = Recipe(lora_alpha=16.0)
+"""The paper's recipe for target models: bonito-v1's (Q-LoRA on CUDA, LoRA r 64, lr 1e-4 linear,
+paged AdamW, gradient norm 0.3, 16 pairs a step) with LoRA alpha 16."""
+MAX_STEPS = 10_000
+"""The paper's cap on optimizer steps; smaller data gets one epoch."""
+GENERATE, FINETUNE, TAPT, EVALUATIONS = "generate", "finetune", "tapt", "evaluations"
+RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+ROWS = {"zero-shot": "zero-shot", TAPT: "TAPT", "bonito": "bonito"}
+"""Each evaluation's name and its label in the table."""
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact match"}
+log = logging.getLogger("bonito")
+
+
+# --- fine-tuning on tasks ---------------------------------------------------------------------
+
+
+def load_tasks(tasks: str | Path, split: str = "train") -> list[tuple[str, str]]:
+    """(input, output) of each task in `tasks`: a run folder (its accepted tasks, in the order
+    saved), or an export (a folder of `bonito export`, a JSONL/JSON/CSV/Parquet file, a saved
+    dataset or a hub id; its `split`) whose rows hold `input` and `output`, an alpaca
+    `instruction`, or a user and an assistant turn in `messages` (or `conversations`)."""
+    path = Path(tasks)
+    if (path / STORE_FILE).is_file():
+        store = RunStore(path / STORE_FILE, readonly=True)
+        try:
+            return [(task["input"], task["output"]) for task in store.tasks(("accepted",))]
+        finally:
+            store.close()
+    files = [path / f"{split}.{suffix}" for suffix in ("jsonl", "parquet")]
+    source = str(next((file for file in files if file.is_file()), tasks))
+    rows = read_rows(source, split=split)
+    return [task_pair(row, number, source) for number, row in enumerate(rows, 1)]
+
+
+def task_pair(row: dict[str, Any], number: int, source: str | Path) -> tuple[str, str]:
+    """A row of an export as (input, output); BonitoError naming the row when it holds none."""
+    turns = row.get("messages") or row.get("conversations")
+    if turns is not None:
+        texts = [turn.get("content", turn.get("value")) for turn in turns if isinstance(turn, dict)]
+        pair = tuple(texts) if len(texts) == 2 else (None, None)
+    elif "instruction" in row:  # alpaca: bonito's exports leave `input` empty
+        instruction = "\n\n".join(text for text in (row["instruction"], row.get("input")) if text)
+        pair = (instruction, row.get("output"))
+    else:
+        pair = (row.get("input"), row.get("output"))
+    if not all(isinstance(text, str) and text.strip() for text in pair):
+        raise BonitoError(
+            f"Row {number} of {source} is not a task: it needs a non-empty `input` and `output` "
+            "(or an alpaca `instruction`, or a user and an assistant turn in `messages`); give a "
+            "run folder or a `bonito export` of one."
+        )
+    return pair
+
+
+def paper_steps(recipe: Recipe, pairs: int) -> Recipe:
+    """The recipe with its optimizer steps fixed, unless it has them: `epochs` passes over the
+    pairs (one by default), at most 10,000 steps."""
+    if recipe.max_steps is not None:
+        return recipe
+    steps = math.ceil(recipe.epochs * pairs / recipe.batch_size)
+    return replace(recipe, max_steps=max(1, min(MAX_STEPS, steps)))
+
+
+def target_examples(
+    pairs: Sequence[tuple[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    prompt_format: str | None,
+) -> Examples:
+    """The pairs tokenized for training: each input in the target's prompt format
+    (`target_prompt`, the one evaluation uses; as it is without a format) and its output the
+    labelled target."""
+    if prompt_format is None:
+        return tokenize(pairs, tokenizer, recipe)
+    prompts = ((target_prompt(text, tokenizer, prompt_format), out) for text, out in pairs)
+    return tokenize(prompts, tokenizer, recipe)
+
+
+def finetune(
+    tasks: str | Path,
+    base_model: str,
+    output: str | Path,
+    recipe: Recipe | None = None,
+    *,
+    prompt_format: str = "input-output",
+    split: str = "train",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune `base_model` on generated tasks (see `load_tasks`) with the loss on the output
+    only, by the paper's recipe unless another is given, and save the adapter (or whole model),
+    tokenizer, settings and summary in `output`. The same call continues a stopped training
+    from its last checkpoint, and returns the summary at once when it is finished."""
+    check_prompt_format(prompt_format)
+    pairs = load_tasks(tasks, split)
+    if not pairs:
+        raise BonitoError(
+            f"There are no tasks to fine-tune on in {tasks}: generate more (more passages or a "
+            "higher --max-tasks; `bonito report` shows why samples were rejected)."
+        )
+    return train_target(
+        pairs,
+        base_model,
+        output,
+        recipe or TARGET_RECIPE,
+        settings={},
+        facts={"tasks": str(tasks)},
+        prompt_format=prompt_format,
+        overwrite=overwrite,
+    )
+
+
+def continued_pretraining(
+    inputs: Sequence[str],
+    base_model: str,
+    output: str | Path,
+    recipe: Recipe | None = None,
+    *,
+    reading: dict[str, Any] | None = None,
+    max_tokens: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Continue the pretraining of `base_model` on the passages of `inputs` (read as `bonito
+    generate` reads them) by next-word prediction: each piece is BOS + text + EOS with every
+    token after BOS labelled, pieces cut at paragraph, sentence or word breaks to at most
+    `max_tokens` tokens (default: the recipe's target limit). Same recipe, saving and resuming as
+    `finetune`; skipped passages are counted and listed in output/skipped.jsonl."""
+    output, recipe = Path(output), recipe or TARGET_RECIPE
+    max_tokens = max_tokens or recipe.max_target_tokens - 1
+    output.mkdir(parents=True, exist_ok=True)
+    chunks, read = passage_chunks(inputs, base_model, max_tokens, output / SKIPPED_FILE, reading)
+    passages = {
+        "inputs": input_fingerprint(inputs),
+        "documents": read.documents,
+        "chunks": len(chunks),
+        "skipped": dict(read.skipped),
+    }
+    return train_target(
+        [("", chunk) for chunk in chunks],
+        base_model,
+        output,
+        recipe,
+        settings={"chunk_tokens": max_tokens},
+        facts={"passages": passages},
+        prompt_format=None,
+        overwrite=overwrite,
+    )
+
+
+def passage_chunks(
+    inputs: Sequence[str],
+    base_model: str,
+    max_tokens: int,
+    skipped: Path,
+    reading: dict[str, Any] | None = None,
+) -> tuple[list[str], Summary]:
+    """The texts of `inputs` cut into pieces of at most `max_tokens` tokens of the base model's
+    tokenizer (however short: none is dropped for it), and the reading's counts; every skip is
+    written to `skipped`."""
+    chunker = Chunker.from_model(
+        base_model, max_tokens=max_tokens, min_tokens=1, max_input_tokens=sys.maxsize
+    )  # no prompt goes around a passage here: any length of input fits
+    summary = Summary()
+    contexts = read_contexts(inputs, chunker, summary, skipped, **(reading or {}))
+    return [context.text for context in contexts], summary
+
+
+def train_target(
+    pairs: Sequence[tuple[str, str]],
+    base_model: str,
+    output: str | Path,
+    recipe: Recipe,
+    *,
+    settings: dict[str, Any],
+    facts: dict[str, Any],
+    prompt_format: str | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Train `base_model` on the pairs (`target_examples`) with the recipe's steps fixed by
+    `paper_steps`; `settings` join the training's configuration (a folder holding another is
+    refused), `facts` its summary. A finished training with the same configuration is not
+    repeated: its summary is returned."""
+    output, recipe = Path(output), paper_steps(recipe, len(pairs))
+    config = {
+        "base_model": base_model,
+        "prompt_format": prompt_format,
+        **settings,
+        "recipe": asdict(recipe),
+        "pairs": {"count": len(pairs), "blake2b": fingerprint(pairs)},
+    }
+    if not overwrite and (summary := finished(output, config)):
+        log.info("%s holds this training, finished: reused", output)
+        return summary
+    check_config(output, config, overwrite)
+    model, tokenizer = load_base(base_model, recipe)
+    model = prepare(model, tokenizer, recipe)
+    examples = target_examples(pairs, tokenizer, recipe, prompt_format)
+    description = "fine-tuning" if prompt_format else "continued pretraining"
+    history = fine_tune(model, tokenizer, examples, output, recipe, description=description)
+    summary = {
+        "output": str(output),
+        **facts,
+        "pairs": {"train": len(examples.items), "skipped": dict(examples.skipped)},
+        "train_tokens": examples.tokens,
+        **history,
+    }
+    write_json(output / SUMMARY_FILE, summary)
+    return summary
+
+
+def finished(output: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of the training in `output` when it finished with this configuration."""
+    summary = read_json(output / SUMMARY_FILE)
+    return summary if summary and read_json(output / CONFIG_FILE) == as_json(config) else None
+
+
+# --- the adapt loop ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """The labelled data the models are compared on, and how (`evaluate_model`'s options)."""
+
+    data: str
+    task_type: str
+    data_format: str = "labelled"
+    templates: str = "all"
+    limit: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+
+    def check(self, prompt_format: str) -> None:
+        """Fail now on what would fail the evaluations after the trainings."""
+        check_options(prompt_format, self.batch_size)
+        self.settings()  # the task type and templates
+        load_examples(self.data, evaluation_task(self.task_type), self.data_format, self.limit)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the scores (batch size and device do not)."""
+        return {
+            "data": input_fingerprint([self.data])[0],
+            "data_format": self.data_format,
+            "task_type": evaluation_task(self.task_type),
+            "templates": [t.name for t in select_templates(self.task_type, self.templates)],
+            "limit": self.limit,
+        }
+
+
+def adapt(
+    output: str | Path,
+    generation: RunConfig,
+    benchmark: Benchmark,
+    base_model: str,
+    *,
+    engine: str = "transformers",
+    engine_options: dict[str, Any] | None = None,
+    budgets: Budgets | None = None,
+    recipe: Recipe | None = None,
+    prompt_format: str = "input-output",
+    baseline: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The paper's loop in the folder `output`: generate tasks from the passages with the
+    generator (a run in generate/), fine-tune `base_model` on them (finetune/), with baseline
+    "tapt" continue its pretraining on the same passages (tapt/), evaluate the zero-shot base and
+    each adapted copy (evaluations/), and write the table (results.json, results.md). A finished
+    stage with the same settings is reused, a stopped one continues. Returns the table."""
+    output, recipe, budgets = Path(output), recipe or TARGET_RECIPE, budgets or Budgets()
+    if baseline not in (None, TAPT):
+        raise BonitoError(f"Unknown baseline '{baseline}'; use tapt, or no baseline.")
+    benchmark.check(prompt_format)
+
+    def load() -> Engine:
+        return load_engine(generation.model, engine, **(engine_options or {}))
+
+    run = generate_run(
+        output / GENERATE,
+        generation,
+        load,
+        budgets=budgets,
+        overwrite=overwrite,
+        engine_name=engine,
+    )
+    log.info("%s: %d accepted tasks (%s)", output / GENERATE, run.summary.accepted, run.state)
+    release()
+    trainings = {}
+    trainings["bonito"] = finetune(
+        output / GENERATE,
+        base_model,
+        output / FINETUNE,
+        recipe,
+        prompt_format=prompt_format,
+        overwrite=overwrite,
+    )
+    release()
+    adapters: dict[str, Path | None] = {"zero-shot": None}
+    if baseline == TAPT:
+        trainings[TAPT] = continued_pretraining(
+            generation.inputs,
+            base_model,
+            output / TAPT,
+            recipe,
+            reading=generation.reading,
+            overwrite=overwrite,
+        )
+        release()
+        adapters[TAPT] = output / TAPT
+    adapters["bonito"] = output / FINETUNE
+    evaluations = {}
+    for name, adapter in adapters.items():
+        path = output / EVALUATIONS / f"{name}.json"
+        evaluations[name] = evaluation(
+            path, base_model, adapter, benchmark, prompt_format, overwrite
+        )
+        release()
+    settings = {
+        "base_model": base_model,
+        "generator": generation.model,
+        "task_type": evaluation_task(benchmark.task_type),
+        "prompt_format": prompt_format,
+        "baseline": baseline,
+        "generation": generation_facts(generation, run, engine, budgets),
+        "trainings": {
+            name: {"pairs": summary["pairs"], "steps": summary["steps"]}
+            for name, summary in trainings.items()
+        },
+        "recipe": asdict(recipe),
+        "seeds": {"generation": generation.seed, "training": recipe.seed},
+        "evaluation": benchmark.settings(),
+        "bonito": __version__,
+    }
+    table = results_table(evaluations, settings)
+    write_json(output / RESULTS_JSON, table)
+    (output / RESULTS_MD).write_text(results_markdown(table), encoding="utf-8")
+    return table
+
+
+def generation_facts(
+    generation: RunConfig, run: Outcome, engine: str, budgets: Budgets
+) -> dict[str, Any]:
+    """How the tasks were made, and how many: the passages (sizes and hashes), engine,
+    sampling, chunking, budgets, the run's state and counts."""
+    summary = run.summary
+    return {
+        "passages": input_fingerprint(generation.inputs),
+        "engine": engine,
+        "sampling": generation.sampling.to_dict(),
+        "chunking": generation.chunking,
+        "budgets": asdict(budgets),
+        "state": run.state,
+        "samples": summary.samples,
+        "accepted": summary.accepted,
+        "duplicates": summary.duplicates,
+        "rejected": dict(summary.rejected),
+    }
+
+
+def evaluation(
+    path: Path,
+    base_model: str,
+    adapter: Path | None,
+    benchmark: Benchmark,
+    prompt_format: str,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """The evaluation of the base model (with the adapter) saved in `path`, made again only when
+    it is missing or was made with other settings (the adapter's training settings included)."""
+    settings = as_json(
+        {
+            "model": base_model,
+            "training": read_json(adapter / CONFIG_FILE) if adapter else None,
+            "prompt_format": prompt_format,
+            **benchmark.settings(),
+        }
+    )
+    saved = None if overwrite else read_json(path)
+    if saved and saved.get("settings") == settings:
+        log.info("%s holds this evaluation: reused", path)
+        return saved
+    result = evaluate_model(
+        base_model,
+        benchmark.data,
+        benchmark.task_type,
+        adapter=adapter,
+        data_format=benchmark.data_format,
+        templates=benchmark.templates,
+        prompt_format=prompt_format,
+        batch_size=benchmark.batch_size,
+        limit=benchmark.limit,
+        device=benchmark.device,
+    )
+    record = {"settings": settings, **result.to_dict()}
+    write_json(path, record)
+    return record
+
+
+def results_table(evaluations: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict:
+    """The table: one row per evaluation (zero-shot, TAPT, bonito) with its scores averaged over
+    the templates, and the settings that made them."""
+    first = next(iter(evaluations.values()))
+    return {
+        "task_type": first["task_type"],
+        "examples": first["examples"],
+        "templates": [t["template"] for t in first["templates"]],
+        "metrics": list(first["average"]),
+        "rows": [
+            {
+                "name": name,
+                "label": ROWS[name],
+                "scores": record["average"],
+                "evaluation": f"{EVALUATIONS}/{name}.json",
+            }
+            for name, record in evaluations.items()
+        ],
+        "settings": settings,
+    }
+
+
+def results_markdown(table: dict[str, Any]) -> str:
+    """The table as Markdown: scores in percent, then the settings."""
+    settings, metrics = table["settings"], table["metrics"]
+    names = [METRIC_NAMES.get(metric, metric.upper()) for metric in metrics]
+    lines = [
+        f"# {settings['base_model']} adapted with bonito ({table['task_type']})",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(metrics),
+        *(
+            f"| {row['label']} | "
+            + " | ".join(f"{100 * row['scores'][metric]:.1f}" for metric in metrics)
+            + " |"
+            for row in table["rows"]
+        ),
+        "",
+        f"Percentages on {table['examples']} examples, each the mean over the prompt templates "
+        f"{', '.join(table['templates'])}; every template's scores and predictions are in "
+        f"{EVALUATIONS}/<model>.json.",
+        "",
+        "## Settings",
+        "",
+        *setting_lines(settings),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def setting_lines(settings: dict[str, Any], indent: str = "") -> list[str]:
+    """Settings as a Markdown list, nested for nested ones."""
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            lines += [f"{indent}- {key}:", *setting_lines(value, indent + "  ")]
+        else:
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            lines.append(f"{indent}- {key}: {shown}")
+    return lines
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def release() -> None:
+    """Free the memory the last stage's models held before the next stage loads its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def as_json(value: Any) -> Any:
+    """The value as it reads back from JSON (tuples as lists), to compare with a saved one."""
+    return json.loads(json.dumps(value))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value, or None when it is missing or cut short."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a JSON file whole or not at all (a killed write leaves the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(path)

@@ -1,0 +1,229 @@
+"""Training a bonito generator on ctga pairs (`bonito train`): the model-card recipe on a base
+model, with a held-out slice of the pairs checked at every evaluation by what matters for a
+generator: do its greedy completions parse, and do their instructions hold the passage?"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+
+from bonito.ctga import TrainingPair
+from bonito.errors import BonitoError
+from bonito.format import PIPE, PLACEHOLDER, Task, parse_task
+from bonito.task_types import TaskType, resolve_task_type, save_task_types
+from bonito.training import (
+    SUMMARY_FILE,
+    Recipe,
+    check_config,
+    fine_tune,
+    fingerprint,
+    load_base,
+    merge,
+    prepare,
+    tokenize,
+)
+
+EVALUATIONS_FILE = "evaluations.jsonl"
+GENERATION_BATCH = 16
+
+
+def split_held_out(
+    pairs: Sequence[TrainingPair], count: int, seed: int
+) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """(train, held out): `count` pairs (at most a tenth) held out, taken in turn from each task
+    type after a seeded shuffle so that every type is represented."""
+    count = min(count, len(pairs) // 10)
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    by_type: dict[str, list[int]] = defaultdict(list)
+    for index in order:
+        by_type[pairs[index].task_type].append(index)
+    queues = [by_type[name] for name in sorted(by_type)]
+    chosen: list[int] = []
+    while len(chosen) < count:
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop())
+    held = set(chosen)
+    return [p for i, p in enumerate(pairs) if i not in held], [pairs[i] for i in sorted(chosen)]
+
+
+def passage_of(prompt: str) -> str:
+    """The passage inside a bonito prompt."""
+    return prompt.split("\n<|context|>\n", 1)[1].rsplit("\n<|task|>\n", 1)[0]
+
+
+def greedy_completions(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+) -> list[str]:
+    """Greedy completions of the prompts (BOS added by the tokenizer), in left-padded batches."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = next(model.parameters()).device
+    texts = []
+    try:
+        for start in range(0, len(prompts), GENERATION_BATCH):
+            batch = tokenizer(
+                list(prompts[start : start + GENERATION_BATCH]), return_tensors="pt", padding=True
+            )
+            with torch.no_grad():
+                out = model.generate(
+                    **batch.to(device),
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            width = batch["input_ids"].shape[1]
+            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return texts
+
+
+def generator_scores(
+    pairs: Sequence[TrainingPair], completions: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per task type and overall: the share of completions that parse, and the share whose
+    instruction holds the `{{context}}` placeholder or the passage itself."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for pair, text in zip(pairs, completions, strict=True):
+        passage = passage_of(pair.source)
+        parsed = isinstance(parse_task(text, passage), Task)
+        instruction = text.split(PIPE, 1)[0]
+        grounded = parsed and (PLACEHOLDER in instruction or passage.strip() in instruction)
+        for key in (pair.task_type, "all"):
+            counts[key].update(n=1, parsed=parsed, grounded=grounded)
+    return {
+        key: {
+            "parse_rate": round(c["parsed"] / c["n"], 4),
+            "placeholder_rate": round(c["grounded"] / c["n"], 4),
+            "n": c["n"],
+        }
+        for key, c in counts.items()
+    }
+
+
+class GeneratorChecks(TrainerCallback):
+    """At each evaluation: greedy completions of the held-out prompts, scored by
+    `generator_scores`; each result is printed and appended to evaluations.jsonl."""
+
+    def __init__(
+        self,
+        pairs: Sequence[TrainingPair],
+        tokenizer: PreTrainedTokenizerBase,
+        output: Path,
+        max_new_tokens: int,
+    ) -> None:
+        self.pairs, self.tokenizer, self.max_new_tokens = pairs, tokenizer, max_new_tokens
+        self.path = output / EVALUATIONS_FILE
+        self.last: dict[str, Any] | None = None
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        training = model.training
+        model.eval()
+        try:
+            texts = greedy_completions(
+                model, self.tokenizer, [p.source for p in self.pairs], self.max_new_tokens
+            )
+        finally:
+            model.train(training)
+        scores = generator_scores(self.pairs, texts)
+        self.last = {"step": state.global_step, "eval_loss": (metrics or {}).get("eval_loss")}
+        self.last["generations"] = scores
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(self.last) + "\n")
+        overall = scores["all"]
+        tqdm.write(
+            f"held out at step {state.global_step}: loss {self.last['eval_loss']:.4f}, "
+            f"parse {overall['parse_rate']:.0%}, passage in instruction "
+            f"{overall['placeholder_rate']:.0%} ({overall['n']} greedy generations)"
+        )
+
+
+def pair_task_types(pairs: Sequence[TrainingPair]) -> list[TaskType]:
+    """The task types the pairs use, each known (built in or registered), in first-seen order."""
+    kinds: dict[str, TaskType] = {}
+    for name in dict.fromkeys(pair.task_type for pair in pairs):
+        try:
+            kinds[name] = resolve_task_type(name)
+        except BonitoError as error:
+            raise BonitoError(
+                f"The pairs use the task type '{name}', which is not known: declare it in a "
+                "task types file and pass it with --task-types."
+            ) from error
+    return list(kinds.values())
+
+
+def train_generator(
+    pairs: Sequence[TrainingPair],
+    base_model: str,
+    output: str | Path,
+    recipe: Recipe | None = None,
+    *,
+    held_out: int = 200,
+    eval_generations: int = 64,
+    eval_max_tokens: int = 256,
+    merged: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune `base_model` into a bonito generator on the pairs with the recipe and save it
+    (the adapter or whole model, the tokenizer, the declarations of non-built-in task types,
+    the settings and a summary) in `output`; `merged` also saves the adapter folded into its
+    base in output/merged. The same call on a folder holding checkpoints of the same training
+    resumes it. Returns the summary."""
+    output, recipe = Path(output), recipe or Recipe()
+    kinds = pair_task_types(pairs)
+    train_pairs, held_pairs = split_held_out(pairs, held_out, recipe.seed)
+    config = {
+        "base_model": base_model,
+        "recipe": asdict(recipe),
+        "pairs": {"count": len(pairs), "blake2b": fingerprint((p.source, p.target) for p in pairs)},
+        "held_out": len(held_pairs),
+        "eval_generations": eval_generations,
+        "eval_max_tokens": eval_max_tokens,
+    }
+    check_config(output, config, overwrite)
+    model, tokenizer = load_base(base_model, recipe)
+    model = prepare(model, tokenizer, recipe)
+    train_examples = tokenize(((p.source, p.target) for p in train_pairs), tokenizer, recipe)
+    held_examples = tokenize(((p.source, p.target) for p in held_pairs), tokenizer, recipe)
+    checks = GeneratorChecks(held_pairs[:eval_generations], tokenizer, output, eval_max_tokens)
+    history = fine_tune(
+        model,
+        tokenizer,
+        train_examples,
+        output,
+        recipe,
+        held_out=held_examples,
+        callbacks=[checks] if held_pairs and eval_generations else [],
+        description="training the generator",
+    )
+    save_task_types(kinds, output)
+    if merged and recipe.lora_r is not None:
+        merge(output, output / "merged")
+        save_task_types(kinds, output / "merged")
+    summary = {
+        "output": str(output),
+        "pairs": {
+            "train": len(train_examples.items),
+            "held_out": len(held_examples.items),
+            "skipped": dict(train_examples.skipped + held_examples.skipped),
+            "task_types": dict(Counter(p.task_type for p in pairs)),
+        },
+        "train_tokens": train_examples.tokens,
+        **history,
+        "generations": checks.last["generations"] if checks.last else None,
+    }
+    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

@@ -17,8 +17,11 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from bonito.ctga import TrainingPair
+from bonito.engines import generate_all
+from bonito.engines.transformers import TransformersEngine
 from bonito.errors import BonitoError
 from bonito.format import PIPE, PLACEHOLDER, Task, parse_task
+from bonito.sampling import SamplingParams
 from bonito.task_types import TaskType, resolve_task_type, save_task_types
 from bonito.training import (
     SUMMARY_FILE,
@@ -33,7 +36,6 @@ from bonito.training import (
 )
 
 EVALUATIONS_FILE = "evaluations.jsonl"
-GENERATION_BATCH = 16
 
 
 def split_held_out(
@@ -68,27 +70,11 @@ def greedy_completions(
     prompts: Sequence[str],
     max_new_tokens: int,
 ) -> list[str]:
-    """Greedy completions of the prompts (BOS added by the tokenizer), in left-padded batches."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    device = next(model.parameters()).device
-    texts = []
-    try:
-        for start in range(0, len(prompts), GENERATION_BATCH):
-            batch = tokenizer(
-                list(prompts[start : start + GENERATION_BATCH]), return_tensors="pt", padding=True
-            )
-            with torch.no_grad():
-                out = model.generate(
-                    **batch.to(device),
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            width = batch["input_ids"].shape[1]
-            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return texts
+    """Greedy completions of the prompts by the model being trained, through the generation
+    engine (BOS added as for any generator)."""
+    engine = TransformersEngine.from_model(model, tokenizer, decoder="dynamic")
+    greedy = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    return [samples[0].text for samples in generate_all(engine, prompts, greedy)]
 
 
 def generator_scores(

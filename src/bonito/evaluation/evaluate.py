@@ -138,14 +138,10 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def load_target(model: str, adapter: str | Path | None = None, device: str | None = None):
     """Tokenizer and model from a local folder or hub id, in eval mode on `device` (default: CUDA
-    when there is one). An adapter (a PEFT folder, as `bonito finetune` saves it) is merged in
-    (`load_causal_lm`)."""
-    from bonito.engines.models import load_causal_lm
+    when there is one). An adapter (a PEFT folder, as `bonito finetune` saves it) is merged in."""
+    from bonito.engines.transformers import default_device, load_model
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype)
-    return tokenizer, lm.to(device).eval()
+    return load_model(model, device or default_device(), adapter=adapter)
 
 
 def evaluate_model(

@@ -47,6 +47,8 @@ bench: setup
 	$(BIN)/python bench/chunking.py
 	$(BIN)/python bench/run_store.py
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/training.py
+	$(BIN)/python bench/ranked_classification.py
 
 clean:
 	rm -rf $(VENV) models runs

@@ -5,7 +5,9 @@ generator on its own training pairs.
 
     python bench/training.py [--steps 60] [--model models/tiny-bonito]
 
-Tokens are the non-padding tokens of the batches (source and target). Prints a table and writes
+Tokens are the non-padding tokens of the batches (source and target). `bonito train` groups pairs
+of similar length (less padding), the bare loop takes shuffled batches: the ratio is what the
+grouping and the Trainer's own overhead come to together. Prints a table and writes
 bench/results/training.json. On a GPU, bench/finetune_step.py times one Q-LoRA step of the
 bonito-v1 shape (the LoRA alpha, 4 here and 16 there, does not change the cost of a step).
 """

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from machine import cpu_facts  # bench/machine.py
 
 from bonito import SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
@@ -109,11 +108,7 @@ def main() -> None:
     ratio = rows[0]["seconds"] / rows[1]["seconds"]
     result = {
         "benchmark": "batching",
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **cpu_facts(),
         "model": args.model,
         "passages": len(prompts),
         "max_tokens": args.max_tokens,

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
-import transformers
+from machine import cpu_facts  # bench/machine.py
 
 from bonito.evaluation import load_examples, select_templates, target_prompt
 from bonito.evaluation.evaluate import load_target
@@ -79,11 +77,7 @@ def main() -> None:
     speedup = one["seconds"] / batched["seconds"]
     result = {
         "benchmark": "ranked_classification",
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **cpu_facts(),
         "model": args.model,
         "data": "pubmedqa (PQA-L, first rows), template " + template.name,
         "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),

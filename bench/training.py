@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from machine import cpu_facts  # bench/machine.py
 
 from bonito.generator_training import train_generator
 from bonito.tiny_model import load_examples, training_pairs
@@ -97,11 +96,7 @@ def main() -> None:
         rows.append({"setup": name, "bonito_train": trainer, "bare_loop": bare, "ratio": ratio})
     result = {
         "benchmark": "training",
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **cpu_facts(),
         "model": args.model,
         "steps": args.steps,
         "batch": "16 pairs a step (4 x 4 accumulation)",

@@ -27,6 +27,7 @@ from bonito.errors import BonitoError
 from bonito.evaluation import evaluate_model, load_examples, select_templates, target_prompt
 from bonito.evaluation.evaluate import check_options
 from bonito.evaluation.labelled import evaluation_task
+from bonito.evaluation.metrics import metric_name
 from bonito.evaluation.prompts import check_prompt_format
 from bonito.generation import Summary
 from bonito.run import SKIPPED_FILE, Budgets, Outcome, RunConfig, generate_run, read_contexts
@@ -54,7 +55,6 @@ GENERATE, FINETUNE, TAPT, EVALUATIONS = "generate", "finetune", "tapt", "evaluat
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 ROWS = {"zero-shot": "zero-shot", TAPT: "TAPT", "bonito": "bonito"}
 """Each evaluation's name and its label in the table."""
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact match"}
 log = logging.getLogger("bonito")
 
 
@@ -465,7 +465,7 @@ def results_table(evaluations: dict[str, dict[str, Any]], settings: dict[str, An
 def results_markdown(table: dict[str, Any]) -> str:
     """The table as Markdown: scores in percent, then the settings."""
     settings, metrics = table["settings"], table["metrics"]
-    names = [METRIC_NAMES.get(metric, metric.upper()) for metric in metrics]
+    names = [metric_name(metric) for metric in metrics]
     lines = [
         f"# {settings['base_model']} adapted with bonito ({table['task_type']})",
         "",

@@ -719,6 +719,7 @@ def evaluate(
     """Evaluate a target model on labelled data with several prompt templates: ynqa and nli by
     ranked classification (accuracy, macro-F1), exqa by greedy generation (SQuAD EM, F1)."""
     from bonito.evaluation import evaluate_model
+    from bonito.evaluation.metrics import metric_name
 
     result = evaluate_model(
         model,
@@ -735,7 +736,8 @@ def evaluate(
     if output:
         result.save(output)
     metrics = list(result.average)
-    table = Table("template", *metrics, title=f"bonito evaluate ({result.examples} examples, %)")
+    names = [metric_name(m) for m in metrics]
+    table = Table("template", *names, title=f"bonito evaluate ({result.examples} examples, %)")
     for row in result.templates:
         table.add_row(row.template, *(f"{100 * row.scores[m]:.1f}" for m in metrics))
     table.add_row("average", *(f"{100 * result.average[m]:.1f}" for m in metrics), style="bold")
@@ -861,6 +863,7 @@ def adapt(
     the same command again continues a stopped stage and reuses finished ones."""
     from bonito.adaptation import RESULTS_MD, Benchmark
     from bonito.adaptation import adapt as adapt_model
+    from bonito.evaluation.metrics import metric_name
     from bonito.mix import TaskMix
     from bonito.run import Budgets, RunConfig
 
@@ -905,7 +908,7 @@ def adapt(
     )
     metrics = table["metrics"]
     title = f"bonito adapt ({table['examples']} examples, %, mean of the templates)"
-    shown = Table("model", *metrics, title=title)
+    shown = Table("model", *(metric_name(m) for m in metrics), title=title)
     for row in table["rows"]:
         shown.add_row(row["label"], *(f"{100 * row['scores'][m]:.1f}" for m in metrics))
     Console().print(shown)

@@ -66,3 +66,11 @@ def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -
         "exact_match": fmean(exact_match(p, golds) for p, golds in pairs),
         "f1": fmean(max(token_f1(p, gold) for gold in golds) for p, golds in pairs),
     }
+
+
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "exact_match": "exact match"}
+
+
+def metric_name(metric: str) -> str:
+    """How a metric is named in tables: `macro_f1` -> macro-F1, `f1` -> F1."""
+    return METRIC_NAMES.get(metric, metric.upper())

@@ -3,15 +3,14 @@ scores of the tiny model against a plain unbatched computation, greedy generatio
 model.generate, and `bonito evaluate` end to end."""
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from test_cli import run_cli
 from transformers import AutoTokenizer
 
-from bonito.cli import main
 from bonito.errors import BonitoError
 from bonito.evaluation import Example, evaluate, load_examples, select_templates, target_prompt
 from bonito.evaluation.evaluate import first_line, load_target
@@ -247,17 +246,6 @@ def test_template_selection():
         select_templates("ynqa", "6")
     with pytest.raises(BonitoError, match="No ynqa template is called nope"):
         select_templates("ynqa", "exam,nope")
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bonito", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_evaluate_writes_scores(tiny_model, tmp_path, capsys, monkeypatch):

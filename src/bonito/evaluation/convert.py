@@ -36,28 +36,27 @@ def pubmedqa(record: Record) -> Record:
     }
 
 
-def contractnli(record: Record) -> Record:
-    """ContractNLI: the premise (evidence spans) and the hypothesis."""
-    choices, label = labelled(record["label"], NLI)
-    return {
-        "id": record["id"],
-        "context": record["premise"],
-        "hypothesis": record["hypothesis"],
-        "choices": choices,
-        "label": label,
-    }
+def nli(premise: str, hypothesis: str, words: Mapping[str, str]) -> Callable[[Record], Record]:
+    """A converter for an NLI-style set whose records hold the premise, the hypothesis and a
+    `label` among `words`."""
+
+    def convert(record: Record) -> Record:
+        choices, label = labelled(record["label"], words)
+        return {
+            "id": record["id"],
+            "context": record[premise],
+            "hypothesis": record[hypothesis],
+            "choices": choices,
+            "label": label,
+        }
+
+    return convert
 
 
-def vitaminc(record: Record) -> Record:
-    """Vitamin C: the evidence sentence as premise, the claim as hypothesis."""
-    choices, label = labelled(record["label"], FACT_CHECK)
-    return {
-        "id": record["id"],
-        "context": record["evidence"],
-        "hypothesis": record["claim"],
-        "choices": choices,
-        "label": label,
-    }
+contractnli = nli("premise", "hypothesis", NLI)
+"""ContractNLI: the premise (evidence spans) and the hypothesis."""
+vitaminc = nli("evidence", "claim", FACT_CHECK)
+"""Vitamin C: the evidence sentence as premise, the claim as hypothesis."""
 
 
 def squad(record: Record) -> Record:

@@ -268,3 +268,13 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((output / "results.json").read_text()) == table
+
+    # another training setting: both trainings and their evaluations are made again
+    monkeypatch.undo()
+    longer = [*args[: args.index("--max-steps") + 1], "3", *args[args.index("--max-steps") + 2 :]]
+    changed = runner.invoke(app, longer)
+    assert changed.exit_code == 0, changed.output
+    trainings = json.loads((output / "results.json").read_text())["settings"]["trainings"]
+    assert trainings["bonito"]["steps"] == trainings["tapt"]["steps"] == 3
+    bonito = json.loads((output / "evaluations" / "bonito.json").read_text())
+    assert bonito["settings"]["training"]["recipe"]["max_steps"] == 3

@@ -132,11 +132,13 @@ def finetune(
     prompt_format: str = "input-output",
     split: str = "train",
     overwrite: bool = False,
+    retrain: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune `base_model` on generated tasks (see `load_tasks`) with the loss on the output
     only, by the paper's recipe unless another is given, and save the adapter (or whole model),
     tokenizer, settings and summary in `output`. The same call continues a stopped training
-    from its last checkpoint, and returns the summary at once when it is finished."""
+    from its last checkpoint, and returns the summary at once when it is finished; a training
+    with other settings (other tasks, say) in `output` is refused, or with `retrain` replaced."""
     check_prompt_format(prompt_format)
     pairs = load_tasks(tasks, split)
     if not pairs:
@@ -153,6 +155,7 @@ def finetune(
         facts={"tasks": str(tasks)},
         prompt_format=prompt_format,
         overwrite=overwrite,
+        retrain=retrain,
     )
 
 
@@ -165,6 +168,7 @@ def continued_pretraining(
     reading: dict[str, Any] | None = None,
     max_tokens: int | None = None,
     overwrite: bool = False,
+    retrain: bool = False,
 ) -> dict[str, Any]:
     """Continue the pretraining of `base_model` on the passages of `inputs` (read as `bonito
     generate` reads them) by next-word prediction: each piece is BOS + text + EOS with every
@@ -190,6 +194,7 @@ def continued_pretraining(
         facts={"passages": passages},
         prompt_format=None,
         overwrite=overwrite,
+        retrain=retrain,
     )
 
 
@@ -221,11 +226,12 @@ def train_target(
     facts: dict[str, Any],
     prompt_format: str | None,
     overwrite: bool,
+    retrain: bool = False,
 ) -> dict[str, Any]:
     """Train `base_model` on the pairs (`target_examples`) with the recipe's steps fixed by
     `paper_steps`; `settings` join the training's configuration (a folder holding another is
-    refused), `facts` its summary. A finished training with the same configuration is not
-    repeated: its summary is returned."""
+    refused, or with `retrain` started over), `facts` its summary. A finished training with the
+    same configuration is not repeated: its summary is returned."""
     output, recipe = Path(output), paper_steps(recipe, len(pairs))
     config = {
         "base_model": base_model,
@@ -237,6 +243,10 @@ def train_target(
     if not overwrite and (summary := finished(output, config)):
         log.info("%s holds this training, finished: reused", output)
         return summary
+    saved = read_json(output / CONFIG_FILE)
+    if retrain and saved is not None and saved != as_json(config):
+        log.info("%s holds a training with other settings: starting it over", output)
+        overwrite = True
     check_config(output, config, overwrite)
     model, tokenizer = load_base(base_model, recipe)
     model = prepare(model, tokenizer, recipe)
@@ -310,7 +320,9 @@ def adapt(
     generator (a run in generate/), fine-tune `base_model` on them (finetune/), with baseline
     "tapt" continue its pretraining on the same passages (tapt/), evaluate the zero-shot base and
     each adapted copy (evaluations/), and write the table (results.json, results.md). A finished
-    stage with the same settings is reused, a stopped one continues. Returns the table."""
+    stage with the same settings is reused, a stopped one continues, and a training or
+    evaluation whose settings or data changed (more tasks after a larger budget, another
+    option) is made again. Returns the table."""
     output, recipe, budgets = Path(output), recipe or TARGET_RECIPE, budgets or Budgets()
     if baseline not in (None, TAPT):
         raise BonitoError(f"Unknown baseline '{baseline}'; use tapt, or no baseline.")
@@ -337,6 +349,7 @@ def adapt(
         recipe,
         prompt_format=prompt_format,
         overwrite=overwrite,
+        retrain=True,
     )
     release()
     adapters: dict[str, Path | None] = {"zero-shot": None}
@@ -348,6 +361,7 @@ def adapt(
             recipe,
             reading=generation.reading,
             overwrite=overwrite,
+            retrain=True,
         )
         release()
         adapters[TAPT] = output / TAPT

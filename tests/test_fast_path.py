@@ -180,3 +180,31 @@ def test_grouped_attention_equals_transformers_sdpa():
     without_mask = grouped_sdpa(module, query, key, value, None, scaling=0.25, dropout=0.0)[0]
     expected = sdpa_attention_forward(module, query, key, value, None, scaling=0.25)[0]
     assert torch.equal(without_mask, expected)
+
+
+def test_a_failing_automatic_slot_decoder_falls_back_to_the_dynamic_one(
+    tiny_model, reference, monkeypatch, caplog
+):
+    """Where "auto" chose the slot decoder (CUDA) and it fails before producing anything, as a
+    failed graph capture would, generation goes on with the dynamic decoder: same samples."""
+    from bonito.engines import transformers as engine_module
+
+    def capture_fails(*args, **kwargs):
+        raise RuntimeError("CUDA graph capture failed\nmore detail")
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    explicit = TransformersEngine.from_model(lm, tokenizer, decoder="static")
+    monkeypatch.setattr(engine_module, "Slots", capture_fails)
+    sampling = SamplingParams(n=2, temperature=0.7, max_tokens=24, seed=3)
+    with pytest.raises(RuntimeError, match="capture failed"):
+        generate_all(explicit, PROMPTS, sampling)
+
+    automatic = TransformersEngine.from_model(lm, tokenizer, decoder="static")
+    automatic.automatic = True  # as "auto" on CUDA
+    with caplog.at_level("WARNING", logger="bonito"):
+        outputs = generate_all(automatic, PROMPTS, sampling)
+    assert "static decoder failed (CUDA graph capture failed)" in caplog.text
+    assert automatic.decoder == "dynamic" and lm.config._attn_implementation != GROUPED_SDPA
+    expected = generate_all(reference, PROMPTS, sampling)
+    assert [[c.text for c in o] for o in outputs] == [[c.text for c in o] for o in expected]

@@ -13,6 +13,7 @@ seeded sampling, through one of two decoders.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 import warnings
 from collections import deque
@@ -37,6 +38,8 @@ from bonito.sampling import SamplingParams, derive_seed
 # Mistral's forward does not take `cache` yet (it silently builds a new cache): keep the old name,
 # without the warning on every step.
 warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+
+log = logging.getLogger("bonito")
 
 CPU_TOKEN_BUDGET = 16_384
 """On CPU, compute not memory is the limit: at most this many (prompt + new) tokens per batch
@@ -215,6 +218,10 @@ class TransformersEngine:
         self.device = str(lm.device)
         self.batch_size = batch_size
         self.decoder = choose_decoder(decoder, self.device, lm.config)
+        self.automatic = decoder == "auto"
+        self.attention = lm.config._attn_implementation  # the one to go back to
+        if self.attention == GROUPED_SDPA:  # the model served a slot decoder before
+            self.attention = "sdpa"
         if self.decoder != "dynamic":
             lm.set_attn_implementation(GROUPED_SDPA)
         eos = lm.generation_config.eos_token_id
@@ -222,6 +229,17 @@ class TransformersEngine:
         self.eos_ids = set(eos) if isinstance(eos, list) else {eos}
         self.phases: PhaseTimes | None = None
         self.slots: Slots | None = None
+
+    def fall_back(self, error: Exception) -> None:
+        """Leave the slot decoder chosen by "auto" for the dynamic one, for good, after it failed
+        before producing anything (the samples are the same either way, only slower)."""
+        log.warning(
+            "The %s decoder failed (%s); generating with the dynamic decoder instead.",
+            self.decoder,
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
+        self.decoder, self.slots = "dynamic", None
+        self.lm.set_attn_implementation(self.attention)
 
     def timed(self, phase: str):
         """A context that adds its time to `phase` when `phases` is set (benchmarks)."""
@@ -241,8 +259,16 @@ class TransformersEngine:
         encoded = [self.encode(p) for p in prompts]
         seeds = prompt_seeds(sampling, len(prompts), seeds)
         if self.decoder != "dynamic":
-            yield from self.generate_in_slots(encoded, seeds, sampling)
-            return
+            started = False
+            try:
+                for finished in self.generate_in_slots(encoded, seeds, sampling):
+                    started = True
+                    yield finished
+                return
+            except RuntimeError as error:
+                if started or not self.automatic:
+                    raise
+                self.fall_back(error)
         for batch in self.batches(encoded, sampling):
             completions = self.generate_batch(encoded, seeds, batch, sampling)
             yield list(zip(batch, completions, strict=True))

@@ -377,8 +377,9 @@ def read_rows(source: str, subset: str | None = None, split: str = "train") -> S
                 )
             data = data[split]
         return data
-    if source.count("/") > 1 or source.startswith((".", "~")):
-        raise BonitoError(f"The dataset source '{source}' does not exist.")
+    local = source.startswith((".", "~", "/")) or path.suffix.lower() in LOCAL_SUFFIXES
+    if local or source.count("/") > 1:
+        raise BonitoError(f"The dataset source '{source}' does not exist; check the path.")
     try:
         return datasets.load_dataset(source, subset, split=split)
     except Exception as error:

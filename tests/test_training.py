@@ -438,3 +438,56 @@ def test_training_killed_mid_run_resumes_from_the_last_checkpoint(workspace, fre
     assert resumed >= 20
     steps = [step for step, _ in summary["train_loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(
+    not (SHARED / "promptsource-templates" / "squad" / "templates.yaml").is_file()
+    or not (SHARED / "squadshifts" / "new_wiki_sample.jsonl").is_file(),
+    reason="shared promptsource templates and SQuADShifts sample are not available",
+)
+def test_training_on_pairs_from_real_templates_and_real_passages(fresh_base, tmp_path):
+    """Real promptsource squad templates over real SQuADShifts rows, then a short training."""
+    rows = [json.loads(line) for line in (SHARED / "squadshifts" / "new_wiki_sample.jsonl").open()]
+    squad = tmp_path / "squad.jsonl"
+    squad.write_text(
+        "".join(
+            json.dumps(
+                row | {"answers": {"text": row["answers"], "answer_start": row["answer_starts"]}}
+            )
+            + "\n"
+            for row in rows[:48]
+        ),
+        "utf-8",
+    )
+    (tmp_path / "types.csv").write_text(
+        "dataset_name,dataset_config_name,template_name,task_type\n"
+        "squad,,answer_question_given_context,exqa\nsquad,,given_context_generate_question,qg\n",
+        "utf-8",
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    built = runner.invoke(
+        app,
+        [
+            "ctga", "build", "--templates", str(SHARED / "promptsource-templates"),
+            "--annotations", str(tmp_path / "types.csv"), "--dataset", f"squad={squad}:context",
+            "-o", str(pairs),
+        ],
+    )  # fmt: skip
+    assert built.exit_code == 0, built.output
+    loaded = load_pairs(str(pairs))
+    assert len(loaded) == 48
+    assert {p.task_type for p in loaded} == {"extractive question answering", "question generation"}
+    output = tmp_path / "generator"
+    args = train_args(
+        pairs, fresh_base, output, "--full", "--learning-rate", "3e-3", "--held-out", "4"
+    )
+    result = runner.invoke(
+        app, [*args, "--batch-size", "4", "--micro-batch-size", "4", "--max-steps", "24"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["pairs"]["train"] + summary["pairs"]["held_out"] == 48
+    assert summary["eval_loss"][-1][1] < summary["eval_loss"][0][1]

@@ -187,6 +187,13 @@ def generate(
         typer.Option(help="transformers: fixed batch size (default: sized from memory)."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="transformers: cpu, cuda, cuda:1...")] = None,
+    decoder: Annotated[
+        str | None,
+        typer.Option(
+            help="transformers: auto (graphs on CUDA, dynamic on CPU), dynamic, static, graphs "
+            "or compiled (docs/architecture.md)."
+        ),
+    ] = None,
     base_url: Annotated[
         str | None,
         typer.Option(help="openai: the server's root or its /v1, e.g. http://127.0.0.1:8000/v1."),
@@ -285,6 +292,7 @@ def generate(
         engine_arg,
         batch_size=batch_size,
         device=device,
+        decoder=decoder,
         base_url=base_url,
         served_model=served_model,
         api_key_env=api_key_env,

@@ -491,3 +491,16 @@ def test_training_on_pairs_from_real_templates_and_real_passages(fresh_base, tmp
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["pairs"]["train"] + summary["pairs"]["held_out"] == 48
     assert summary["eval_loss"][-1][1] < summary["eval_loss"][0][1]
+
+
+def test_resume_takes_the_newest_complete_checkpoint(tmp_path):
+    """A run killed while saving leaves a checkpoint without trainer_state.json (written last)."""
+    from bonito.training import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, complete in [(9, True), (10, True), (20, False)]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")

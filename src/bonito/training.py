@@ -24,7 +24,6 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from bonito.engines.models import check_model_path, model_load_error
 from bonito.errors import BonitoError
@@ -315,6 +314,18 @@ class Progress(TrainerCallback):
         self.bar.close()
 
 
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint in `folder`: one holding trainer_state.json, which the
+    Trainer writes last (a run killed while saving leaves a checkpoint without it)."""
+    steps = [
+        int(path.name.removeprefix("checkpoint-"))
+        for path in folder.glob("checkpoint-*")
+        if path.name.removeprefix("checkpoint-").isdigit()
+        and (path / "trainer_state.json").is_file()
+    ]
+    return str(folder / f"checkpoint-{max(steps)}") if steps else None
+
+
 def fine_tune(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -378,7 +389,7 @@ def fine_tune(
         callbacks=[progress, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_checkpoint(checkpoints)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started

@@ -38,12 +38,15 @@ from bonito.training import (
     SUMMARY_FILE,
     Examples,
     Recipe,
+    as_json,
     check_config,
     fine_tune,
     fingerprint,
     load_base,
     prepare,
+    read_json,
     tokenize,
+    write_json,
 )
 
 TARGET_RECIPE = Recipe(lora_alpha=16.0)
@@ -240,11 +243,12 @@ def train_target(
         "recipe": asdict(recipe),
         "pairs": {"count": len(pairs), "blake2b": fingerprint(pairs)},
     }
-    if not overwrite and (summary := finished(output, config)):
+    saved = read_json(output / CONFIG_FILE)
+    same = saved == as_json(config)
+    if not overwrite and same and (summary := read_json(output / SUMMARY_FILE)):
         log.info("%s holds this training, finished: reused", output)
         return summary
-    saved = read_json(output / CONFIG_FILE)
-    if retrain and saved is not None and saved != as_json(config):
+    if retrain and saved is not None and not same:
         log.info("%s holds a training with other settings: starting it over", output)
         overwrite = True
     check_config(output, config, overwrite)
@@ -262,12 +266,6 @@ def train_target(
     }
     write_json(output / SUMMARY_FILE, summary)
     return summary
-
-
-def finished(output: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary of the training in `output` when it finished with this configuration."""
-    summary = read_json(output / SUMMARY_FILE)
-    return summary if summary and read_json(output / CONFIG_FILE) == as_json(config) else None
 
 
 # --- the adapt loop ---------------------------------------------------------------------------
@@ -524,24 +522,3 @@ def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def as_json(value: Any) -> Any:
-    """The value as it reads back from JSON (tuples as lists), to compare with a saved one."""
-    return json.loads(json.dumps(value))
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's value, or None when it is missing or cut short."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write a JSON file whole or not at all (a killed write leaves the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(path)

@@ -24,6 +24,7 @@ from bonito.format import PIPE, PLACEHOLDER, Task, parse_task
 from bonito.sampling import SamplingParams
 from bonito.task_types import TaskType, resolve_task_type, save_task_types
 from bonito.training import (
+    EVALUATIONS_FILE,
     SUMMARY_FILE,
     Recipe,
     check_config,
@@ -33,9 +34,8 @@ from bonito.training import (
     merge,
     prepare,
     tokenize,
+    write_json,
 )
-
-EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 def split_held_out(
@@ -211,5 +211,5 @@ def train_generator(
         **history,
         "generations": checks.last["generations"] if checks.last else None,
     }
-    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(output / SUMMARY_FILE, summary)
     return summary

@@ -32,6 +32,8 @@ IGNORE_INDEX = -100
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "train_config.json"
 SUMMARY_FILE = "training_summary.json"
+EVALUATIONS_FILE = "evaluations.jsonl"
+"""Where evaluation callbacks (the generator's held-out checks) append one line each."""
 TOKENIZE_BATCH = 1024
 
 
@@ -246,18 +248,39 @@ def check_config(output: Path, config: dict[str, Any], overwrite: bool) -> None:
     from bonito.run import differences
 
     path = output / CONFIG_FILE
-    if path.is_file() and not overwrite:
-        changed = differences(json.loads(path.read_text(encoding="utf-8")), config)
+    saved = None if overwrite else read_json(path)
+    if saved is not None:
+        changed = differences(saved, as_json(config))
         if changed:
             raise BonitoError(
                 f"{output} holds a training with other settings ({'; '.join(changed)}); "
                 "use the same settings to resume it, another --output, or --overwrite."
             )
     if overwrite:
-        for stale in (output / CHECKPOINTS, output / SUMMARY_FILE):
-            _remove(stale)
-    output.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        for stale in (CHECKPOINTS, SUMMARY_FILE, EVALUATIONS_FILE):
+            _remove(output / stale)
+    write_json(path, config)
+
+
+def as_json(value: Any) -> Any:
+    """The value as it reads back from JSON (tuples as lists), to compare with a saved one."""
+    return json.loads(json.dumps(value))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value, or None when it is missing or cut short."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a JSON file whole or not at all (a killed write leaves the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 def _remove(path: Path) -> None:

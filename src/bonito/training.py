@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ from transformers import (
 
 from bonito.engines.models import check_model_path, model_load_error
 from bonito.errors import BonitoError
+
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` at every wrap; nothing
+# the user can act on
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 IGNORE_INDEX = -100
 CHECKPOINTS = "checkpoints"
@@ -386,6 +393,7 @@ def fine_tune(
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps or -1,
         logging_steps=recipe.logging_steps,
+        logging_first_step=True,  # a short training still shows where its loss started
         save_strategy="steps" if recipe.save_steps else "no",
         save_steps=recipe.save_steps or 500,
         save_total_limit=2,

@@ -167,6 +167,8 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
         (["--max-tokens", "0"], "max_tokens must be a whole number of at least 1, got 0."),
         (["--n", "0"], "n must be a whole number of at least 1, got 0."),
         (["--temperature", "-0.5"], "temperature must be 0 (greedy) or more, got -0.5."),
+        (["--temperature", "nan"], "temperature must be a finite number, got nan."),
+        (["--temperature", "inf"], "temperature must be a finite number, got inf."),
         (["--text-field", "body"], "4 skipped (missing_field 4), e.g. "),
         (["--context-col", "body"], "line 1 has no field 'body' (it has: text)"),
         (["--max-context-tokens", "2040"], "use --max-context-tokens 20"),

@@ -172,6 +172,7 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
         (["--text-field", "body"], "4 skipped (missing_field 4), e.g. "),
         (["--context-col", "body"], "line 1 has no field 'body' (it has: text)"),
         (["--max-context-tokens", "2040"], "use --max-context-tokens 20"),
+        (["--max-input-tokens", "10"], "use --max-input-tokens 46 or more."),
         (
             ["--overlap", "300"],
             "--overlap must be between 0 and half of --max-context-tokens (256)",

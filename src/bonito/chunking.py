@@ -145,6 +145,13 @@ class Chunker:
         self._widest = max(task_types, key=self._overhead)
         self.prompt_overhead = self._overhead(self._widest)
         room = max_input_tokens - self.prompt_overhead
+        if room < min_tokens:
+            raise BonitoError(
+                f"--max-input-tokens {max_input_tokens} leaves no room for a context: the prompt "
+                f"around one takes {self.prompt_overhead} tokens (for '{self._widest.short}') and "
+                f"a context at least {min_tokens} (--min-context-tokens); use --max-input-tokens "
+                f"{self.prompt_overhead + min_tokens} or more."
+            )
         if max_tokens > room:
             raise BonitoError(
                 f"Contexts of {max_tokens} tokens do not fit: the prompt around one takes "

@@ -147,6 +147,7 @@ def generate_run(
     with Run(folder, config.to_dict(fingerprint(config.inputs)), overwrite=overwrite) as run:
         if not run.read_done:
             chunker = make_chunker() if make_chunker else config.chunker()
+            chunker.check_window(config.sampling.max_tokens)
             summary = Summary()
             contexts = read_contexts(config.inputs, chunker, summary, skipped, **config.reading)
             run.read(bar(contexts, desc="reading", unit=" contexts"), summary, config)

@@ -39,8 +39,6 @@ LONG_CHARS_PER_TOKEN = 32
 """A run of more than max_tokens times this many characters surely holds too many tokens."""
 OVERLAP_CHARS_PER_TOKEN = 8
 """The overlap is looked for in the last `overlap` times this many characters before a context."""
-WINDOW_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
-"""Config fields that give a model's window, the longest prompt and completion it takes."""
 TOKENIZER_NO_LIMIT = 10**7
 """A tokenizer's model_max_length this large or larger is transformers' "no limit" sentinel."""
 
@@ -94,16 +92,16 @@ def model_window(tokenizer: Any, model: str, load: dict[str, Any]) -> int | None
     neither says."""
     from transformers import AutoConfig
 
+    from bonito.engines.models import config_window
+
     try:
-        config = AutoConfig.from_pretrained(model, **load).get_text_config()
-    except (OSError, ValueError, ImportError, KeyError, AttributeError):
-        config = None
-    for key in WINDOW_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
+        window = config_window(AutoConfig.from_pretrained(model, **load))
+    except (OSError, ValueError, ImportError, KeyError):
+        window = None
     limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and 0 < limit < TOKENIZER_NO_LIMIT else None
+    if window is None and isinstance(limit, int) and 0 < limit < TOKENIZER_NO_LIMIT:
+        return limit
+    return window
 
 
 class Unit(NamedTuple):

@@ -2,7 +2,8 @@
 llama-cpp-python's server run as processes on 127.0.0.1, and a small fault-injecting HTTP proxy
 on loopback that stands in front of one (our own code, asyncio): it answers chosen requests with
 429 (Retry-After), 500, a slow answer or a dropped connection, passes the rest to the real
-server, and logs what it did."""
+server, and logs what it did; `http_server` runs a standard-library handler (a plain web
+server, a stub) in a thread."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -26,6 +29,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A standard-library HTTP server with `handler` on 127.0.0.1, in a thread: its URL, for as
+    long as the block runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="http-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def serving_missing() -> str | None:

@@ -77,6 +77,13 @@ def test_accepts_plain_lists_and_dicts(bonito):
         ({"input": PASSAGES}, "input", "nil", None, "Unknown task type 'nil'"),
         ({"input": PASSAGES}, "input", "nli", {"max_tokens": 0}, "max_tokens must be"),
         ({"input": PASSAGES}, "input", "nli", {"temperature": -1}, "temperature must be"),
+        (
+            {"input": PASSAGES},
+            "input",
+            "nli",
+            {"max_tokens": 5000},
+            "max_tokens 5000 do not fit the model's window of 4096 tokens",
+        ),
     ],
 )
 def test_bad_input_fails_before_generating(bonito, data, column, task_type, sampling, message):

@@ -237,6 +237,27 @@ def test_the_configuration_is_checked_up_front(tokenizer):
         Chunker(tokenizer, max_tokens=10, min_tokens=1, overlap=6)
 
 
+def test_the_longest_prompt_and_completion_must_fit_the_models_window(tokenizer):
+    overhead = Chunker(tokenizer).prompt_overhead
+    window = 512 + overhead + 256
+    Chunker(tokenizer, window=window).check_window(256)
+    Chunker(tokenizer).check_window(10**6)  # a window not known is not checked
+    with pytest.raises(BonitoError, match="use --max-context-tokens 511 or less"):
+        Chunker(tokenizer, window=window).check_window(257)
+    with pytest.raises(BonitoError, match=f"use --max-tokens {window - 512 - overhead} or less"):
+        Chunker(tokenizer, window=window).check_window(window)
+    with pytest.raises(BonitoError, match="lower --max-tokens and --max-context-tokens"):
+        Chunker(tokenizer, max_tokens=window, window=window).check_window(window)
+
+
+def test_the_window_is_read_from_the_models_config_or_its_gguf(tiny_model, tmp_path):
+    assert Chunker.from_model(str(tiny_model)).window == 4096
+    gguf = tmp_path / "tiny.gguf"
+    convert = Path(__file__).parents[1] / "scripts" / "convert_to_gguf.py"
+    subprocess.run([sys.executable, convert, tiny_model, gguf], check=True, capture_output=True)
+    assert Chunker.from_model(str(gguf)).window == 4096
+
+
 def test_prompts_are_measured_exactly_near_the_limit(tokenizer):
     overhead = Chunker(tokenizer).prompt_overhead
     limit = overhead + 40

@@ -4,6 +4,7 @@ Same tasks as the in-process engine under greedy decoding; retries, backoff and 
 are recorded and sent again; a server killed mid-run; keys that stay secret; clear errors."""
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -11,29 +12,34 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from servers import (
     FaultProxy,
     free_port,
+    http_server,
     llama_cpp_serve,
     llama_cpp_server_missing,
     serving_missing,
     transformers_serve,
 )
+from test_cli import run_cli
 from transformers import AutoTokenizer
 
 from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import generate_all, load_engine
 from bonito.engines.openai import (
     PROBE_PROMPT,
+    Answer,
     Concurrency,
     OpenAIEngine,
     Stats,
     api_root,
     completions_from,
     env_proxy,
+    error_message,
     is_local,
     retry_after,
     split_tokens,
@@ -228,7 +234,7 @@ def test_faults_are_retried_with_backoff_and_failures_recorded_then_resent(
     try:
         with caplog.at_level(logging.INFO, logger="bonito"):
             first = generate_run(folder, config, load)
-        assert first.state == "finished: 2 requests failed"
+        assert (first.state, first.summary.failed) == ("finished", 2)
         assert counts_of(folder) == (10, 2, 10, 10)
         errors = query(folder, "SELECT error FROM requests WHERE status = 'failed'")
         assert errors == [("HTTP 500: injected failure (4 attempts)",)] * 2
@@ -351,7 +357,10 @@ def test_mistakes_end_in_one_clear_sentence_before_generating(server, tiny_model
         (dict(base_url="ftp://127.0.0.1/v1"), "must be an http:// or https:// URL"),
         (dict(base_url="http://me:pw@127.0.0.1/v1"), "must not carry a user name or password"),
         (dict(base_url=f"http://127.0.0.1:{free_port()}"), "Cannot reach an OpenAI-compatible"),
-        (dict(base_url=server.url + "/nothing/v1"), r"completions does not exist \(HTTP 404"),
+        (
+            dict(base_url=server.url + "/nothing/v1"),
+            r"completions is not an OpenAI-compatible completions endpoint \(HTTP 404",
+        ),
         (dict(base_url=server.url, served_model="other"), "refused the model .*'other'"),
         (dict(base_url=server.url, api_key_env="BONITO_NO_SUCH_VAR"), "no such environment"),
         (dict(base_url=server.url, concurrency=0), "concurrency must be a whole number"),
@@ -467,3 +476,82 @@ def test_a_proxy_named_in_the_environment_is_used_unless_no_proxy_exempts_the_ho
     assert env_proxy("https://gpu.example.org/v1") is None  # no HTTPS_PROXY
     monkeypatch.setenv("NO_PROXY", "localhost,10.0.0.5")
     assert env_proxy("http://10.0.0.5:8000/v1") is None
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    """What `python -m http.server` runs: files for GET, HTTP 501 for POST."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_plain_web_server_is_refused_at_once_with_a_short_reason(tmp_path):
+    handler = functools.partial(QuietFiles, directory=str(tmp_path))
+    with http_server(handler) as url:
+        began = time.monotonic()
+        with pytest.raises(BonitoError) as error:
+            OpenAIEngine("tiny", base_url=url)
+    assert time.monotonic() - began < 5
+    assert str(error.value) == (
+        f"{url}/v1/completions is not an OpenAI-compatible completions endpoint (HTTP 501: "
+        "Unsupported method ('POST')); check --base-url: the server's root or its /v1."
+    )
+
+
+def test_error_messages_are_one_short_line():
+    page = b"<!DOCTYPE HTML>\n<html>\n<body><h1>Error</h1>" + b"<p>x</p>" * 500 + b"</body></html>"
+    assert error_message(Answer(502, "Bad Gateway", page)) == "Bad Gateway"
+    assert error_message(Answer(500, "Oops", b"Traceback (most recent call last):\n  x")) == (
+        "Traceback (most recent call last):"
+    )
+    detail = json.dumps({"error": {"message": "no\nsuch " + "model " * 100}}).encode()
+    assert error_message(Answer(400, "Bad Request", detail)) == ("no such " + "model " * 40)[:200]
+
+
+class FailingServer(BaseHTTPRequestHandler):
+    """A server that passes the engine's test request, then answers every completion request
+    with HTTP 500 and an HTML page."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.reply(200, "Ok", b'{"data": [{"id": "tiny"}]}')
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["prompt"] == PROBE_PROMPT:
+            self.reply(200, "OK", b'{"choices": [{"text": "x", "finish_reason": "length"}]}')
+        else:
+            page = b"<html><head><title>500</title></head><body>" + b"<p>oops</p>" * 99
+            self.reply(500, "Internal Server Error", page + b"</body></html>")
+
+    def reply(self, status: int, reason: str, body: bytes) -> None:
+        self.send_response(status, reason)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_run_whose_requests_failed_exits_1_and_shows_the_last_error(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args += ["--max-retries", "0", "--limit", "3", "--max-tokens", "8", "--output", run]
+    with http_server(FailingServer) as url:
+        code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
+    last_error = "HTTP 500: Internal Server Error (1 attempt)"
+    assert code == 1
+    assert err.endswith(
+        f"error: 3 requests failed (last error: {last_error}); run the same command to retry "
+        "them.\n"
+    )
+    record = json.loads((run / "summary.json").read_text())
+    assert record["state"] == "finished"
+    assert (record["summary"]["failed_requests"], record["summary"]["last_error"]) == (
+        3,
+        last_error,
+    )
+    code, out, _ = run_cli(["status", run], capsys, monkeypatch)
+    assert code == 0 and "last error" in out and "Internal Server Error" in out

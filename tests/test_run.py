@@ -18,7 +18,8 @@ from bonito import BonitoError, SamplingParams
 from bonito.engines import Failure
 from bonito.engines.transformers import TransformersEngine
 from bonito.mix import TaskMix
-from bonito.run import RunConfig, generate_run
+from bonito.report import write_report
+from bonito.run import RunConfig, generate_run, status
 from bonito.store import PlannedRequest, RunStore, SavedSample
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
@@ -170,13 +171,24 @@ def test_failed_requests_are_recorded_and_sent_again_on_resume(tiny_model, passa
         SamplingParams(max_tokens=32, seed=1),
         reading={"limit": 30},
     )
-    first = generate_run(tmp_path / "run", config, lambda: Flaky(engine))
-    assert first.state == "finished: 6 requests failed"
-    failed = query(tmp_path / "run", "SELECT error FROM requests WHERE status = 'failed'")
+    run = tmp_path / "run"
+    first = generate_run(run, config, lambda: Flaky(engine))
+    note = "6 requests failed (last error: HTTP 503); run the same command to retry them."
+    assert (first.state, first.summary.failed, first.error) == ("finished", 6, note)
+    failed = query(run, "SELECT error FROM requests WHERE status = 'failed'")
     assert failed == [("HTTP 503",)] * 6
     assert first.summary.samples == 24
-    again = generate_run(tmp_path / "run", config, lambda: engine)
+    summary = json.loads((run / "summary.json").read_text())["summary"]
+    assert (summary["failed_requests"], summary["last_error"]) == (6, "HTTP 503")
+    lines = status(run)
+    assert (lines["failed requests"], lines["last error"]) == ("6", "HTTP 503")
+    html = (write_report(run)).path.read_text()
+    assert note in html and "not finished" not in html
+
+    again = generate_run(run, config, lambda: engine)
     assert again.state == "finished" and again.summary.samples == 30
+    assert again.error is None and "last error" not in status(run)
+    assert json.loads((run / "summary.json").read_text())["summary"]["failed_requests"] == 0
     samples, distinct = query(
         tmp_path / "run",
         "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM completions",

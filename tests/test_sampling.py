@@ -18,6 +18,10 @@ def test_defaults_are_the_model_cards():
         ({"n": 0}, "n must be a whole number of at least 1, got 0"),
         ({"temperature": -0.1}, "temperature must be 0 \\(greedy\\) or more, got -0.1"),
         ({"top_p": 0}, "top_p must be in"),
+        ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
+        ({"temperature": float("inf")}, "temperature must be a finite number, got inf"),
+        ({"top_p": float("nan")}, "top_p must be a finite number, got nan"),
+        ({"temperature": "0.5"}, "temperature must be a finite number, got '0.5'"),
         ({"stop": ["", "x"]}, "stop strings must not be empty"),
     ],
 )

@@ -338,6 +338,8 @@ def adapt(
         engine_name=engine,
     )
     log.info("%s: %d accepted tasks (%s)", output / GENERATE, run.summary.accepted, run.state)
+    if run.error:
+        log.warning("%s: %s", output / GENERATE, run.error)
     release()
     trainings = {}
     trainings["bonito"] = finetune(
@@ -410,6 +412,7 @@ def generation_facts(
         "accepted": summary.accepted,
         "duplicates": summary.duplicates,
         "rejected": dict(summary.rejected),
+        "failed_requests": summary.failed,
     }
 
 

@@ -39,6 +39,8 @@ LONG_CHARS_PER_TOKEN = 32
 """A run of more than max_tokens times this many characters surely holds too many tokens."""
 OVERLAP_CHARS_PER_TOKEN = 8
 """The overlap is looked for in the last `overlap` times this many characters before a context."""
+TOKENIZER_NO_LIMIT = 10**7
+"""A tokenizer's model_max_length this large or larger is transformers' "no limit" sentinel."""
 
 PARAGRAPH, SENTENCE, LINE, WORD = 4, 3, 2, 1
 """How strong a break is: cuts go at the strongest break available."""
@@ -84,6 +86,24 @@ class Context:
         return {"text": self.text, "tokens": self.tokens, **self.provenance()}
 
 
+def model_window(tokenizer: Any, model: str, load: dict[str, Any]) -> int | None:
+    """The longest prompt and completion `model` takes: its config's max_position_embeddings
+    (or the like), else its tokenizer's model_max_length when that is a real limit; None if
+    neither says."""
+    from transformers import AutoConfig
+
+    from bonito.engines.models import config_window
+
+    try:
+        window = config_window(AutoConfig.from_pretrained(model, **load))
+    except (OSError, ValueError, ImportError, KeyError):
+        window = None
+    limit = getattr(tokenizer, "model_max_length", None)
+    if window is None and isinstance(limit, int) and 0 < limit < TOKENIZER_NO_LIMIT:
+        return limit
+    return window
+
+
 class Unit(NamedTuple):
     """A run of a document's text that is not cut unless it must be: a whole short document, a
     paragraph, a sentence or a word (its `level`), with the whitespace before it; `strength` is
@@ -110,7 +130,8 @@ class Chunker:
     """Cuts documents into contexts of at most `max_tokens` tokens of `tokenizer` (a
     transformers tokenizer), and at least `min_tokens` unless a context is a whole document;
     with `overlap`, a context starts with up to that many tokens of the end of the one before.
-    The prompt around a context must fit `max_input_tokens` for every type in `task_types`."""
+    The prompt around a context must fit `max_input_tokens` for every type in `task_types`;
+    `window` is the model's (the longest prompt and completion it takes), None if unknown."""
 
     def __init__(
         self,
@@ -121,6 +142,7 @@ class Chunker:
         overlap: int = 0,
         max_input_tokens: int = MAX_INPUT_TOKENS,
         task_types: Sequence[TaskType] = TASK_TYPES,
+        window: int | None = None,
     ) -> None:
         if max_tokens < 1:
             raise BonitoError(f"--max-context-tokens must be at least 1, got {max_tokens}.")
@@ -140,11 +162,18 @@ class Chunker:
             )
         self.tokenizer, self._backend = tokenizer, tokenizer.backend_tokenizer
         self.max_tokens, self.min_tokens, self.overlap = max_tokens, min_tokens, overlap
-        self.max_input_tokens = max_input_tokens
+        self.max_input_tokens, self.window = max_input_tokens, window
         self._start_costs: dict[str, int] = {}
         self._widest = max(task_types, key=self._overhead)
         self.prompt_overhead = self._overhead(self._widest)
         room = max_input_tokens - self.prompt_overhead
+        if room < min_tokens:
+            raise BonitoError(
+                f"--max-input-tokens {max_input_tokens} leaves no room for a context: the prompt "
+                f"around one takes {self.prompt_overhead} tokens (for '{self._widest.short}') and "
+                f"a context at least {min_tokens} (--min-context-tokens); use --max-input-tokens "
+                f"{self.prompt_overhead + min_tokens} or more."
+            )
         if max_tokens > room:
             raise BonitoError(
                 f"Contexts of {max_tokens} tokens do not fit: the prompt around one takes "
@@ -165,14 +194,31 @@ class Chunker:
         gguf = path.suffix == ".gguf" and path.is_file()
         if not gguf:
             check_model_path(model)
+        where = (str(path.parent), {"gguf_file": path.name}) if gguf else (model, {})
         try:
-            if gguf:
-                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(model)
+            tokenizer = AutoTokenizer.from_pretrained(where[0], **where[1])
         except (OSError, ValueError, ImportError) as error:
             raise model_load_error(model, error) from error
-        return cls(tokenizer, **options)
+        return cls(tokenizer, **options, window=model_window(tokenizer, *where))
+
+    def check_window(self, completion_tokens: int) -> None:
+        """BonitoError unless the longest prompt and a completion of `completion_tokens` fit
+        the model's window (when it is known)."""
+        longest = min(self.max_input_tokens, self.max_tokens + self.prompt_overhead)
+        if self.window is None or longest + completion_tokens <= self.window:
+            return
+        room = self.window - completion_tokens - self.prompt_overhead
+        if room >= self.min_tokens:
+            fix = f"use --max-context-tokens {room} or less"
+        elif self.window > longest:
+            fix = f"use --max-tokens {self.window - longest} or less"
+        else:
+            fix = "lower --max-tokens and --max-context-tokens"
+        raise BonitoError(
+            f"Prompts of up to {longest} tokens (--max-context-tokens {self.max_tokens} and the "
+            f"prompt around a context) and completions of up to {completion_tokens} (--max-tokens) "
+            f"do not fit the model's window of {self.window} tokens; {fix}."
+        )
 
     def chunk(self, items: Iterable[Document | Skip]) -> Iterator[Context | Skip]:
         """Contexts of each document in turn, lazily; Skips read on the way pass through, and

@@ -327,6 +327,8 @@ def generate(
     table.add_row("state", state)
     table.add_row("tasks", str(output / TASKS_FILE))
     Console().print(table)
+    if outcome.error:
+        raise BonitoError(outcome.error)
 
 
 @app.command()

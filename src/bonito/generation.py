@@ -136,7 +136,8 @@ def generate_samples(
 @dataclass
 class Summary:
     """Counts for the one-screen report at the end of a run; `skipped` counts by reason what
-    was not read or not sent."""
+    was not read or not sent; `failed` counts the requests the engine gave up on, and
+    `last_error` says why the last of them failed."""
 
     documents: int = 0
     contexts: int = 0
@@ -147,12 +148,15 @@ class Summary:
     duplicates: int = 0
     rejected: Counter = field(default_factory=Counter)
     failed: int = 0
+    last_error: str | None = None
     output_tokens: int = 0
     elapsed: float = 0.0
 
     def add(self, group: Group) -> None:
         self.elapsed += group.seconds
         self.failed += len(group.failed)
+        if group.failed:
+            self.last_error = group.failed[-1][1]
         for sample in group.samples:
             self.samples += 1
             self.output_tokens += sample.completion.completion_tokens
@@ -178,6 +182,7 @@ class Summary:
             "duplicates": self.duplicates,
             "rejected": dict(self.rejected),
             "failed_requests": self.failed,
+            "last_error": self.last_error,
             "output_tokens": self.output_tokens,
             "elapsed_s": round(self.elapsed, 3),
             "output_tokens_per_s": round(self.tokens_per_second, 1),

@@ -22,6 +22,7 @@ from markupsafe import Markup
 from bonito import __version__
 from bonito.errors import BonitoError
 from bonito.export import RunView, generator_facts, open_run, writable
+from bonito.run import failed_note, summary_from
 from bonito.sampling import derive_seed
 
 SAMPLE_SIZE = 200
@@ -322,6 +323,7 @@ def report_context(view: RunView, sample_size: int) -> dict[str, Any]:
         "status": view.status,
         "facts": generator_facts(view.config),
         "finished": view.status["state"] == "finished",
+        "failures": failed_note(summary_from(view.reading, view.counts)),
         "coverage": {
             f"{name} with accepted tasks": share(*counts) for name, counts in coverage.items()
         },

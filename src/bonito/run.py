@@ -118,10 +118,15 @@ class RunConfig:
 
 @dataclass
 class Outcome:
-    """How a run ended: its counts and why it stopped ("finished", or the budget reached)."""
+    """How a run ended: its counts and why it stopped ("finished", or the budget reached);
+    `error` says what went wrong when requests failed (None when none did)."""
 
     summary: Summary
     state: str
+
+    @property
+    def error(self) -> str | None:
+        return failed_note(self.summary)
 
 
 def generate_run(
@@ -142,6 +147,7 @@ def generate_run(
     with Run(folder, config.to_dict(fingerprint(config.inputs)), overwrite=overwrite) as run:
         if not run.read_done:
             chunker = make_chunker() if make_chunker else config.chunker()
+            chunker.check_window(config.sampling.max_tokens)
             summary = Summary()
             contexts = read_contexts(config.inputs, chunker, summary, skipped, **config.reading)
             run.read(bar(contexts, desc="reading", unit=" contexts"), summary, config)
@@ -300,8 +306,7 @@ class Run:
                         tally.requests += self._plan_retries(budgets.retry_rejected, config)
                         chunk = store.next_chunk(CHUNK_SIZE)
                     if not chunk:
-                        failed = store.counts()["requests_failed"]
-                        state = f"finished: {failed} requests failed" if failed else "finished"
+                        state = "finished"
                         break
                     engine = engine or load_engine()
                     requests = [
@@ -401,8 +406,22 @@ def summary_from(reading: dict[str, Any], totals: dict[str, Any]) -> Summary:
         accepted=totals["accepted"],
         duplicates=totals["duplicates"],
         rejected=Counter(totals["rejected"]),
+        failed=totals["requests_failed"],
+        last_error=totals["last_error"],
         output_tokens=totals["output_tokens"],
         elapsed=totals["generation_seconds"],
+    )
+
+
+def failed_note(summary: Summary) -> str | None:
+    """One sentence on the requests that failed, with the last error and what to do; None if
+    none failed."""
+    if not summary.failed:
+        return None
+    requests = "request" if summary.failed == 1 else "requests"
+    return (
+        f"{summary.failed} {requests} failed (last error: {summary.last_error}); run the same "
+        "command to retry them."
     )
 
 
@@ -566,10 +585,12 @@ def status(folder: Path) -> dict[str, str]:
         "accepted": str(summary.accepted),
         "duplicates": str(summary.duplicates),
         "rejected": counts(summary.rejected) or "0",
-        "failed requests": str(totals["requests_failed"]),
+        "failed requests": str(summary.failed),
         "generation time": f"{summary.elapsed:.1f}s",
         "output tokens/s": f"{summary.tokens_per_second:.1f}",
     }
+    if summary.failed:
+        lines["last error"] = summary.last_error
     if running:
         lines["rate"] = f"{rate:.2f} requests/s over the last minute"
         lines["eta"] = f"{left / rate:.0f}s" if rate else "unknown"

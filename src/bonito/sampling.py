@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, fields
+from numbers import Real
 from typing import Any
 
 from bonito.errors import BonitoError
@@ -38,6 +40,10 @@ class SamplingParams:
             raise BonitoError(
                 f"max_tokens must be a whole number of at least 1, got {self.max_tokens!r}."
             )
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise BonitoError(f"{name} must be a finite number, got {value!r}.")
         if self.temperature < 0:
             raise BonitoError(f"temperature must be 0 (greedy) or more, got {self.temperature!r}.")
         if not 0 < self.top_p <= 1:

@@ -319,12 +319,16 @@ class RunStore:
             "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM contexts"
         ).fetchone()
         output_tokens = one("SELECT COALESCE(SUM(completion_tokens), 0) FROM completions")
+        last_error = one(
+            "SELECT error FROM requests WHERE status = 'failed' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         return {
             "contexts": contexts,
             "context_tokens": context_tokens,
             "requests": sum(requests.values()),
             "requests_done": requests["done"],
             "requests_failed": requests["failed"],
+            "last_error": last_error[0] if last_error else None,
             "samples": sum(tasks.values()),
             "accepted": tasks["accepted"],
             "duplicates": tasks["duplicate"],

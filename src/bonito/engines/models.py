@@ -9,6 +9,8 @@ from typing import Any
 from bonito.errors import BonitoError
 
 ADAPTER_CONFIG = "adapter_config.json"
+WINDOW_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
+"""Config fields that give a model's window, the longest prompt and completion it takes."""
 
 
 def is_adapter(model: str) -> bool:
@@ -83,3 +85,13 @@ def model_load_error(model: str, error: Exception) -> BonitoError:
         f"For an offline smoke test, `bonito tiny-model ./tiny-bonito` builds a small generator "
         f"in seconds."
     )
+
+
+def config_window(config: Any) -> int | None:
+    """The window (longest prompt and completion) a transformers config gives; None if none."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in WINDOW_KEYS:
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

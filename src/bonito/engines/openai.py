@@ -41,7 +41,12 @@ PUSHBACK_STATUSES = frozenset({429, 503})
 """Answers that mean "too much load": the concurrency halves (as it does on a timeout)."""
 RETRY_STATUSES = frozenset({408, 409, 424, 425, 429})
 """4xx answers worth sending again (424: TGI's "request failed during generation"); every 5xx
-is too."""
+but NO_ENDPOINT_STATUSES is too."""
+NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
+"""Answers that mean "no completions endpoint here" (unless they name the model): sending
+again cannot help."""
+MAX_ERROR_CHARS = 200
+"""Longest server message kept in an error."""
 MAX_RETRY_AFTER = 600.0
 """Longest Retry-After honoured, in seconds."""
 PROBE_PROMPT = "<|tasktype|>\n"
@@ -211,18 +216,20 @@ def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def error_message(answer: Answer, secret: str | None = None) -> str:
-    """The server's own words for an error answer, short, with the API key blanked out."""
+    """The server's own words for an error answer in one short line, with the API key blanked
+    out: a JSON error's message, the first line of a text, the reason phrase of an HTML page."""
     try:
         payload = answer.json()
     except ValueError:
-        payload = answer.body.decode("utf-8", "replace")
+        text = answer.body.decode("utf-8", "replace").strip()
+        payload = answer.reason if text.startswith("<") else text.partition("\n")[0]
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict):
             payload = error.get("message") or error.get("detail") or error
         else:
             payload = payload.get("message") or payload.get("detail") or error
-    text = " ".join(str(payload).split())[:300] or answer.reason
+    text = " ".join(str(payload).split())[:MAX_ERROR_CHARS] or answer.reason
     return text.replace(secret, "***") if secret else text
 
 
@@ -319,11 +326,12 @@ class OpenAIEngine:
     answers are sent again up to `max_retries` times after an exponential backoff with jitter,
     or after the server's Retry-After; 429, 503 and timeouts halve the concurrency for a while.
     A prompt that still fails comes back as a Failure with the reason (a run records it and sends
-    it again when resumed); 401, 403 and 404 end the call with a BonitoError, as they would fail
-    every request. Servers that return fewer than n choices (`transformers serve`, llama.cpp) get
-    one request per sample, sample k seeded with derive_seed(seed, k) (the prompt's seed for
-    k = 0). Token counts come from the answer's `usage`: exact with one choice a request,
-    apportioned by length among several (the total exact), zero when the server sends no usage.
+    it again when resumed); 401, 403, 404, 405 and 501 end the call with a BonitoError, as they
+    would fail every request. Servers that return fewer than n choices (`transformers serve`,
+    llama.cpp) get one request per sample, sample k seeded with derive_seed(seed, k) (the
+    prompt's seed for k = 0). Token counts come from the answer's `usage`: exact with one choice
+    a request, apportioned by length among several (the total exact), zero when the server sends
+    no usage.
 
     The API key is read from the environment variable `api_key_env` and only ever sent in the
     Authorization header. A base URL that is neither loopback nor private logs one warning that
@@ -528,13 +536,12 @@ class OpenAIEngine:
                 raise self._auth_error(answer)
             message = error_message(answer, self._key)
             names_model = "model" in message.lower() or name in message
-            if status == 404 and not names_model:
+            if status in NO_ENDPOINT_STATUSES and not names_model:
                 raise BonitoError(
-                    f"{url} does not exist (HTTP 404: {message}): the server has no legacy "
-                    "completions endpoint there; --base-url should be the server's root or its "
-                    "/v1."
+                    f"{url} is not an OpenAI-compatible completions endpoint (HTTP {status}: "
+                    f"{message}); check --base-url: the server's root or its /v1."
                 )
-            if n == 2 and not names_model and (status >= 400 and status != 404):
+            if n == 2 and not names_model and status >= 400:
                 continue  # perhaps n=2 is what it refuses: ask for one sample
             if status >= 500 or status in RETRY_STATUSES:
                 log.warning(
@@ -726,10 +733,10 @@ class OpenAIEngine:
                         cause, why = f"HTTP {status}", f"HTTP {status}: {message}"
                         if status in (401, 403):
                             raise self._auth_error(answer)
-                        if status == 404:
+                        if status in NO_ENDPOINT_STATUSES:
                             raise BonitoError(
-                                f"{url} answered HTTP 404 ({message}); check --base-url and "
-                                "--served-model."
+                                f"{url} answered HTTP {status} ({message}); check --base-url "
+                                "and --served-model."
                             )
                         if status < 500 and status not in RETRY_STATUSES:
                             self.stats.failed += 1
@@ -750,4 +757,5 @@ class OpenAIEngine:
             self.stats.waited += wait
             await asyncio.sleep(wait)
         self.stats.failed += 1
-        return Failure(f"{why} ({self.max_retries + 1} attempts)")
+        attempts = self.max_retries + 1
+        return Failure(f"{why} ({attempts} attempt{'s' if attempts > 1 else ''})")

@@ -30,7 +30,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bonito.engines.base import Completion, Finished, prompt_seeds
-from bonito.engines.models import load_causal_lm
+from bonito.engines.models import config_window, load_causal_lm
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams, derive_seed
 
@@ -258,6 +258,7 @@ class TransformersEngine:
     ) -> Iterator[Finished]:
         encoded = [self.encode(p) for p in prompts]
         seeds = prompt_seeds(sampling, len(prompts), seeds)
+        self.check_window(encoded, sampling)
         if self.decoder != "dynamic":
             started = False
             try:
@@ -272,6 +273,16 @@ class TransformersEngine:
         for batch in self.batches(encoded, sampling):
             completions = self.generate_batch(encoded, seeds, batch, sampling)
             yield list(zip(batch, completions, strict=True))
+
+    def check_window(self, encoded: list[list[int]], sampling: SamplingParams) -> None:
+        """BonitoError if the longest prompt and max_tokens go past the model's window."""
+        window = config_window(self.lm.config)
+        longest = max(map(len, encoded), default=0)
+        if window is not None and longest + sampling.max_tokens > window:
+            raise BonitoError(
+                f"A prompt of {longest} tokens and max_tokens {sampling.max_tokens} do not fit "
+                f"the model's window of {window} tokens; shorten the passage or lower max_tokens."
+            )
 
     def batches(self, encoded: list[list[int]], sampling: SamplingParams) -> list[list[int]]:
         """Prompt indices grouped longest first, each group as large as memory allows."""

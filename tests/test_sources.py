@@ -117,18 +117,21 @@ def test_a_text_file_is_its_text_as_python_reads_it(tmp_path):
 
 
 def test_text_files_without_a_suffix_and_other_text_suffixes_are_read(tmp_path):
-    for name in ("README", "copyright", "guide.rst", "notes.markdown", "plain.text"):
+    names = ["README", "copyright", "Apache-2.0", "README.Debian", "LICENSE-MIT", "guide.rst"]
+    names += ["notes.markdown", "plain.text"]
+    for name in names:
         (tmp_path / name).write_text(f"The text of {name}.\n")
     (tmp_path / "program").write_bytes(b"\x7fELF\x02\x01\x01\0\0\0")
-    (tmp_path / "README.Debian").write_text("Debian notes.\n")
+    (tmp_path / "README.gz").write_bytes(b"\x1f\x8b\x08\0")
+    (tmp_path / "style.css").write_text("body { color: red; }\n")
     items = list(read_documents([tmp_path]))
-    assert sorted(texts(items)) == sorted(
-        f"The text of {n}.\n"
-        for n in ("README", "copyright", "guide.rst", "notes.markdown", "plain.text")
-    )
+    assert sorted(texts(items)) == sorted(f"The text of {n}.\n" for n in names)
     assert skips(items) == {
         ("program", "binary"): "is binary data, not text (it holds NUL bytes)",
-        ("README.Debian", "unsupported_type"): (
+        ("README.gz", "unsupported_type"): (
+            f"is not one of {', '.join(SUFFIXES)} (name a plain text file .txt to read it)"
+        ),
+        ("style.css", "unsupported_type"): (
             f"is not one of {', '.join(SUFFIXES)} (name a plain text file .txt to read it)"
         ),
     }

@@ -15,7 +15,7 @@ from bonito.sources.document import Document, Skip, Unreadable
 from bonito.sources.hub import is_saved_dataset, read_hub_dataset, read_saved_dataset
 from bonito.sources.pdf import read_pdf
 from bonito.sources.tables import TABLE_SUFFIXES, read_table
-from bonito.sources.text import TEXT_SUFFIXES, read_text
+from bonito.sources.text import TEXT_SUFFIXES, read_text, text_by_name
 from bonito.sources.web import HTML_SUFFIXES, read_html
 from bonito.sources.word import read_docx
 
@@ -148,12 +148,13 @@ def _nothing_found(folder: Path, include: Sequence[str], exclude: Sequence[str])
 
 
 def _read_file(path: Path, text_field: str) -> Iterator[Document | Skip]:
-    """A file read by its suffix; one without a suffix (README, LICENSE) is read as text when
-    its content is text."""
+    """A file read by its suffix; one without a suffix, or named like README or LICENSE, is read
+    as text when its content is text."""
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         return _guarded(partial(read_table, path, text_field), str(path))
-    reader = READERS.get(suffix) or (read_text if not suffix else None)
+    plain = suffix not in KNOWN_SUFFIXES and text_by_name(path)
+    reader = READERS.get(suffix) or (read_text if plain else None)
     if reader:
         return _guarded(partial(reader, path), str(path))
     readable = ", ".join(SUFFIXES)

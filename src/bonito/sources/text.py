@@ -22,7 +22,21 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
 _WESTERN = "cp1252"
+_TEXT_NAME = re.compile(
+    r"(readme|licen[cs]e|copying|copyright|notice|news|changelog|changes|authors|install|todo"
+    r"|thanks)([._-]|$)",
+    re.IGNORECASE,
+)
+_VERSION = re.compile(r"\.\d+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def text_by_name(path: Path) -> bool:
+    """Whether a file that no reader takes by its suffix is read as text (if its content is): it
+    has no suffix (a version such as `Apache-2.0` is none), or a conventional name such as
+    README.Debian, LICENSE-MIT or NEWS."""
+    suffix = path.suffix
+    return not suffix or bool(_VERSION.fullmatch(suffix) or _TEXT_NAME.match(path.name))
 
 
 def read_text(path: Path) -> Iterator[Document]:

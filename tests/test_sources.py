@@ -526,3 +526,22 @@ def test_commands_refuse_a_mistyped_path_before_writing_anything(
     assert stop.value.code != 0
     assert "does not exist; give a file, a folder or a hub dataset id" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_pdf_running_headers_page_numbers_and_contents_leaders_are_left_out(tmp_path):
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    pdf = pymupdf.open()
+    contents = pdf.new_page()
+    contents.insert_text((72, 72), "Contents")
+    contents.insert_text(
+        (72, 120), "1 The depot . . . . . . . . . . . . 2\n2 The library . . . . . . . 3"
+    )
+    for number, paragraph in enumerate(ARTICLE, start=2):
+        page = pdf.new_page()
+        page.insert_text((72, 40), f"Chapter {number - 1}: Depot minutes")
+        page.insert_textbox(pymupdf.Rect(72, 100, 500, 400), paragraph)
+        page.insert_text((300, 800), str(number))
+    pdf.save(tmp_path / "report.pdf")
+    [doc] = read_documents([tmp_path / "report.pdf"])
+    assert doc.text == "\n\n".join(["Contents", *ARTICLE])
+    assert [number for number, _ in doc.metadata["pages"]] == [1, 2, 3, 4]

@@ -68,6 +68,28 @@ def test_accepts_plain_lists_and_dicts(bonito):
     ).column_names == ["input", "output"]
 
 
+def test_a_plain_list_of_passages_is_the_contexts(bonito):
+    tasks = bonito.generate_tasks(
+        PASSAGES[:2], "text", "ynqa", {"max_tokens": 32, "seed": 0}, with_metadata=True
+    )
+    assert set(tasks["context"]) <= set(PASSAGES[:2])
+    assert bonito.last_summary.contexts == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("One passage.", "text_dataset is a str; pass a datasets.Dataset, a pandas DataFrame, "),
+        ([{"text": "A."}, "B."], "text_dataset is a list of mixed rows; pass "),
+        (["A passage.", " "], "Passage 1 is ' ': every context must be non-empty text"),
+        (42, "text_dataset is a int; pass .* or a list of passages \\(strings\\)"),
+    ],
+)
+def test_another_shape_is_refused_with_the_shapes_taken(bonito, data, message):
+    with pytest.raises(BonitoError, match=message):
+        bonito.generate_tasks(data, "text", "ynqa")
+
+
 @pytest.mark.parametrize(
     ("data", "column", "task_type", "sampling", "message"),
     [

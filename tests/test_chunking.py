@@ -112,7 +112,11 @@ def check(tokenizer, chunker: Chunker, docs: list[Document], skipped=()) -> list
     for context, ids in zip(contexts, exact, strict=True):
         text = by_doc[context.document].text
         start, end = context.span
-        assert text[start:end] == context.text == context.text.strip()
+        assert text[start:end] == context.text == context.text.rstrip()
+        indent = len(context.text) - len(context.text.lstrip())  # only a first line's own
+        assert indent == 0 or (
+            text[start - 1 : start] in ("", "\n") and "\n" not in text[start : start + indent]
+        )
         assert at_word_edge(text, start) and at_word_edge(text, end), context
         assert len(ids) <= chunker.max_tokens
         assert abs(len(ids) - context.tokens) <= MARGIN
@@ -216,6 +220,37 @@ def test_pages_come_from_the_page_map(tokenizer):
             "pages": list(context.pages),
             "title": "A",
         }
+
+
+def test_a_text_files_contexts_keep_its_indentation_and_their_spans_index_it(tokenizer, tmp_path):
+    code = "\n".join(f"    total_{i} = compute({i}, depth={i % 4})" for i in range(40))
+    prose_text = prose(14, 6).replace("\n\n", "\r\n\r\n")
+    path = tmp_path / "README.md"
+    path.write_bytes(f"# Usage\r\n\r\nLoad it:\r\n\r\n{code}\r\n\r\n{prose_text}\r\n".encode())
+    [doc] = read_documents([path])
+    contexts = check(tokenizer, Chunker(tokenizer, max_tokens=60, min_tokens=8), [doc])
+    file_text = path.read_text(encoding="utf-8")
+    assert all(file_text[slice(*c.span)] == c.text for c in contexts)
+    in_code = [c for c in contexts if "total_" in c.text]
+    assert len(in_code) > 2 and any(c.text.startswith("    total_") for c in in_code)
+    lines = [line for c in in_code for line in c.text.splitlines() if "total_" in line]
+    assert len(lines) == 40 and all(line.startswith("    total_") for line in lines)
+
+
+def test_a_scanned_page_of_a_pdf_is_in_no_contexts_pages(tokenizer, tmp_path):
+    pymupdf = pytest.importorskip("pymupdf", reason="needs the docs extra")
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "The first page says the depot will become a library.")
+    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 16, 16), False)
+    pdf.new_page().insert_image(pymupdf.Rect(72, 72, 400, 400), pixmap=pixmap)
+    pdf.new_page().insert_text((72, 72), "The third page says the work starts in spring.")
+    pdf.save(tmp_path / "minutes.pdf")
+    chunker = Chunker(tokenizer, max_tokens=200, min_tokens=8)
+    items = list(chunker.chunk(read_documents([tmp_path / "minutes.pdf"])))
+    assert [i.reason if isinstance(i, Skip) else i.pages for i in items] == [
+        "no_text_layer",
+        (1, 3),
+    ]
 
 
 def test_the_configuration_is_checked_up_front(tokenizer):

@@ -1,5 +1,6 @@
 """Readers on real files written in a temp dir: every format, every kind of broken input."""
 
+import csv
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bonito import BonitoError
-from bonito.sources import Document, Skip, read_documents
+from bonito.sources import SUFFIXES, Document, Skip, read_documents
 
 ROWS = [{"text": "First passage."}, {"text": "Second passage."}, {"text": "  "}]
 ARTICLE = [
@@ -46,6 +47,14 @@ def write_pdf(path: Path) -> Path:
     pdf.set_metadata({"title": "Depot minutes"})
     pdf.save(path)
     return path
+
+
+def add_image_page(pdf):
+    """A page as a scanner makes it: an image, no text."""
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 16, 16), False)
+    pixmap.clear_with(180)
+    pdf.new_page().insert_image(pymupdf.Rect(72, 72, 400, 400), pixmap=pixmap)
 
 
 def write_docx(path: Path) -> Path:
@@ -93,13 +102,48 @@ def test_tables_give_the_same_rows_and_skip_empty_ones(tmp_path):
         assert skips(items) == {(name, "empty"): f"{where} has no text"}
 
 
-def test_a_text_file_is_one_document_with_normalised_whitespace(tmp_path):
-    (tmp_path / "notes.md").write_text(
-        "# Title  \r\n\r\nPara\tone\n still one.\n\n\n \nPara two.\n"
+def test_a_text_file_is_its_text_as_python_reads_it(tmp_path):
+    """Indentation (code blocks), spaces and blank lines are kept, line ends made \\n: the text is
+    what open() reads, so that a context's span indexes the file."""
+    path = tmp_path / "notes.md"
+    path.write_bytes(
+        b"# Title  \r\n\r\nLoad it:\n\n    >>> yaml.load(stream)\n      - indented: 1\n\n\n"
+        b"Para\tone\n still one.\rPara two.\n"
     )
-    [doc] = read_documents([tmp_path / "notes.md"])
-    assert doc.text == "# Title\n\nPara one\nstill one.\n\nPara two."
-    assert doc.id == doc.source == str(tmp_path / "notes.md")
+    [doc] = read_documents([path])
+    assert doc.text == path.read_text(encoding="utf-8")
+    assert "\n    >>> yaml.load(stream)\n      - indented: 1\n" in doc.text
+    assert "\r" not in doc.text and doc.id == doc.source == str(path)
+
+
+def test_text_files_without_a_suffix_and_other_text_suffixes_are_read(tmp_path):
+    names = ["README", "copyright", "Apache-2.0", "README.Debian", "LICENSE-MIT", "guide.rst"]
+    names += ["notes.markdown", "plain.text"]
+    for name in names:
+        (tmp_path / name).write_text(f"The text of {name}.\n")
+    (tmp_path / "program").write_bytes(b"\x7fELF\x02\x01\x01\0\0\0")
+    (tmp_path / "README.gz").write_bytes(b"\x1f\x8b\x08\0")
+    (tmp_path / "style.css").write_text("body { color: red; }\n")
+    items = list(read_documents([tmp_path]))
+    assert sorted(texts(items)) == sorted(f"The text of {n}.\n" for n in names)
+    assert skips(items) == {
+        ("program", "binary"): "is binary data, not text (it holds NUL bytes)",
+        ("README.gz", "unsupported_type"): (
+            f"is not one of {', '.join(SUFFIXES)} (name a plain text file .txt to read it)"
+        ),
+        ("style.css", "unsupported_type"): (
+            f"is not one of {', '.join(SUFFIXES)} (name a plain text file .txt to read it)"
+        ),
+    }
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|", ","])
+def test_the_delimiter_of_a_csv_file_is_sniffed(tmp_path, delimiter):
+    rows = [("1", "Erste Zeile, mit Komma."), ("2", 'Zweite; mit "Anführung".')]
+    path = tmp_path / "excel.csv"
+    with path.open("w", newline="", encoding="cp1252") as file:
+        csv.writer(file, delimiter=delimiter).writerows([("id", "text"), *rows])
+    assert texts(read_documents([path])) == [text for _, text in rows]
 
 
 @pytest.mark.parametrize(
@@ -183,9 +227,12 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
     pdf = pymupdf.open()
     pdf.new_page().insert_text((72, 72), "Secret.")
     pdf.save(bad / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="pw")
+    scanned = pymupdf.open()
+    add_image_page(scanned)
+    scanned.save(bad / "scanned.pdf")
     blank = pymupdf.open()
     blank.new_page()
-    blank.save(bad / "scanned.pdf")
+    blank.save(bad / "blank.pdf")
     (bad / "corrupt.docx").write_bytes(b"PK\x03\x04 this is not a zip archive")
     (bad / "junk.txt").write_bytes(bytes(range(256)) * 16)
     (bad / "empty.txt").write_bytes(b"")
@@ -206,7 +253,10 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
     assert skips(items) == {
         ("corrupt.pdf", "corrupt"): "is not a readable PDF (damaged, or not a PDF)",
         ("locked.pdf", "encrypted"): "is encrypted; decrypt it first (e.g. qpdf --decrypt)",
-        ("scanned.pdf", "empty"): "has no text layer (scanned pages?); run OCR on it first",
+        ("scanned.pdf", "no_text_layer"): (
+            "has no text layer (scanned pages?); run OCR on it first"
+        ),
+        ("blank.pdf", "empty"): "has no text",
         ("corrupt.docx", "corrupt"): (
             "is not a readable .docx (damaged, password-protected or another format)"
         ),
@@ -235,7 +285,8 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
             "is not valid JSON (Expecting value at line 1, column 16)"
         ),
         ("data.bin", "unsupported_type"): (
-            "is not one of .jsonl, .json, .csv, .tsv, .parquet, .txt, .md, .html, .htm, .pdf, .docx"
+            "is not one of .jsonl, .json, .csv, .tsv, .parquet, .txt, .text, .md, .markdown, .rst, "
+            ".html, .htm, .pdf, .docx (name a plain text file .txt to read it)"
         ),
     }
 
@@ -330,3 +381,167 @@ def test_fingerprint_changes_with_the_files_read_and_only_those(tmp_path):
     assert fingerprint([folder])[0]["blake2b"] != first[0]["blake2b"]
     (folder / "sub" / "b.md").rename(folder / "sub" / "c.md")
     assert len({fingerprint([folder])[0]["blake2b"], first[0]["blake2b"]}) == 2
+
+
+def test_a_scanned_page_inside_a_pdf_is_a_skip_of_its_own_and_in_no_page_range(tmp_path):
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 72), "Page one has text.")
+    add_image_page(pdf)
+    pdf.new_page()  # a blank page: nothing to read, nothing to report
+    pdf.new_page().insert_text((72, 72), "Page four has text.")
+    pdf.save(tmp_path / "partly-scanned.pdf")
+    skip, doc = read_documents([tmp_path / "partly-scanned.pdf"])
+    assert (skip.reason, skip.detail) == (
+        "no_text_layer",
+        "page 2 has no text layer (scanned?); run OCR on it first",
+    )
+    assert doc.text == "Page one has text.\n\nPage four has text."
+    assert doc.metadata["pages"] == [[1, 0], [4, doc.text.index("Page four")]]
+
+
+def test_html_soft_line_breaks_stay_inside_their_paragraph(tmp_path):
+    pytest.importorskip("trafilatura", reason=NEEDS_DOCS)
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>Floating point</title></head><body><main><article>"
+        '<h1>Floating-Point Arithmetic<a class="headerlink" href="#fp">¶</a></h1>\n'
+        "<p>Stop at any finite number of bits, and you get an approximation.  On most\n"
+        "machines today, floats are approximated using a binary fraction; in the case of\n"
+        "<code>1/10</code>, the fraction is <code>3602879701896397 / 2 ** 55</code>, which is\n"
+        "close to but not exactly equal to the true value.</p>\n"
+        "<p>Values are displayed rounded.<br>This line follows a hard break.</p>\n"
+        "<pre>&gt;&gt;&gt; 0.1\n0.1000000000000000055511151231257827021181583404541015625\n"
+        "    indented line\n</pre>\n"
+        "<ul><li>first item\nover two lines</li><li>second item</li></ul>"
+        "</article></main></body></html>",
+        encoding="utf-8",
+    )
+    [doc] = read_documents([tmp_path / "page.html"])
+    assert doc.text.split("\n\n") == [
+        "Floating-Point Arithmetic",
+        "Stop at any finite number of bits, and you get an approximation. On most machines "
+        "today, floats are approximated using a binary fraction; in the case of 1/10, the "
+        "fraction is 3602879701896397 / 2 ** 55, which is close to but not exactly equal to "
+        "the true value.",
+        "Values are displayed rounded.\nThis line follows a hard break.",
+        ">>> 0.1\n0.1000000000000000055511151231257827021181583404541015625\n    indented line",
+        "- first item over two lines\n- second item",
+    ]
+
+
+@pytest.mark.parametrize(
+    "mistyped",
+    ["corpus/mdd", "corpus/", "nonexistent/", "pm/nope.jsonl", "notes/report.pdf", "nope"],
+)
+def test_a_mistyped_local_path_is_an_error_at_once_never_a_hub_lookup(
+    tmp_path, monkeypatch, mistyped
+):
+    (tmp_path / "corpus").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("hub lookup"))
+    if mistyped == "corpus/":
+        mistyped = "corpus/nothing/"
+    with pytest.raises(BonitoError) as error:
+        read_documents([mistyped])
+    assert str(error.value) == (
+        f"The input '{mistyped}' does not exist; give a file, a folder or a hub dataset id "
+        "(owner/name)."
+    )
+
+
+def test_a_file_given_twice_or_also_inside_a_folder_given_is_read_once(tmp_path, monkeypatch):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Alpha.")
+    (tmp_path / "docs" / "b.txt").write_text("Beta.")
+    monkeypatch.chdir(tmp_path)
+    inputs = ["docs/b.txt", "./docs/b.txt", tmp_path / "docs" / "b.txt", "docs", "docs/"]
+    items = list(read_documents(inputs))
+    assert [(d.id, d.text) for d in items] == [("docs/b.txt", "Beta."), ("docs/a.txt", "Alpha.")]
+
+
+def test_globs_that_match_nothing_and_globs_without_a_folder_say_so(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.pdf").write_bytes(b"%PDF-1.7")
+    (tmp_path / "empty").mkdir()
+    items = list(read_documents([tmp_path / "docs", tmp_path / "empty"], include=["*.PDF"]))
+    assert skips(items) == {
+        ("docs", "no_match"): "has no file that matches --include '*.PDF' (case counts)",
+        ("empty", "no_match"): "has no file that matches --include '*.PDF' (case counts)",
+    }
+    assert skips(read_documents([tmp_path / "docs"], exclude=["*.pdf", "*.txt"])) == {
+        ("docs", "no_match"): "has no file left by --exclude '*.pdf' --exclude '*.txt'"
+    }
+    assert skips(read_documents([tmp_path / "empty"])) == {
+        ("empty", "empty"): "has no files (hidden ones are not read)"
+    }
+    with pytest.raises(BonitoError, match="--include picks files inside folders, and no input"):
+        read_documents([tmp_path / "docs" / "a.pdf"], include=["*.pdf"])
+
+
+def test_a_split_that_a_saved_dataset_does_not_have_is_a_skip(tmp_path):
+    datasets.Dataset.from_list(ROWS[:2]).save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(ROWS[:1])}).save_to_disk(
+        str(tmp_path / "only-test")
+    )
+    assert texts(read_documents([tmp_path / "one"])) == ["First passage.", "Second passage."]
+    assert texts(read_documents([tmp_path / "only-test"])) == ["First passage."]
+    assert skips(
+        read_documents([tmp_path / "one", tmp_path / "only-test"], split="validation")
+    ) == {
+        ("one", "missing_split"): (
+            "is one dataset without splits, so it has no split 'validation'; leave --split out "
+            "to read it"
+        ),
+        ("only-test", "missing_split"): (
+            "has no split 'validation'; choose one of test with --split"
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "corpus/mdd", "-t", "ynqa", "-o", "out"],
+        ["chunk", "corpus/mdd", "-o", "out/contexts.jsonl"],
+        ["adapt", "--unlabelled", "pm/nope.jsonl", "--labelled", "corpus/a.jsonl", "-t", "ynqa"]
+        + ["-o", "out"],
+        ["finetune", "nope", "-o", "out"],
+    ],
+)
+def test_commands_refuse_a_mistyped_path_before_writing_anything(
+    tmp_path, monkeypatch, capsys, tiny_model, command
+):
+    from bonito.cli import main
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_text('{"question": "q", "final_decision": "yes"}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("hub lookup"))
+    model = ["--base-model", tiny_model] if command[0] == "finetune" else ["--model", tiny_model]
+    if command[0] == "adapt":
+        model = ["--generator", tiny_model, "--base-model", tiny_model]
+    monkeypatch.setattr(sys, "argv", ["bonito", *map(str, command + model)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code != 0
+    assert "does not exist; give a file, a folder or a hub dataset id" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pdf_running_headers_page_numbers_and_contents_leaders_are_left_out(tmp_path):
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    pdf = pymupdf.open()
+    contents = pdf.new_page()
+    contents.insert_text((72, 72), "Contents")
+    contents.insert_text(
+        (72, 120), "1 The depot . . . . . . . . . . . . 2\n2 The library . . . . . . . 3"
+    )
+    for number, paragraph in enumerate(ARTICLE, start=2):
+        page = pdf.new_page()
+        page.insert_text((72, 40), f"Chapter {number - 1}: Depot minutes")
+        page.insert_textbox(pymupdf.Rect(72, 100, 500, 400), paragraph)
+        page.insert_text((300, 800), str(number))
+    pdf.save(tmp_path / "report.pdf")
+    [doc] = read_documents([tmp_path / "report.pdf"])
+    assert doc.text == "\n\n".join(["Contents", *ARTICLE])
+    assert [number for number, _ in doc.metadata["pages"]] == [1, 2, 3, 4]

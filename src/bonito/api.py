@@ -29,7 +29,7 @@ class Bonito:
 
     def generate_tasks(
         self,
-        text_dataset: datasets.Dataset | dict[str, list] | list[dict],
+        text_dataset: datasets.Dataset | dict[str, list] | list[dict] | list[str],
         context_col: str,
         task_type: str,
         sampling_params: SamplingParams | dict | Any = None,
@@ -39,7 +39,8 @@ class Bonito:
     ) -> datasets.Dataset:
         """One row per parseable sample, in the dataset's row order, with columns `input` and
         `output` (with n > 1 every sample is its own row), exactly as the original library;
-        `with_metadata` adds context, task_type, row and sample_index."""
+        `with_metadata` adds context, task_type, row and sample_index. `text_dataset` may also
+        be a plain list of passages (then `context_col` names nothing)."""
         kind = resolve_task_type(task_type)
         sampling = SamplingParams.coerce(sampling_params)
         contexts = _column(text_dataset, context_col)
@@ -81,20 +82,34 @@ def _row(sample, with_metadata: bool) -> dict[str, Any]:
 
 
 def _column(data: Any, name: str) -> list[str]:
-    """The context column as strings, refusing a missing column or an empty context up front."""
-    if isinstance(data, list):
+    """The contexts: a list of passages as they are, else the column `name` of a Dataset, a
+    DataFrame, a dict of lists or a list of dicts; refusing another shape, a missing column
+    or an empty context up front."""
+    if isinstance(data, list) and data and all(isinstance(row, str) for row in data):
+        return _texts(data, "Passage {row}")
+    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
         data = datasets.Dataset.from_list(data)
-    columns = list(data.column_names if hasattr(data, "column_names") else data)
+    if not hasattr(data, "column_names") and not hasattr(data, "keys"):  # a DataFrame has keys
+        shape = "list of mixed rows" if isinstance(data, list) else type(data).__name__
+        raise BonitoError(
+            f"text_dataset is a {shape}; pass a datasets.Dataset, a pandas DataFrame, a dict "
+            "of lists, a list of dicts or a list of passages (strings)."
+        )
+    columns = list(data.column_names if hasattr(data, "column_names") else data.keys())
     if name not in columns:
         raise BonitoError(
             f"The dataset has no column '{name}' (it has: {', '.join(columns) or 'none'}); "
             "pass the column that holds the passages as context_col."
         )
-    values = list(data[name])
+    return _texts(list(data[name]), f"Row {{row}} of column '{name}'")
+
+
+def _texts(values: list[Any], where: str) -> list[str]:
+    """`values`, after checking that each is non-empty text (`where` names one by its row)."""
     for row, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             raise BonitoError(
-                f"Row {row} of column '{name}' is {value!r}: every context must be non-empty "
-                "text; drop or fill such rows first (e.g. dataset.filter)."
+                f"{where.format(row=row)} is {value!r}: every context must be non-empty text; "
+                "drop or fill such rows first (e.g. dataset.filter)."
             )
     return values

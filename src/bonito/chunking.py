@@ -60,8 +60,9 @@ _SPACE_RUN = re.compile(r"\s*")
 @dataclass(frozen=True)
 class Context:
     """A piece of a document to send, its length in tokens, and where it came from: `span` is
-    [start, end) in the document's text, `pages` the PDF pages it covers, `metadata` the
-    document's row or title."""
+    [start, end) in the document's text (for a text file, the file's text: text[start:end] is
+    the context), `pages` the PDF pages with text it covers, `metadata` the document's row or
+    title."""
 
     text: str
     tokens: int
@@ -548,9 +549,14 @@ def _section_end(text: str, start: int, end: int) -> int:
 
 
 def _trim(text: str, begin: int, stop: int) -> tuple[int, int]:
-    """The span without whitespace at either end."""
+    """The span without whitespace at either end, but for the indentation of a first line that
+    starts in it (a code block keeps its shape)."""
+    start = begin
     while text[begin].isspace():
         begin += 1
+    line = text.rfind("\n", 0, begin) + 1
+    if line >= start:
+        begin = line
     while text[stop - 1].isspace():
         stop -= 1
     return begin, stop

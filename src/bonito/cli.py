@@ -104,9 +104,11 @@ def chunk(
     (JSON Lines) and every skipped input to skipped.jsonl beside it."""
     from bonito.generation import Summary
     from bonito.run import check_strict
+    from bonito.sources import check_inputs
 
     if output.is_dir():
         raise BonitoError(f"--output {output} is a folder; give the contexts file to write.")
+    check_inputs(inputs, include or (), exclude or ())
     chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
     output.parent.mkdir(parents=True, exist_ok=True)
     summary, skipped = Summary(), output.parent / "skipped.jsonl"

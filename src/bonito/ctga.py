@@ -18,6 +18,7 @@ from typing import Any
 
 from bonito.errors import BonitoError
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
+from bonito.sources import check_input
 from bonito.task_types import TaskType, resolve_task_type
 
 SENTINEL = "bonitopassagesentinel7f3c9e1d"
@@ -377,9 +378,7 @@ def read_rows(source: str, subset: str | None = None, split: str = "train") -> S
                 )
             data = data[split]
         return data
-    local = source.startswith((".", "~", "/")) or path.suffix.lower() in LOCAL_SUFFIXES
-    if local or source.count("/") > 1:
-        raise BonitoError(f"The dataset source '{source}' does not exist; check the path.")
+    check_input(source)
     try:
         return datasets.load_dataset(source, subset, split=split)
     except Exception as error:

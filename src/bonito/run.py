@@ -36,7 +36,7 @@ from bonito.generation import (
 )
 from bonito.mix import TaskMix
 from bonito.sampling import SamplingParams, derive_seed
-from bonito.sources import Document, Skip, fingerprint, read_documents
+from bonito.sources import Document, Skip, check_inputs, fingerprint, read_documents
 from bonito.store import STORE_FILE, PlannedRequest, RunStore, SavedSample
 from bonito.task_types import resolve_task_type, save_task_types
 
@@ -88,6 +88,8 @@ class RunConfig:
         if self.dedup not in ("near", "exact", "off"):
             raise BonitoError(f"--dedup must be near, exact or off, got '{self.dedup}'.")
         self.deduplicator()  # refuses a bad threshold before anything is read
+        reading = self.reading
+        check_inputs(self.inputs, reading.get("include", ()), reading.get("exclude", ()))
 
     @property
     def seed(self) -> int:

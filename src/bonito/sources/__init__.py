@@ -15,17 +15,19 @@ from bonito.sources.document import Document, Skip, Unreadable
 from bonito.sources.hub import is_saved_dataset, read_hub_dataset, read_saved_dataset
 from bonito.sources.pdf import read_pdf
 from bonito.sources.tables import TABLE_SUFFIXES, read_table
-from bonito.sources.text import TEXT_SUFFIXES, read_text
+from bonito.sources.text import TEXT_SUFFIXES, read_text, text_by_name
 from bonito.sources.web import HTML_SUFFIXES, read_html
 from bonito.sources.word import read_docx
 
-READERS: dict[str, Callable[[Path], Document]] = {
+READERS: dict[str, Callable[[Path], Iterable[Document | Skip]]] = {
     **dict.fromkeys(TEXT_SUFFIXES, read_text),
     **dict.fromkeys(HTML_SUFFIXES, read_html),
     ".pdf": read_pdf,
     ".docx": read_docx,
 }
 SUFFIXES = (*TABLE_SUFFIXES, *READERS)
+KNOWN_SUFFIXES = (*SUFFIXES, ".arrow", ".epub", ".gz", ".odt", ".pptx", ".rtf", ".xlsx", ".zip")
+"""Suffixes of files, never the end of a hub id: a missing input with one is a mistyped path."""
 
 
 def read_documents(
@@ -39,47 +41,125 @@ def read_documents(
     """Documents, read lazily in the order given, from files, folders, folders written by
     `datasets.save_to_disk` and hub dataset ids (`owner/name`). Folders are read recursively,
     hidden entries left out; `include` and `exclude` are glob patterns on the path inside the
-    folder. Whatever cannot be read becomes a Skip in its place; a local path that does not
-    exist raises BonitoError before anything is read."""
+    folder. A file given twice, or also inside a folder given, is read once. Whatever cannot be
+    read becomes a Skip in its place; check_inputs runs before anything is read."""
     items = [str(item) for item in inputs]
-    for item in items:
-        if not Path(item).expanduser().exists() and not _is_hub_id(item):
-            raise BonitoError(
-                f"The input '{item}' does not exist; give a file, a folder or a hub dataset id."
-            )
+    check_inputs(items, include, exclude)
     return _read(items, text_field, split, include, exclude)
+
+
+def check_inputs(
+    inputs: Sequence[str | Path], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> None:
+    """Raise BonitoError for an input that is neither a local path that exists nor a hub id,
+    and for `include`/`exclude` patterns when no input is a folder they could apply to."""
+    for item in inputs:
+        check_input(str(item))
+    if (include or exclude) and not any(Path(item).expanduser().is_dir() for item in inputs):
+        flag = "--include" if include else "--exclude"
+        raise BonitoError(
+            f"{flag} picks files inside folders, and no input is a folder; give a folder, "
+            f"or leave {flag} out."
+        )
+
+
+def check_input(item: str) -> None:
+    """Raise BonitoError unless `item` exists here or reads as a hub dataset id (`owner/name`,
+    looked up later). A missing path that starts with `.`, `~` or `/`, ends in `/`, has a known
+    file suffix, or whose first folder exists here was meant as a local path: it is an error,
+    never a hub lookup."""
+    path = Path(item).expanduser()
+    if path.exists():
+        return
+    local = (
+        item.startswith((".", "~", "/"))
+        or item.endswith("/")
+        or path.suffix.lower() in KNOWN_SUFFIXES
+        or (len(path.parts) > 1 and Path(path.parts[0]).exists())
+    )
+    if local or item.count("/") != 1:
+        raise BonitoError(
+            f"The input '{item}' does not exist; give a file, a folder or a hub dataset id "
+            "(owner/name)."
+        )
 
 
 def _read(
     inputs: list[str], text_field: str, split: str, include: Sequence[str], exclude: Sequence[str]
 ) -> Iterator[Document | Skip]:
+    seen: set[Path | str] = set()  # what was read, so that nothing is read twice
     for item in inputs:
         path = Path(item).expanduser()
         if not path.exists():
-            yield from _guarded(partial(read_hub_dataset, item, text_field, split), item)
-        elif path.is_dir() and is_saved_dataset(path):
-            yield from _guarded(partial(read_saved_dataset, path, text_field, split), item)
-        elif path.is_dir():
-            for found in _walk(path, include, exclude):
-                if isinstance(found, Skip):
-                    yield found
-                elif found.is_dir():
-                    read = partial(read_saved_dataset, found, text_field, split)
-                    yield from _guarded(read, str(found))
-                else:
-                    yield from _read_file(found, text_field)
+            if item not in seen:
+                seen.add(item)
+                yield from _guarded(partial(read_hub_dataset, item, text_field, split), item)
+        elif path.is_dir() and not is_saved_dataset(path):
+            yield from _read_folder(path, text_field, split, include, exclude, seen)
+        elif _first_time(path, seen):
+            if path.is_dir():
+                yield from _guarded(partial(read_saved_dataset, path, text_field, split), item)
+            else:
+                yield from _read_file(path, text_field)
+
+
+def _read_folder(
+    folder: Path,
+    text_field: str,
+    split: str,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    seen: set[Path | str],
+) -> Iterator[Document | Skip]:
+    found_any = False
+    for found in _walk(folder, include, exclude):
+        found_any = True
+        if isinstance(found, Skip):
+            yield found
+            continue
+        if not _first_time(found, seen):
+            continue
+        if found.is_dir():
+            yield from _guarded(partial(read_saved_dataset, found, text_field, split), str(found))
         else:
-            yield from _read_file(path, text_field)
+            yield from _read_file(found, text_field)
+    if not found_any:
+        yield _nothing_found(folder, include, exclude)
+
+
+def _first_time(path: Path, seen: set[Path | str]) -> bool:
+    """Whether the file or saved dataset at `path` is not read yet (and from now on, it is)."""
+    resolved = path.resolve()
+    if resolved in seen:
+        return False
+    seen.add(resolved)
+    return True
+
+
+def _nothing_found(folder: Path, include: Sequence[str], exclude: Sequence[str]) -> Skip:
+    """The Skip for a folder in which no file is left to read."""
+    if include:
+        patterns = " ".join(f"--include '{p}'" for p in include)
+        return Skip(str(folder), "no_match", f"has no file that matches {patterns} (case counts)")
+    if exclude:
+        patterns = " ".join(f"--exclude '{p}'" for p in exclude)
+        return Skip(str(folder), "no_match", f"has no file left by {patterns}")
+    return Skip(str(folder), "empty", "has no files (hidden ones are not read)")
 
 
 def _read_file(path: Path, text_field: str) -> Iterator[Document | Skip]:
+    """A file read by its suffix; one without a suffix, or named like README or LICENSE, is read
+    as text when its content is text."""
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         return _guarded(partial(read_table, path, text_field), str(path))
-    if suffix in READERS:
-        return _guarded(lambda: [READERS[suffix](path)], str(path))
+    plain = suffix not in KNOWN_SUFFIXES and text_by_name(path)
+    reader = READERS.get(suffix) or (read_text if plain else None)
+    if reader:
+        return _guarded(partial(reader, path), str(path))
     readable = ", ".join(SUFFIXES)
-    return iter([Skip(str(path), "unsupported_type", f"is not one of {readable}")])
+    detail = f"is not one of {readable} (name a plain text file .txt to read it)"
+    return iter([Skip(str(path), "unsupported_type", detail)])
 
 
 def _guarded(
@@ -162,8 +242,12 @@ def _visible_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def _is_hub_id(item: str) -> bool:
-    return item.count("/") == 1 and not item.startswith((".", "/", "~"))
-
-
-__all__ = ["SUFFIXES", "Document", "Skip", "fingerprint", "read_documents"]
+__all__ = [
+    "SUFFIXES",
+    "Document",
+    "Skip",
+    "check_input",
+    "check_inputs",
+    "fingerprint",
+    "read_documents",
+]

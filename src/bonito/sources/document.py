@@ -12,7 +12,8 @@ from typing import Any
 class Document:
     """A text with where it came from. `id` is the file path, or `path:row` for a row of a table;
     `source` is the file path or dataset id; `metadata` holds what the reader knows: `row`,
-    `title`, and for a PDF `pages`, a list of [page number, first character] pairs."""
+    `title`, and for a PDF `pages`, a list of [page number, first character] pairs for the
+    pages that have text."""
 
     id: str
     text: str
@@ -25,9 +26,10 @@ class Skip:
     """Something that was not read or not sent. `reason` is a stable code; `detail` says in one
     sentence what was wrong (and where, for a line, row or span).
 
-    Reasons from the readers: unsupported_type, unreadable, needs_extra, empty, binary, encoding,
-    line_too_long, invalid_json, not_an_object, missing_field, missing_split, not_text, corrupt,
-    encrypted. From the chunker: too_long_word, too_short, prompt_too_long."""
+    Reasons from the readers: unsupported_type, unreadable, needs_extra, empty, no_match, binary,
+    encoding, line_too_long, invalid_json, not_an_object, missing_field, missing_split, not_text,
+    corrupt, encrypted, no_text_layer. From the chunker: too_long_word, too_short,
+    prompt_too_long."""
 
     source: str
     reason: str

@@ -8,6 +8,8 @@ from pathlib import Path
 from bonito.sources.document import Document, Skip, Unreadable
 from bonito.sources.tables import require_column, row_document
 
+DEFAULT_SPLIT = "train"
+
 
 def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
@@ -44,13 +46,21 @@ def _first_line(error: Exception) -> str:
 
 
 def _pick_split(data, split: str):
+    """The split asked for; a dataset without splits, or with only one, when none was asked
+    (`split` is the default "train")."""
     import datasets
 
     if not isinstance(data, datasets.DatasetDict):
-        return data
+        if split == DEFAULT_SPLIT:
+            return data
+        raise Unreadable(
+            "missing_split",
+            f"is one dataset without splits, so it has no split '{split}'; leave --split out "
+            "to read it",
+        )
     if split in data:
         return data[split]
-    if len(data) == 1:
+    if len(data) == 1 and split == DEFAULT_SPLIT:
         return next(iter(data.values()))
     raise Unreadable(
         "missing_split", f"has no split '{split}'; choose one of {', '.join(data)} with --split"

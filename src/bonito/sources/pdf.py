@@ -1,18 +1,30 @@
 """PDF with PyMuPDF: text blocks in the order the file stores them, hyphenated line breaks joined,
-one paragraph per block, and a page map from character offsets to page numbers."""
+one paragraph per block, and a page map from character offsets to the pages that have text; a
+page with images and no text (scanned) is a Skip of its own. Running headers and footers (a first
+or last block of a page that comes back, page number aside, on RUNNING pages), bare page numbers
+and table-of-contents leader lines are left out."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
-from bonito.sources.document import Document, Unreadable, require
+from bonito.sources.document import Document, Skip, Unreadable, require
 from bonito.sources.text import normalize
 
 _HYPHENATED = re.compile(r"(\w)[-\u00ad]\n(?=[a-z])")
+_SCANNED = "no_text_layer"
+RUNNING = 3
+"""Pages on which a first or last block must come back to be a running header or footer."""
+_PAGE_NUMBER = re.compile(r"\s*([0-9]+|[ivxlcdm]+)\s*", re.IGNORECASE)
+_LEADER = re.compile(r"(?:\.\s?){4,}[0-9ivxlcdm]+$", re.IGNORECASE)
+"""The end of a table of contents line: dots leading to a page number."""
+_DIGITS = re.compile(r"[0-9]+")
 
 
-def read_pdf(path: Path) -> Document:
+def read_pdf(path: Path) -> Iterator[Document | Skip]:
     pymupdf = require("pymupdf", "Reading PDF")
     pymupdf.TOOLS.mupdf_display_errors(False)
     try:
@@ -22,23 +34,56 @@ def read_pdf(path: Path) -> Document:
     with pdf:
         if pdf.needs_pass:
             raise Unreadable("encrypted", "is encrypted; decrypt it first (e.g. qpdf --decrypt)")
-        parts, pages, offset = [], [], 0
         flags = pymupdf.TEXT_MEDIABOX_CLIP  # and not TEXT_PRESERVE_LIGATURES: "ﬁ" becomes "fi"
-        for number, page in enumerate(pdf, start=1):
-            pages.append([number, offset])
-            if page_text := _page_paragraphs(page, flags):
+        blocks = [_blocks(page, flags) for page in pdf]
+        running = _running(blocks)
+        parts, pages, scanned, offset = [], [], [], 0
+        for number, (page, page_blocks) in enumerate(zip(pdf, blocks, strict=True), start=1):
+            kept = [
+                b for i, b in enumerate(page_blocks) if not _furniture(b, i, page_blocks, running)
+            ]
+            if page_text := normalize("\n\n".join(kept)):
+                pages.append([number, offset])
                 parts.append(page_text)
                 offset += len(page_text) + 2
+            elif page.get_images():
+                scanned.append(number)
         title = (pdf.metadata or {}).get("title") or None
     text = "\n\n".join(parts)
+    if not text and scanned:
+        raise Unreadable(_SCANNED, "has no text layer (scanned pages?); run OCR on it first")
     if not text:
-        raise Unreadable("empty", "has no text layer (scanned pages?); run OCR on it first")
+        raise Unreadable("empty", "has no text")
+    for number in scanned:
+        detail = f"page {number} has no text layer (scanned?); run OCR on it first"
+        yield Skip(str(path), _SCANNED, detail)
     metadata = {"pages": pages} | ({"title": title} if title else {})
-    return Document(str(path), text, str(path), metadata)
+    yield Document(str(path), text, str(path), metadata)
 
 
-def _page_paragraphs(page, flags: int) -> str:
-    """A page's text blocks as paragraphs: lines joined, hyphenated words made whole."""
-    blocks = page.get_text("blocks", flags=flags)
-    paragraphs = (_HYPHENATED.sub(r"\1", block[4]).replace("\n", " ") for block in blocks)
-    return normalize("\n\n".join(paragraphs))
+def _blocks(page, flags: int) -> list[str]:
+    """A page's text blocks, each a paragraph: lines joined, hyphenated words made whole, table
+    of contents leader lines left out."""
+    blocks = []
+    for block in page.get_text("blocks", flags=flags):
+        lines = (line for line in block[4].split("\n") if not _LEADER.search(line.rstrip()))
+        blocks.append(" ".join(_HYPHENATED.sub(r"\1", "\n".join(lines)).split()))
+    return blocks
+
+
+def _running(pages: list[list[str]]) -> set[str]:
+    """The running headers and footers: first or last blocks, page numbers aside, that come back
+    on at least RUNNING pages."""
+    counts = Counter(shape for p in pages if p for shape in {_shape(p[0]), _shape(p[-1])})
+    return {shape for shape, count in counts.items() if count >= RUNNING}
+
+
+def _furniture(block: str, index: int, blocks: list[str], running: set[str]) -> bool:
+    """Whether a block is page furniture, not text: empty, a bare page number, or a running
+    header or footer."""
+    edge = index in (0, len(blocks) - 1)
+    return not block or (edge and (_PAGE_NUMBER.fullmatch(block) or _shape(block) in running))
+
+
+def _shape(block: str) -> str:
+    return _DIGITS.sub("#", block)

@@ -24,7 +24,7 @@ def read_table(path: Path, text_field: str) -> Iterator[Document | Skip]:
     if suffix == ".parquet":
         rows = _parquet_rows(path, text_field)
     elif suffix in (".csv", ".tsv"):
-        rows = _csv_rows(path, text_field, "\t" if suffix == ".tsv" else ",")
+        rows = _csv_rows(path, text_field, tabs=suffix == ".tsv")
     elif suffix == ".json":
         rows = _json_rows(path)
     else:
@@ -108,11 +108,14 @@ def _json_rows(path: Path) -> Iterator[Row]:
         yield f"row {number}", number, row
 
 
-def _csv_rows(path: Path, text_field: str, delimiter: str) -> Iterator[Row]:
+def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row]:
+    """Rows of a .tsv, or of a .csv whose delimiter (, ; tab or |) is sniffed from its header."""
     csv.field_size_limit(MAX_LINE)  # the default (128 KiB) would refuse long passages
     number = 0
     with path.open("rb") as raw:
-        encoding = _ascii_compatible(detect(raw.read(2**16)))
+        sample = raw.read(2**16)
+        encoding = _ascii_compatible(detect(sample))
+        delimiter = "\t" if tabs else _delimiter(sample.decode(encoding, errors="replace"))
         raw.seek(0)
         try:
             with io.TextIOWrapper(raw, encoding=encoding, newline="") as file:
@@ -126,6 +129,16 @@ def _csv_rows(path: Path, text_field: str, delimiter: str) -> Iterator[Row]:
             ) from error
         except csv.Error as error:
             raise Unreadable("corrupt", f"is not valid CSV after row {number} ({error})") from error
+
+
+def _delimiter(sample: str) -> str:
+    """The delimiter of a CSV file, sniffed from its header line among , ; tab and | (Excel
+    writes ; where the comma is the decimal sign); a comma when the line cannot tell."""
+    header = sample.lstrip("\ufeff").split("\n", 1)[0]
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
 
 
 def _parquet_rows(path: Path, text_field: str) -> Iterator[Row]:

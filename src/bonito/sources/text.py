@@ -1,15 +1,16 @@
-"""Plain text: encoding detection, whitespace normalisation, and .txt/.md files (one Document
-each; chunking does the splitting)."""
+"""Plain text: encoding detection, whitespace normalisation for extracted text, and text files
+(one Document each, their text as in the file; chunking does the splitting)."""
 
 from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from bonito.sources.document import Document, Unreadable, require
 
-TEXT_SUFFIXES = (".txt", ".md")
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 MAX_LINE = 8 * 2**20
 """Longest line read, in bytes: a longer one is data, not running text."""
 
@@ -21,10 +22,26 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
 _WESTERN = "cp1252"
+_TEXT_NAME = re.compile(
+    r"(readme|licen[cs]e|copying|copyright|notice|news|changelog|changes|authors|install|todo"
+    r"|thanks)([._-]|$)",
+    re.IGNORECASE,
+)
+_VERSION = re.compile(r"\.\d+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def read_text(path: Path) -> Document:
+def text_by_name(path: Path) -> bool:
+    """Whether a file that no reader takes by its suffix is read as text (if its content is): it
+    has no suffix (a version such as `Apache-2.0` is none), or a conventional name such as
+    README.Debian, LICENSE-MIT or NEWS."""
+    suffix = path.suffix
+    return not suffix or bool(_VERSION.fullmatch(suffix) or _TEXT_NAME.match(path.name))
+
+
+def read_text(path: Path) -> Iterator[Document]:
+    """The file's text as it is, indentation and all, with line ends made `\n` (as Python
+    reads text files): a context's span indexes it."""
     data = path.read_bytes()
     if len(data) > MAX_LINE:
         longest = len(max(data.splitlines(), key=len))
@@ -34,10 +51,10 @@ def read_text(path: Path) -> Document:
                 f"has a line of {longest:,} bytes (the limit is {MAX_LINE:,}); "
                 "it is data, not running text",
             )
-    text = normalize(decode(data))
-    if not text:
+    text = universal_newlines(decode(data))
+    if not text.strip():
         raise Unreadable("empty", "has no text")
-    return Document(str(path), text, str(path))
+    yield Document(str(path), text, str(path))
 
 
 def decode(data: bytes) -> str:
@@ -78,7 +95,11 @@ def detect(sample: bytes) -> str:
     return best.encoding
 
 
+def universal_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def normalize(text: str) -> str:
     """Single spaces, no spaces around line breaks, at most one blank line between paragraphs."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = universal_newlines(text).split("\n")
     return _BLANK_LINES.sub("\n\n", "\n".join(" ".join(line.split()) for line in lines)).strip()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bonito.sources.document import Document, Unreadable, require
 from bonito.sources.text import normalize
 
 
-def read_docx(path: Path) -> Document:
+def read_docx(path: Path) -> Iterator[Document]:
     docx = require("docx", "Reading .docx")
     try:
         document = docx.Document(str(path))
@@ -22,7 +23,7 @@ def read_docx(path: Path) -> Document:
     if not text:
         raise Unreadable("empty", "has no text")
     title = document.core_properties.title
-    return Document(str(path), text, str(path), {"title": title} if title else {})
+    yield Document(str(path), text, str(path), {"title": title} if title else {})
 
 
 def _text(block) -> str:

@@ -1,6 +1,7 @@
 """`bonito export` end to end: a real run with the tiny generator exported in every format and
 read back, the split by document, the dataset card, and the mistakes a user can make."""
 
+import itertools
 import json
 import os
 import random
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -232,6 +234,40 @@ def test_split_documents_is_seeded_close_and_never_leaves_a_side_empty():
     assert len(split_documents(two, 0.99, seed=0)) == 1  # train keeps one
     with pytest.raises(BonitoError, match="at least two documents"):
         split_documents({"only": 9}, 0.1, seed=0)
+
+
+def best_test_size(sizes: dict[str, int], fraction: float) -> int:
+    """By trying every split with a document on each side: the test size nearest the asked
+    share, the smaller on a tie."""
+    counts, target = list(sizes.values()), fraction * sum(sizes.values())
+    splits = [
+        sum(chosen) for k in range(1, len(counts)) for chosen in itertools.combinations(counts, k)
+    ]
+    return min(splits, key=lambda size: (abs(size - target), size))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_split_by_document_lands_nearest_the_share_with_the_smaller_side_test(seed):
+    # the newcomer's run r3: 62 tasks from 4 documents; 0.5 gave test 54 (87%), 0.2 gave 12.9%
+    finding = {"doc-a": 2, "doc-b": 4, "doc-c": 50, "doc-d": 6}
+    assert sum(finding[d] for d in split_documents(finding, 0.5, seed)) == 12  # 50 in train
+    assert sum(finding[d] for d in split_documents(finding, 0.2, seed)) == 12  # 19.4%
+    rng = random.Random(seed)
+    for _ in range(20):
+        sizes = {f"d{i}": rng.randint(1, 40) for i in range(rng.randint(2, 9))}
+        fraction = rng.choice([0.05, 0.1, 0.25, 0.4, 0.5, 0.7])
+        test = sum(sizes[d] for d in split_documents(sizes, fraction, seed))
+        assert test == best_test_size(sizes, fraction), (sizes, fraction)
+        if fraction <= 0.5:
+            assert test <= sum(sizes.values()) - test  # test is never the larger side
+
+
+def test_split_documents_is_fast_on_many_documents():
+    sizes = {f"doc{i}": 2 * (1 + i * 7919 % 997) for i in range(3000)}  # even: 0.3 not hit
+    started = time.perf_counter()
+    test = split_documents(sizes, 0.3, seed=0)
+    assert time.perf_counter() - started < 30
+    assert abs(sum(sizes[d] for d in test) - 0.3 * sum(sizes.values())) <= 1
 
 
 def test_card_says_what_made_the_tasks(run, tmp_path, capsys, monkeypatch):

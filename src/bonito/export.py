@@ -8,11 +8,13 @@ stands: the accepted tasks saved when the export starts, no more."""
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -226,9 +228,11 @@ class Export:
 
 
 def split_documents(per_document: Mapping[str, int], fraction: float, seed: int) -> set[str]:
-    """The documents of the test side: in an order shuffled by `seed`, each document goes to
-    test when that brings its share of the tasks closer to `fraction`. The first document in
-    that order always stays in train, and test gets at least the smallest other document."""
+    """The documents of the test side: of all the ways to split whole documents with at least
+    one on each side, one whose test side holds the number of tasks nearest `fraction` of them,
+    the smaller number when two are as near (so test is never the larger side below one half).
+    Among splits of that size, the one found first in an order of the documents shuffled by
+    `seed`."""
     documents = sorted(per_document)
     if len(documents) < 2:
         raise BonitoError(
@@ -236,14 +240,36 @@ def split_documents(per_document: Mapping[str, int], fraction: float, seed: int)
             f"has them from {len(documents)}. Export without the split."
         )
     random.Random(derive_seed(seed, "split")).shuffle(documents)
-    target = fraction * sum(per_document.values())
-    test, size = set(), 0
-    for document in documents[1:]:
-        tasks = per_document[document]
-        if abs(size + tasks - target) < abs(size - target):
-            test.add(document)
-            size += tasks
-    return test or {min(documents[1:], key=per_document.__getitem__)}
+    sizes = [per_document[document] for document in documents]
+    total, target = sum(sizes), fraction * sum(sizes)
+    smallest = min(sizes)  # a split with test this near exists, so none beyond it can win
+    limit = min(total - 1, math.floor(target + abs(target - smallest)))
+    goal = math.ceil(target - 0.5)  # the nearest whole number, the smaller one on a tie
+    reached = subset_sums(sizes, limit, min(max(goal, 1), limit))
+    best = min(reached, key=lambda size: (abs(size - target), size))
+    test = set()
+    while best:
+        index = reached[best]
+        test.add(documents[index])
+        best -= sizes[index]
+    return test
+
+
+def subset_sums(sizes: Sequence[int], limit: int, goal: int) -> dict[int, int]:
+    """Sums from 1 to `limit` of some of `sizes` (positive), each with the index of the last size
+    of the first subset found to make it: subtracting that size leaves a sum made of earlier
+    sizes, and so on down to 0. Stops early once `goal` is made. (A bit set as one integer: bit
+    s is set when the sum s can be made.)"""
+    mask = (1 << (limit + 1)) - 1
+    reachable, last = 1, {}
+    for index, size in enumerate(sizes):
+        new = (reachable << size) & mask & ~reachable
+        reachable |= new
+        for bit in re.finditer("1", bin(new)[:1:-1]):  # lowest bit first
+            last[bit.start()] = index
+        if reachable >> goal & 1:
+            break
+    return last
 
 
 class JsonLines:

@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ HOSTILE = (
     "wheat into flour every Saturday and sells it at the market </td></tr></table>."
 )
 BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
-FORMATS = ("jsonl", "parquet", "hf", "chat", "alpaca", "sharegpt")
+FORMATS = ("jsonl", "parquet", "hf", "chat", "prompt-completion", "openai", "alpaca", "sharegpt")
 
 
 def bonito(*args) -> None:
@@ -157,9 +158,13 @@ def expected_record(task: dict, format_name: str) -> dict:
     """What the export of `task` should be, written out here rather than taken from bonito."""
     meta = {"task_type": task["task_type"], "id": task["id"]}
     prompt, answer = task["input"], task["output"]
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     if format_name == "chat":
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         return {"messages": turns, **meta}
+    if format_name == "openai":
+        return {"messages": turns}
+    if format_name == "prompt-completion":  # the prompt ends in a newline: no space is needed
+        return {"prompt": f"<|input|>\n{prompt}\n<|output|>\n", "completion": answer, **meta}
     if format_name == "alpaca":
         return {"instruction": prompt, "input": "", "output": answer, **meta}
     if format_name == "sharegpt":
@@ -302,6 +307,68 @@ def test_card_says_what_made_the_tasks(run, tmp_path, capsys, monkeypatch):
     assert "hf_secret" not in (out / "README.md").read_text()
 
 
+def test_private_exports_hold_no_provenance_and_no_local_name(run, tmp_path, capsys, monkeypatch):
+    accepted = store_tasks(run, "accepted")
+    config = json.loads((run / "summary.json").read_text())["config"]
+    for format_name in ("jsonl", "parquet", "hf", "chat"):
+        out = tmp_path / format_name
+        args = ["export", run, "-o", out, "-f", format_name, "--private"]
+        args += ["--split-by-document", 0.3]
+        assert run_cli(args, capsys, monkeypatch)[0] == 0
+        records = read_split(out, format_name, "train") + read_split(out, format_name, "test")
+        assert sorted(r["id"] for r in records) == sorted(t["id"] for t in accepted)
+        for record in records:
+            assert not {"context", "document", "source"} & set(record)
+        exported = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+        for name in (str(run.parent), "passages.jsonl", str(config["model"])):
+            assert name.encode() not in exported, (format_name, name)
+        card = (out / "README.md").read_text()
+        assert "Exported with --private" in card and "a local model (name withheld)" in card
+        assert "- inputs: an input (" in card and "`source` (where" not in card
+    pq_columns = pq.read_table(tmp_path / "parquet" / "train.parquet").column_names
+    assert pq_columns == ["id", "task_type", "input", "output"]
+
+
+def test_decontaminate_leaves_out_tasks_that_overlap_the_evaluation_data(
+    run, tmp_path, capsys, monkeypatch, caplog
+):
+    accepted = store_tasks(run, "accepted")
+    passage = accepted[0]["context"]  # the same text is in several notes: "Note i. <text>"
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(json.dumps({"context": passage.split(". ", 1)[1], "label": 1}) + "\n")
+    out = tmp_path / "clean"
+    args = ["export", run, "-o", out, "--decontaminate", evaluation]
+    code, stdout, err = run_cli([*args, "--split-by-document", 0.2], capsys, monkeypatch)
+    assert code == 0, err
+
+    def runs(text: str) -> set[str]:  # the test's own reading: 13-word windows as strings
+        words = re.findall(r"\w+", text.lower())
+        return {" ".join(words[i : i + 13]) for i in range(len(words) - 12)}
+
+    shared = runs(passage.split(". ", 1)[1])
+    overlapping = [
+        t for t in accepted if any(runs(t[key]) & shared for key in ("context", "input", "output"))
+    ]
+    assert len({t["document"] for t in overlapping}) > 1
+    records = read_split(out, "jsonl", "train") + read_split(out, "jsonl", "test")
+    assert sorted(r["id"] for r in records) == sorted(
+        t["id"] for t in accepted if t not in overlapping
+    )
+    card = (out / "README.md").read_text()
+    assert "## Decontamination" in card
+    assert (
+        f"and {len(overlapping)} of the {len(accepted)} tasks share a run of 13 words with " in card
+    )
+    assert f"{len(overlapping)} tasks overlapping the evaluation data" in stdout
+    assert f"{len(overlapping)} of the {len(accepted)} tasks" in caplog.text  # the warning
+
+    everything = tmp_path / "all.txt"
+    everything.write_text("\n\n".join(t["context"] for t in accepted))
+    args = ["export", run, "-o", tmp_path / "none", "--decontaminate", everything]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and "has no accepted tasks to export: " in err
+
+
 def test_overwrite_replaces_an_earlier_export_only(run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["export", run, "-o", out, "--split-by-document", 0.3]
@@ -337,6 +404,8 @@ def mistakes(run: Path, tmp: Path) -> list[tuple[list, str]]:
         (["export", run, "-o", run, "--overwrite"], "--output is the run folder"),
         (["export", run, "-o", out, "--push-to-hub", "no such//repo"], "is not a hub repo id"),
         (["export", run, "-o", tmp / "file" / "out"], "Cannot write"),
+        (["export", run, "-o", out, "--decontaminate", tmp / "none.jsonl"], "Cannot read the"),
+        (["export", run, "-o", out, "--decontaminate", tmp / "file"], "holds no run of 13 words"),
     ]
 
 

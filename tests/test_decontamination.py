@@ -69,6 +69,8 @@ def test_tasks_overlap_by_their_passage_or_by_their_own_words():
     )
     _, kept = overlapping_tasks(tasks, data, left_out=False)
     assert "were kept (--keep-contaminated)" in kept.sentence()
+    _, none = overlapping_tasks(tasks[2:3], data)
+    assert none.sentence().endswith("0 of the 1 tasks share a run of 13 words with eval.jsonl.")
 
 
 def test_evaluation_files_are_json_lines_or_plain_text(tmp_path):

@@ -22,6 +22,7 @@ from huggingface_hub import DatasetCard
 from test_cli import run_cli
 
 from bonito import BonitoError
+from bonito import export as export_module
 from bonito.cli import main
 from bonito.export import CITATION, LICENCE_NOTE, split_documents
 from bonito.store import PlannedRequest, RunStore, SavedSample
@@ -327,6 +328,19 @@ def test_private_exports_hold_no_provenance_and_no_local_name(run, tmp_path, cap
         assert "- inputs: an input (" in card and "`source` (where" not in card
     pq_columns = pq.read_table(tmp_path / "parquet" / "train.parquet").column_names
     assert pq_columns == ["id", "task_type", "input", "output"]
+
+
+def test_private_applies_to_what_is_pushed_to_the_hub(run, tmp_path, capsys, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(export_module, "push", lambda export, card: pushed.append((export, card)))
+    args = ["export", run, "-o", tmp_path / "out", "--private", "--push-to-hub", "me/tasks"]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    ((export, card),) = pushed
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert "Exported with --private" in card and "data/train-*" in card
+    assert "passages.jsonl" not in card and str(config["model"]) not in card
+    columns = export_module.load_export(export, str(tmp_path / "cache"))["train"].column_names
+    assert columns == ["id", "task_type", "input", "output"]
 
 
 def test_decontaminate_leaves_out_tasks_that_overlap_the_evaluation_data(

@@ -103,12 +103,15 @@ class Decontamination:
     left_out: bool = True
 
     def sentence(self) -> str:
-        outcome = "were left out" if self.left_out else "were kept (--keep-contaminated)"
-        return (
+        found = (
             f"{self.overlapping_passages} of the {self.passages} passages the tasks came from "
             f"and {self.overlapping_tasks} of the {self.tasks} tasks share a run of {self.ngram} "
-            f"words with {self.against}; those tasks {outcome}."
+            f"words with {self.against}"
         )
+        if not self.overlapping_tasks:
+            return f"{found}."
+        outcome = "were left out" if self.left_out else "were kept (--keep-contaminated)"
+        return f"{found}; those tasks {outcome}."
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -162,7 +162,7 @@ FORMATS = {
         "jsonl",
         prompt_completion_record,
         "`prompt` (the instruction as `<|input|>\\n...\\n<|output|>\\n`), `completion` (the "
-        "answer): TRL's standard prompt-completion format for SFTTrainer, `task_type`, `id`",
+        "answer), `task_type`, `id`",
         "TRL's SFTTrainer (prompt-completion: loss on the completion only), for base models",
     ),
     "openai": Format(

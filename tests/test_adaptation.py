@@ -16,6 +16,7 @@ from bonito import adaptation
 from bonito.adaptation import (
     TARGET_RECIPE,
     continued_pretraining,
+    decontaminated_pairs,
     finetune,
     load_tasks,
     paper_steps,
@@ -23,6 +24,7 @@ from bonito.adaptation import (
     target_examples,
 )
 from bonito.cli import app
+from bonito.decontamination import EvaluationData
 from bonito.errors import BonitoError
 from bonito.export import export_run
 from bonito.mix import TaskMix
@@ -92,6 +94,26 @@ def test_no_tasks_is_one_clear_error_before_any_model_is_loaded(tmp_path):
     RunStore(tmp_path / "run.sqlite").close()  # a run that accepted nothing
     with pytest.raises(BonitoError, match="There are no tasks to fine-tune on in"):
         finetune(tmp_path, "no/such-model", tmp_path / "out")
+
+
+def test_tasks_overlapping_the_labelled_data_are_left_out_unless_kept(run_folder, tmp_path):
+    tasks = list_tasks(run_folder)
+    first = tasks[0]["context"]
+    some = EvaluationData([first], "labelled.jsonl")
+    pairs, found = decontaminated_pairs(run_folder, some, keep=False)
+    overlapping = [t for t in tasks if t["context"] == first]
+    assert found.overlapping_tasks >= len(overlapping) > 0
+    assert pairs == [(t["input"], t["output"]) for t in tasks if t not in overlapping]
+    kept, found = decontaminated_pairs(run_folder, some, keep=True)
+    assert kept == accepted(run_folder) and not found.left_out
+    every = EvaluationData([t["context"] for t in tasks], "labelled.jsonl")
+    with pytest.raises(BonitoError, match="No task is left to fine-tune on: .* --keep-contam"):
+        decontaminated_pairs(run_folder, every, keep=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    RunStore(empty / "run.sqlite").close()
+    with pytest.raises(BonitoError, match="There are no tasks to fine-tune on in"):
+        decontaminated_pairs(empty, every, keep=False)
 
 
 # --- what is trained on -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from bonito import adaptation
 from bonito.adaptation import (
     TARGET_RECIPE,
     continued_pretraining,
+    decontaminated_pairs,
     finetune,
     load_tasks,
     paper_steps,
@@ -23,6 +24,7 @@ from bonito.adaptation import (
     target_examples,
 )
 from bonito.cli import app
+from bonito.decontamination import EvaluationData
 from bonito.errors import BonitoError
 from bonito.export import export_run
 from bonito.mix import TaskMix
@@ -59,12 +61,16 @@ def run_folder(tiny_model, tmp_path_factory) -> Path:
     return folder
 
 
-def accepted(run: Path) -> list[tuple[str, str]]:
+def list_tasks(run: Path) -> list[dict]:
     store = RunStore(run / "run.sqlite", readonly=True)
     try:
-        return [(t["input"], t["output"]) for t in store.tasks(("accepted",))]
+        return list(store.tasks(("accepted",)))
     finally:
         store.close()
+
+
+def accepted(run: Path) -> list[tuple[str, str]]:
+    return [(t["input"], t["output"]) for t in list_tasks(run)]
 
 
 # --- reading tasks ----------------------------------------------------------------------------
@@ -88,6 +94,26 @@ def test_no_tasks_is_one_clear_error_before_any_model_is_loaded(tmp_path):
     RunStore(tmp_path / "run.sqlite").close()  # a run that accepted nothing
     with pytest.raises(BonitoError, match="There are no tasks to fine-tune on in"):
         finetune(tmp_path, "no/such-model", tmp_path / "out")
+
+
+def test_tasks_overlapping_the_labelled_data_are_left_out_unless_kept(run_folder, tmp_path):
+    tasks = list_tasks(run_folder)
+    first = tasks[0]["context"]
+    some = EvaluationData([first], "labelled.jsonl")
+    pairs, found = decontaminated_pairs(run_folder, some, keep=False)
+    overlapping = [t for t in tasks if t["context"] == first]
+    assert found.overlapping_tasks >= len(overlapping) > 0
+    assert pairs == [(t["input"], t["output"]) for t in tasks if t not in overlapping]
+    kept, found = decontaminated_pairs(run_folder, some, keep=True)
+    assert kept == accepted(run_folder) and not found.left_out
+    every = EvaluationData([t["context"] for t in tasks], "labelled.jsonl")
+    with pytest.raises(BonitoError, match="No task is left to fine-tune on: .* --keep-contam"):
+        decontaminated_pairs(run_folder, every, keep=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    RunStore(empty / "run.sqlite").close()
+    with pytest.raises(BonitoError, match="There are no tasks to fine-tune on in"):
+        decontaminated_pairs(empty, every, keep=False)
 
 
 # --- what is trained on -----------------------------------------------------------------------
@@ -247,8 +273,12 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     settings = table["settings"]
     assert settings["generator"] == settings["base_model"] == str(tiny_model)
     assert settings["task_type"] == task and settings["seeds"] == {"generation": 0, "training": 0}
-    assert settings["generation"]["accepted"] == settings["trainings"]["bonito"]["pairs"]["train"]
     assert 0 < settings["generation"]["accepted"] <= 12
+    tasks = list_tasks(output / "generate")
+    found = settings["decontamination"]
+    assert found["tasks"] == settings["generation"]["accepted"] == len(tasks)
+    kept = found["tasks"] - found["overlapping_tasks"]
+    assert settings["trainings"]["bonito"]["pairs"]["train"] == kept > 0
     for row in table["rows"]:
         evaluation = json.loads((output / row["evaluation"]).read_text())
         assert evaluation["average"] == row["scores"] and len(evaluation["ids"]) == 3
@@ -257,10 +287,15 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     markdown = (output / "results.md").read_text()
     assert "| model | accuracy | macro-F1 |" in markdown
     assert all(f"| {label} |" in markdown for label in ("zero-shot", "TAPT", "bonito"))
+    assert f"Decontamination: {found['overlapping_passages']} of the " in markdown
     assert (output / "generate" / "run.sqlite").is_file()
     assert (output / "tapt" / "adapter_model.safetensors").is_file()
     if data != "pubmedqa":
         return
+    # PubMedQA's passages are its labelled contexts: rows 1 to 3 are evaluated on, row 4 is not
+    assert found["overlapping_tasks"] == sum(t["source"]["row"] <= 3 for t in tasks) > 0
+    assert found["tapt_pieces"]["overlapping"] > 0
+    assert "those tasks were left out" in markdown
 
     # everything done: no model is loaded again, and the table is the same
     for name in ("load_base", "evaluate_model", "load_engine"):
@@ -269,12 +304,17 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     assert again.exit_code == 0, again.output
     assert json.loads((output / "results.json").read_text()) == table
 
-    # another training setting: both trainings and their evaluations are made again
+    # another training setting, and the contaminated tasks kept: both trainings and their
+    # evaluations are made again
     monkeypatch.undo()
     longer = [*args[: args.index("--max-steps") + 1], "3", *args[args.index("--max-steps") + 2 :]]
-    changed = runner.invoke(app, longer)
+    changed = runner.invoke(app, [*longer, "--keep-contaminated"])
     assert changed.exit_code == 0, changed.output
-    trainings = json.loads((output / "results.json").read_text())["settings"]["trainings"]
+    settings = json.loads((output / "results.json").read_text())["settings"]
+    trainings = settings["trainings"]
     assert trainings["bonito"]["steps"] == trainings["tapt"]["steps"] == 3
+    assert trainings["bonito"]["pairs"]["train"] == len(tasks)
+    assert not settings["decontamination"]["left_out"]
+    assert "those tasks were kept (--keep-contaminated)" in (output / "results.md").read_text()
     bonito = json.loads((output / "evaluations" / "bonito.json").read_text())
     assert bonito["settings"]["training"]["recipe"]["max_steps"] == 3

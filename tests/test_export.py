@@ -1,13 +1,16 @@
 """`bonito export` end to end: a real run with the tiny generator exported in every format and
 read back, the split by document, the dataset card, and the mistakes a user can make."""
 
+import itertools
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +22,7 @@ from huggingface_hub import DatasetCard
 from test_cli import run_cli
 
 from bonito import BonitoError
+from bonito import export as export_module
 from bonito.cli import main
 from bonito.export import CITATION, LICENCE_NOTE, split_documents
 from bonito.store import PlannedRequest, RunStore, SavedSample
@@ -30,7 +34,7 @@ HOSTILE = (
     "wheat into flour every Saturday and sells it at the market </td></tr></table>."
 )
 BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
-FORMATS = ("jsonl", "parquet", "hf", "chat", "alpaca", "sharegpt")
+FORMATS = ("jsonl", "parquet", "hf", "chat", "prompt-completion", "openai", "alpaca", "sharegpt")
 
 
 def bonito(*args) -> None:
@@ -155,9 +159,13 @@ def expected_record(task: dict, format_name: str) -> dict:
     """What the export of `task` should be, written out here rather than taken from bonito."""
     meta = {"task_type": task["task_type"], "id": task["id"]}
     prompt, answer = task["input"], task["output"]
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     if format_name == "chat":
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         return {"messages": turns, **meta}
+    if format_name == "openai":
+        return {"messages": turns}
+    if format_name == "prompt-completion":  # the prompt ends in a newline: no space is needed
+        return {"prompt": f"<|input|>\n{prompt}\n<|output|>\n", "completion": answer, **meta}
     if format_name == "alpaca":
         return {"instruction": prompt, "input": "", "output": answer, **meta}
     if format_name == "sharegpt":
@@ -234,6 +242,40 @@ def test_split_documents_is_seeded_close_and_never_leaves_a_side_empty():
         split_documents({"only": 9}, 0.1, seed=0)
 
 
+def best_test_size(sizes: dict[str, int], fraction: float) -> int:
+    """By trying every split with a document on each side: the test size nearest the asked
+    share, the smaller on a tie."""
+    counts, target = list(sizes.values()), fraction * sum(sizes.values())
+    splits = [
+        sum(chosen) for k in range(1, len(counts)) for chosen in itertools.combinations(counts, k)
+    ]
+    return min(splits, key=lambda size: (abs(size - target), size))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_split_by_document_lands_nearest_the_share_with_the_smaller_side_test(seed):
+    # the newcomer's run r3: 62 tasks from 4 documents; 0.5 gave test 54 (87%), 0.2 gave 12.9%
+    finding = {"doc-a": 2, "doc-b": 4, "doc-c": 50, "doc-d": 6}
+    assert sum(finding[d] for d in split_documents(finding, 0.5, seed)) == 12  # 50 in train
+    assert sum(finding[d] for d in split_documents(finding, 0.2, seed)) == 12  # 19.4%
+    rng = random.Random(seed)
+    for _ in range(20):
+        sizes = {f"d{i}": rng.randint(1, 40) for i in range(rng.randint(2, 9))}
+        fraction = rng.choice([0.05, 0.1, 0.25, 0.4, 0.5, 0.7])
+        test = sum(sizes[d] for d in split_documents(sizes, fraction, seed))
+        assert test == best_test_size(sizes, fraction), (sizes, fraction)
+        if fraction <= 0.5:
+            assert test <= sum(sizes.values()) - test  # test is never the larger side
+
+
+def test_split_documents_is_fast_on_many_documents():
+    sizes = {f"doc{i}": 2 * (1 + i * 7919 % 997) for i in range(3000)}  # even: 0.3 not hit
+    started = time.perf_counter()
+    test = split_documents(sizes, 0.3, seed=0)
+    assert time.perf_counter() - started < 30
+    assert abs(sum(sizes[d] for d in test) - 0.3 * sum(sizes.values())) <= 1
+
+
 def test_card_says_what_made_the_tasks(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_never_in_a_card")
     out = tmp_path / "chat"
@@ -264,6 +306,81 @@ def test_card_says_what_made_the_tasks(run, tmp_path, capsys, monkeypatch):
     assert LICENCE_NOTE in text and CITATION in text
     assert "SFTTrainer" in text
     assert "hf_secret" not in (out / "README.md").read_text()
+
+
+def test_private_exports_hold_no_provenance_and_no_local_name(run, tmp_path, capsys, monkeypatch):
+    accepted = store_tasks(run, "accepted")
+    config = json.loads((run / "summary.json").read_text())["config"]
+    for format_name in ("jsonl", "parquet", "hf", "chat"):
+        out = tmp_path / format_name
+        args = ["export", run, "-o", out, "-f", format_name, "--private"]
+        args += ["--split-by-document", 0.3]
+        assert run_cli(args, capsys, monkeypatch)[0] == 0
+        records = read_split(out, format_name, "train") + read_split(out, format_name, "test")
+        assert sorted(r["id"] for r in records) == sorted(t["id"] for t in accepted)
+        for record in records:
+            assert not {"context", "document", "source"} & set(record)
+        exported = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+        for name in (str(run.parent), "passages.jsonl", str(config["model"])):
+            assert name.encode() not in exported, (format_name, name)
+        card = (out / "README.md").read_text()
+        assert "Exported with --private" in card and "a local model (name withheld)" in card
+        assert "- inputs: an input (" in card and "`source` (where" not in card
+    pq_columns = pq.read_table(tmp_path / "parquet" / "train.parquet").column_names
+    assert pq_columns == ["id", "task_type", "input", "output"]
+
+
+def test_private_applies_to_what_is_pushed_to_the_hub(run, tmp_path, capsys, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(export_module, "push", lambda export, card: pushed.append((export, card)))
+    args = ["export", run, "-o", tmp_path / "out", "--private", "--push-to-hub", "me/tasks"]
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    ((export, card),) = pushed
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert "Exported with --private" in card and "data/train-*" in card
+    assert "passages.jsonl" not in card and str(config["model"]) not in card
+    columns = export_module.load_export(export, str(tmp_path / "cache"))["train"].column_names
+    assert columns == ["id", "task_type", "input", "output"]
+
+
+def test_decontaminate_leaves_out_tasks_that_overlap_the_evaluation_data(
+    run, tmp_path, capsys, monkeypatch, caplog
+):
+    accepted = store_tasks(run, "accepted")
+    passage = accepted[0]["context"]  # the same text is in several notes: "Note i. <text>"
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text(json.dumps({"context": passage.split(". ", 1)[1], "label": 1}) + "\n")
+    out = tmp_path / "clean"
+    args = ["export", run, "-o", out, "--decontaminate", evaluation]
+    code, stdout, err = run_cli([*args, "--split-by-document", 0.2], capsys, monkeypatch)
+    assert code == 0, err
+
+    def runs(text: str) -> set[str]:  # the test's own reading: 13-word windows as strings
+        words = re.findall(r"\w+", text.lower())
+        return {" ".join(words[i : i + 13]) for i in range(len(words) - 12)}
+
+    shared = runs(passage.split(". ", 1)[1])
+    overlapping = [
+        t for t in accepted if any(runs(t[key]) & shared for key in ("context", "input", "output"))
+    ]
+    assert len({t["document"] for t in overlapping}) > 1
+    records = read_split(out, "jsonl", "train") + read_split(out, "jsonl", "test")
+    assert sorted(r["id"] for r in records) == sorted(
+        t["id"] for t in accepted if t not in overlapping
+    )
+    card = (out / "README.md").read_text()
+    assert "## Decontamination" in card
+    assert (
+        f"and {len(overlapping)} of the {len(accepted)} tasks share a run of 13 words with " in card
+    )
+    assert f"{len(overlapping)} tasks overlapping the evaluation data" in stdout
+    assert f"{len(overlapping)} of the {len(accepted)} tasks" in caplog.text  # the warning
+
+    everything = tmp_path / "all.txt"
+    everything.write_text("\n\n".join(t["context"] for t in accepted))
+    args = ["export", run, "-o", tmp_path / "none", "--decontaminate", everything]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and "has no accepted tasks to export: " in err
 
 
 def test_overwrite_replaces_an_earlier_export_only(run, tmp_path, capsys, monkeypatch):
@@ -301,6 +418,8 @@ def mistakes(run: Path, tmp: Path) -> list[tuple[list, str]]:
         (["export", run, "-o", run, "--overwrite"], "--output is the run folder"),
         (["export", run, "-o", out, "--push-to-hub", "no such//repo"], "is not a hub repo id"),
         (["export", run, "-o", tmp / "file" / "out"], "Cannot write"),
+        (["export", run, "-o", out, "--decontaminate", tmp / "none.jsonl"], "Cannot read the"),
+        (["export", run, "-o", out, "--decontaminate", tmp / "file"], "holds no run of 13 words"),
     ]
 
 

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from bonito import __version__
 from bonito.chunking import Chunker
 from bonito.ctga import read_rows
+from bonito.decontamination import Decontamination, EvaluationData, overlapping_tasks
 from bonito.engines import Engine, load_engine
 from bonito.errors import BonitoError
 from bonito.evaluation import evaluate_model, load_examples, select_templates, target_prompt
@@ -102,6 +103,15 @@ def task_pair(row: dict[str, Any], number: int, source: str | Path) -> tuple[str
     return pair
 
 
+def check_pairs(pairs: Sequence[tuple[str, str]], tasks: str | Path) -> None:
+    """BonitoError when there are no tasks to train on."""
+    if not pairs:
+        raise BonitoError(
+            f"There are no tasks to fine-tune on in {tasks}: generate more (more passages or a "
+            "higher --max-tasks; `bonito report` shows why samples were rejected)."
+        )
+
+
 def paper_steps(recipe: Recipe, pairs: int) -> Recipe:
     """The recipe with its optimizer steps fixed, unless it has them: `epochs` passes over the
     pairs (one by default), at most 10,000 steps."""
@@ -144,11 +154,7 @@ def finetune(
     with other settings (other tasks, say) in `output` is refused, or with `retrain` replaced."""
     check_prompt_format(prompt_format)
     pairs = load_tasks(tasks, split)
-    if not pairs:
-        raise BonitoError(
-            f"There are no tasks to fine-tune on in {tasks}: generate more (more passages or a "
-            "higher --max-tasks; `bonito report` shows why samples were rejected)."
-        )
+    check_pairs(pairs, tasks)
     return train_target(
         pairs,
         base_model,
@@ -170,26 +176,37 @@ def continued_pretraining(
     *,
     reading: dict[str, Any] | None = None,
     max_tokens: int | None = None,
+    leave_out: EvaluationData | None = None,
     overwrite: bool = False,
     retrain: bool = False,
 ) -> dict[str, Any]:
     """Continue the pretraining of `base_model` on the passages of `inputs` (read as `bonito
     generate` reads them) by next-word prediction: each piece is BOS + text + EOS with every
     token after BOS labelled, pieces cut at paragraph, sentence or word breaks to at most
-    `max_tokens` tokens (default: the recipe's target limit). Same recipe, saving and resuming as
-    `finetune`; skipped passages are counted and listed in output/skipped.jsonl."""
+    `max_tokens` tokens (default: the recipe's target limit); pieces that overlap `leave_out`
+    are left out. Same recipe, saving and resuming as `finetune`; skipped passages are counted
+    and listed in output/skipped.jsonl."""
     output, recipe = Path(output), recipe or TARGET_RECIPE
     max_tokens = max_tokens or recipe.max_target_tokens - 1
     output.mkdir(parents=True, exist_ok=True)
     chunks, read = passage_chunks(inputs, base_model, max_tokens, output / SKIPPED_FILE, reading)
+    kept = [chunk for chunk in chunks if not (leave_out and leave_out.overlaps(chunk))]
     passages = {
         "inputs": input_fingerprint(inputs),
         "documents": read.documents,
-        "chunks": len(chunks),
+        "chunks": len(kept),
         "skipped": dict(read.skipped),
     }
+    if leave_out:
+        passages["overlapping"] = overlapping = len(chunks) - len(kept)
+        if overlapping:
+            log.warning(
+                "%d of %d passage pieces share a run of %d words with %s: left out of the "
+                "continued pretraining",
+                *(overlapping, len(chunks), leave_out.n, leave_out.name),
+            )
     return train_target(
-        [("", chunk) for chunk in chunks],
+        [("", chunk) for chunk in kept],
         base_model,
         output,
         recipe,
@@ -289,6 +306,17 @@ class Benchmark:
         self.settings()  # the task type and templates
         load_examples(self.data, evaluation_task(self.task_type), self.data_format, self.limit)
 
+    def evaluation_data(self) -> EvaluationData:
+        """The texts of the examples evaluated on, for decontamination."""
+        task = evaluation_task(self.task_type)
+        examples = load_examples(self.data, task, self.data_format, self.limit)
+        texts = (
+            text
+            for example in examples
+            for text in (example.context, example.question, *example.choices, *example.answers)
+        )
+        return EvaluationData(texts, Path(self.data).name)
+
     def settings(self) -> dict[str, Any]:
         """What decides the scores (batch size and device do not)."""
         return {
@@ -312,19 +340,22 @@ def adapt(
     recipe: Recipe | None = None,
     prompt_format: str = "input-output",
     baseline: str | None = None,
+    keep_contaminated: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """The paper's loop in the folder `output`: generate tasks from the passages with the
     generator (a run in generate/), fine-tune `base_model` on them (finetune/), with baseline
     "tapt" continue its pretraining on the same passages (tapt/), evaluate the zero-shot base and
-    each adapted copy (evaluations/), and write the table (results.json, results.md). A finished
-    stage with the same settings is reused, a stopped one continues, and a training or
-    evaluation whose settings or data changed (more tasks after a larger budget, another
-    option) is made again. Returns the table."""
+    each adapted copy (evaluations/), and write the table (results.json, results.md). Tasks and
+    passage pieces that overlap the labelled data are left out of the trainings, unless
+    `keep_contaminated`. A finished stage with the same settings is reused, a stopped one
+    continues, and a training or evaluation whose settings or data changed (more tasks after a
+    larger budget, another option) is made again. Returns the table."""
     output, recipe, budgets = Path(output), recipe or TARGET_RECIPE, budgets or Budgets()
     if baseline not in (None, TAPT):
         raise BonitoError(f"Unknown baseline '{baseline}'; use tapt, or no baseline.")
     benchmark.check(prompt_format)
+    labelled = benchmark.evaluation_data()
 
     def load() -> Engine:
         return load_engine(generation.model, engine, **(engine_options or {}))
@@ -341,12 +372,15 @@ def adapt(
     if run.error:
         log.warning("%s: %s", output / GENERATE, run.error)
     release()
+    pairs, decontamination = decontaminated_pairs(output / GENERATE, labelled, keep_contaminated)
     trainings = {}
-    trainings["bonito"] = finetune(
-        output / GENERATE,
+    trainings["bonito"] = train_target(
+        pairs,
         base_model,
         output / FINETUNE,
         recipe,
+        settings={},
+        facts={"tasks": str(output / GENERATE)},
         prompt_format=prompt_format,
         overwrite=overwrite,
         retrain=True,
@@ -360,6 +394,7 @@ def adapt(
             output / TAPT,
             recipe,
             reading=generation.reading,
+            leave_out=None if keep_contaminated else labelled,
             overwrite=overwrite,
             retrain=True,
         )
@@ -380,6 +415,7 @@ def adapt(
         "prompt_format": prompt_format,
         "baseline": baseline,
         "generation": generation_facts(generation, run, engine, budgets),
+        "decontamination": decontamination_facts(decontamination, trainings),
         "trainings": {
             name: {"pairs": summary["pairs"], "steps": summary["steps"]}
             for name, summary in trainings.items()
@@ -393,6 +429,41 @@ def adapt(
     write_json(output / RESULTS_JSON, table)
     (output / RESULTS_MD).write_text(results_markdown(table), encoding="utf-8")
     return table
+
+
+def decontaminated_pairs(
+    run: Path, labelled: EvaluationData, keep: bool
+) -> tuple[list[tuple[str, str]], Decontamination]:
+    """(input, output) of the run's accepted tasks, less those that overlap the labelled data
+    unless `keep`, and what overlapped (a warning when anything did)."""
+    store = RunStore(run / STORE_FILE, readonly=True)
+    try:
+        tasks = list(store.tasks(("accepted",)))
+    finally:
+        store.close()
+    overlapping, found = overlapping_tasks(tasks, labelled, left_out=not keep)
+    if found.overlapping_tasks:
+        log.warning("%s", found.sentence())
+    pairs = [(t["input"], t["output"]) for t in tasks if keep or t["id"] not in overlapping]
+    if tasks and not pairs:
+        raise BonitoError(
+            f"No task is left to fine-tune on: {found.sentence()} Give passages other than the "
+            "evaluation data, or pass --keep-contaminated to train on them anyway."
+        )
+    check_pairs(pairs, run)
+    return pairs, found
+
+
+def decontamination_facts(
+    found: Decontamination, trainings: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What overlapped the labelled data: tasks and passages, and TAPT's passage pieces."""
+    facts = found.to_dict()
+    passages = trainings.get(TAPT, {}).get("passages", {})
+    if "overlapping" in passages:
+        pieces = passages["chunks"] + passages["overlapping"]
+        facts["tapt_pieces"] = {"pieces": pieces, "overlapping": passages["overlapping"]}
+    return facts
 
 
 def generation_facts(
@@ -497,12 +568,26 @@ def results_markdown(table: dict[str, Any]) -> str:
         f"{', '.join(table['templates'])}; every template's scores and predictions are in "
         f"{EVALUATIONS}/<model>.json.",
         "",
+        *decontamination_lines(settings["decontamination"]),
         "## Settings",
         "",
         *setting_lines(settings),
         "",
     ]
     return "\n".join(lines)
+
+
+def decontamination_lines(facts: dict[str, Any]) -> list[str]:
+    """What decontamination did, in words."""
+    found = Decontamination(**{k: v for k, v in facts.items() if k != "tapt_pieces"})
+    line = f"Decontamination: {found.sentence()}"
+    if "tapt_pieces" in facts:
+        pieces = facts["tapt_pieces"]
+        line += (
+            f" {pieces['overlapping']} of the {pieces['pieces']} passage pieces of the continued "
+            "pretraining overlapped too and were left out."
+        )
+    return [line, ""]
 
 
 def setting_lines(settings: dict[str, Any], indent: str = "") -> list[str]:

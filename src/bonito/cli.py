@@ -351,7 +351,11 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
     format_name: Annotated[
         str,
-        typer.Option("--format", "-f", help="jsonl, parquet, hf, chat, alpaca or sharegpt."),
+        typer.Option(
+            "--format",
+            "-f",
+            help="jsonl, parquet, hf, chat, prompt-completion, openai, alpaca or sharegpt.",
+        ),
     ] = "jsonl",
     split_by_document: Annotated[
         float | None,
@@ -359,6 +363,14 @@ def export(
     ] = None,
     push_to_hub: Annotated[
         str | None, typer.Option(help="Also push the dataset and its card to this hub repo.")
+    ] = None,
+    private: Annotated[
+        bool,
+        typer.Option(help="Leave out the context, document and source columns and local names."),
+    ] = False,
+    decontaminate: Annotated[
+        Path | None,
+        typer.Option(help="Leave out tasks sharing 13 words with this evaluation data file."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
 ) -> None:
@@ -372,10 +384,15 @@ def export(
         format_name,
         split_by_document=split_by_document,
         push_to_hub=push_to_hub,
+        private=private,
+        decontaminate=decontaminate,
         overwrite=overwrite,
     )
     table = Table(title=f"bonito export {run}", show_header=False)
     table.add_row("format", result.format)
+    if result.decontamination:
+        overlapping = result.decontamination.overlapping_tasks
+        table.add_row("left out", f"{overlapping} tasks overlapping the evaluation data")
     for name, side in result.sides.items():
         table.add_row(name, f"{side.tasks} tasks from {len(side.documents)} documents")
     table.add_row("folder", str(result.folder))
@@ -866,6 +883,9 @@ def adapt(
     save_steps: SaveSteps = 500,
     logging_steps: LoggingSteps = 10,
     seed: Annotated[int, typer.Option(help="Seed of the generation and the trainings.")] = 0,
+    keep_contaminated: Annotated[
+        bool, typer.Option(help="Train on tasks that share 13 words with the labelled data too.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Start every stage in OUTPUT over.")] = False,
 ) -> None:
     """Adapt a target model to a domain as the Bonito paper does: generate tasks of the task type
@@ -916,6 +936,7 @@ def adapt(
         recipe=recipe,
         prompt_format=prompt_format,
         baseline=baseline,
+        keep_contaminated=keep_contaminated,
         overwrite=overwrite,
     )
     metrics = table["metrics"]

@@ -8,22 +8,27 @@ stands: the accepted tasks saved when the export starts, no more."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import random
+import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from bonito import __version__
+from bonito.decontamination import Decontamination, EvaluationData, overlapping_tasks
 from bonito.errors import BonitoError
 from bonito.generation import counts
 from bonito.run import status
 from bonito.sampling import derive_seed
+from bonito.sources import _is_hub_id
 from bonito.store import STORE_FILE, RunStore
 from bonito.task_types import load_declared_task_types, resolve_task_type
 
@@ -39,10 +44,16 @@ LICENCE_NOTE = (
     "too. bonito, the software that made them, is Apache-2.0; it places no terms of its own on "
     "the tasks. Check both before you publish or train on this dataset."
 )
+PRIVATE_NOTE = (
+    "Exported with --private: the columns that say where a task came from (`context`, "
+    "`document`, `source`) and the names of the inputs, of the reading's include and exclude "
+    "patterns and of a local generator are left out."
+)
 PARQUET_BATCH = 1000
 """Rows written to a Parquet file at a time."""
 EXPORT_ENTRIES = ("README.md", "train.*", "test.*", "train", "test", "dataset_dict.json")
 """What an export writes into its folder, and what --overwrite removes."""
+log = logging.getLogger("bonito")
 SIZE_CATEGORIES = (
     (1_000, "n<1K"),
     (10_000, "1K<n<10K"),
@@ -51,14 +62,19 @@ SIZE_CATEGORIES = (
 )
 
 
+PROVENANCE = ("context", "document", "source")
+"""Columns that say where a task came from: --private leaves them out."""
+COLUMNS = ("id", "task_type", "input", "output", *PROVENANCE)
+"""The columns of the jsonl, parquet and hf formats."""
+
+
 def metadata(task: dict[str, Any]) -> dict[str, Any]:
     return {"task_type": task["task_type"], "id": task["id"]}
 
 
 def task_columns(task: dict[str, Any]) -> dict[str, Any]:
     """A task with where it came from: its passage, document and source."""
-    keys = ("id", "task_type", "input", "output", "context", "document", "source")
-    return {key: task[key] for key in keys}
+    return {key: task[key] for key in COLUMNS}
 
 
 def table_row(task: dict[str, Any]) -> dict[str, Any]:
@@ -87,39 +103,86 @@ def sharegpt_record(task: dict[str, Any]) -> dict[str, Any]:
     return {"conversations": turns} | metadata(task)
 
 
+def prompt_completion_record(task: dict[str, Any]) -> dict[str, Any]:
+    """TRL's standard prompt-completion type: the instruction in the paper's input-output prompt
+    (as `bonito finetune` and `bonito evaluate` give it to base models), which ends in a newline,
+    and the answer as the completion. SFTTrainer joins the two as written and computes the loss on
+    the completion only."""
+    from bonito.evaluation.prompts import INPUT_OUTPUT
+
+    prompt = INPUT_OUTPUT.format(instruction=task["input"])
+    return {"prompt": prompt, "completion": task["output"]} | metadata(task)
+
+
+def openai_record(task: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's chat fine-tuning line: a `messages` conversation and nothing else."""
+    return {"messages": chat_record(task)["messages"]}
+
+
 @dataclass(frozen=True)
 class Format:
-    """An export format: the file suffix, one record per task, and its columns for the card."""
+    """An export format: the file suffix, one record per task, its columns for the card (those
+    that --private leaves out apart) and the trainers that read it."""
 
     suffix: str
     record: Callable[[dict[str, Any]], dict[str, Any]]
     columns: str
+    trainer: str
+    provenance: str = ""
+
+    def describe(self, private: bool) -> str:
+        return self.columns if private else self.columns + self.provenance
 
 
-TASK_COLUMNS = (
-    "`id`, `task_type`, `input` (the instruction, passage included), `output`, `context` (the "
-    "passage), `document`, `source` (where the passage was read: file, row, page, span"
+TASK_COLUMNS = "`id`, `task_type`, `input` (the instruction, passage included), `output`"
+SOURCE_COLUMNS = (
+    ", `context` (the passage), `document`, `source` (where the passage was read: file, row, "
+    "page, span"
+)
+OWN_CODE = (
+    "`bonito finetune`, or your own code (TRL's SFTTrainer wants the chat or prompt-completion "
+    "format)"
 )
 FORMATS = {
-    "jsonl": Format("jsonl", task_columns, TASK_COLUMNS + ")"),
-    "parquet": Format("parquet", table_row, TASK_COLUMNS + ", as a JSON string)"),
-    "hf": Format("parquet", table_row, TASK_COLUMNS + ", as a JSON string)"),
+    "jsonl": Format("jsonl", task_columns, TASK_COLUMNS, OWN_CODE, SOURCE_COLUMNS + ")"),
+    "parquet": Format(
+        "parquet", table_row, TASK_COLUMNS, OWN_CODE, SOURCE_COLUMNS + ", as a JSON string)"
+    ),
+    "hf": Format(
+        "parquet", table_row, TASK_COLUMNS, OWN_CODE, SOURCE_COLUMNS + ", as a JSON string)"
+    ),
     "chat": Format(
         "jsonl",
         chat_record,
         "`messages` (a user turn with the instruction, an assistant turn with the answer: TRL's "
         "conversational format for SFTTrainer), `task_type`, `id`",
+        "TRL's SFTTrainer (conversational: it applies the model's chat template), for chat models",
+    ),
+    "prompt-completion": Format(
+        "jsonl",
+        prompt_completion_record,
+        "`prompt` (the instruction as `<|input|>\\n...\\n<|output|>\\n`), `completion` (the "
+        "answer), `task_type`, `id`",
+        "TRL's SFTTrainer (prompt-completion: loss on the completion only), for base models",
+    ),
+    "openai": Format(
+        "jsonl",
+        openai_record,
+        "`messages` (a user turn with the instruction, an assistant turn with the answer), only",
+        "OpenAI's fine-tuning API (chat models), and services that take its JSONL",
     ),
     "alpaca": Format(
         "jsonl",
         alpaca_record,
         "`instruction` (passage included), `input` (empty), `output`, `task_type`, `id`",
+        "LLaMA-Factory and axolotl (alpaca)",
     ),
     "sharegpt": Format(
         "jsonl",
         sharegpt_record,
         "`conversations` (a `human` turn with the instruction, a `gpt` turn with the answer), "
         "`task_type`, `id`",
+        "LLaMA-Factory and axolotl (sharegpt)",
     ),
 }
 """hf is written as Parquet first, then saved with `datasets`."""
@@ -156,21 +219,30 @@ def open_run(folder: Path) -> Iterator[RunView]:
         store.close()
 
 
-def generator_facts(config: dict[str, Any]) -> dict[str, str]:
+def generator_facts(config: dict[str, Any], private: bool = False) -> dict[str, str]:
     """What made a run's tasks, one line each: generator, sampling, mix, inputs, reading,
     chunking, quality filters. Only these fields: never an engine option or an environment
-    value."""
+    value. `private` withholds every name a user chose: the inputs', the reading's include and
+    exclude patterns, and the generator's unless it is a hub id."""
     sampling = config["sampling"]
     dedup = config["dedup"]
     reading, chunking = config["reading"], config["chunking"]
+    if private:
+        reading = {key: value for key, value in reading.items() if key not in PATTERNS}
     inputs = "; ".join(
-        f"{item['input']} ({item['bytes']} bytes, blake2b {item['blake2b']})"
-        if "blake2b" in item
-        else f"{item['input']} (hub dataset)"
+        ("an input" if private else item["input"])
+        + (
+            f" ({item['bytes']} bytes, blake2b {item['blake2b']})"
+            if "blake2b" in item
+            else " (hub dataset)"
+        )
         for item in config["inputs"]
     )
+    generator = config["model"]
+    if private and not (_is_hub_id(generator) and not Path(generator).exists()):
+        generator = "a local model (name withheld)"
     return {
-        "generator": config["model"],
+        "generator": generator,
         "sampling": ", ".join(
             f"{key}={json.dumps(sampling.get(key))}"
             for key in ("n", "temperature", "top_p", "max_tokens", "seed", "stop")
@@ -184,6 +256,10 @@ def generator_facts(config: dict[str, Any]) -> dict[str, str]:
         "dedup": dedup["mode"]
         + (f" (threshold {dedup['threshold']:g})" if dedup["mode"] == "near" else ""),
     }
+
+
+PATTERNS = ("include", "exclude")
+"""Reading settings that may hold file names."""
 
 
 @dataclass
@@ -204,13 +280,16 @@ class Side:
 
 @dataclass
 class Export:
-    """What an export wrote: the folder, format, sides (train, test), card and hub repo."""
+    """What an export wrote: the folder, format, sides (train, test), card and hub repo; whether
+    it withholds names (--private) and what decontamination left out."""
 
     folder: Path
     format: str
     sides: dict[str, Side]
     card: Path
     repo: str | None = None
+    private: bool = False
+    decontamination: Decontamination | None = None
 
     @property
     def task_types(self) -> Counter:
@@ -226,9 +305,11 @@ class Export:
 
 
 def split_documents(per_document: Mapping[str, int], fraction: float, seed: int) -> set[str]:
-    """The documents of the test side: in an order shuffled by `seed`, each document goes to
-    test when that brings its share of the tasks closer to `fraction`. The first document in
-    that order always stays in train, and test gets at least the smallest other document."""
+    """The documents of the test side: of all the ways to split whole documents with at least
+    one on each side, one whose test side holds the number of tasks nearest `fraction` of them,
+    the smaller number when two are as near (so test is never the larger side below one half).
+    Among splits of that size, the one found first in an order of the documents shuffled by
+    `seed`."""
     documents = sorted(per_document)
     if len(documents) < 2:
         raise BonitoError(
@@ -236,14 +317,36 @@ def split_documents(per_document: Mapping[str, int], fraction: float, seed: int)
             f"has them from {len(documents)}. Export without the split."
         )
     random.Random(derive_seed(seed, "split")).shuffle(documents)
-    target = fraction * sum(per_document.values())
-    test, size = set(), 0
-    for document in documents[1:]:
-        tasks = per_document[document]
-        if abs(size + tasks - target) < abs(size - target):
-            test.add(document)
-            size += tasks
-    return test or {min(documents[1:], key=per_document.__getitem__)}
+    sizes = [per_document[document] for document in documents]
+    total, target = sum(sizes), fraction * sum(sizes)
+    smallest = min(sizes)  # a split with test this near exists, so none beyond it can win
+    limit = min(total - 1, math.floor(target + abs(target - smallest)))
+    goal = math.ceil(target - 0.5)  # the nearest whole number, the smaller one on a tie
+    reached = subset_sums(sizes, limit, min(max(goal, 1), limit))
+    best = min(reached, key=lambda size: (abs(size - target), size))
+    test = set()
+    while best:
+        index = reached[best]
+        test.add(documents[index])
+        best -= sizes[index]
+    return test
+
+
+def subset_sums(sizes: Sequence[int], limit: int, goal: int) -> dict[int, int]:
+    """Sums from 1 to `limit` of some of `sizes` (positive), each with the index of the last size
+    of the first subset found to make it: subtracting that size leaves a sum made of earlier
+    sizes, and so on down to 0. Stops early once `goal` is made. (A bit set as one integer: bit
+    s is set when the sum s can be made.)"""
+    mask = (1 << (limit + 1)) - 1
+    reachable, last = 1, {}
+    for index, size in enumerate(sizes):
+        new = (reachable << size) & mask & ~reachable
+        reachable |= new
+        for bit in re.finditer("1", bin(new)[:1:-1]):  # lowest bit first
+            last[bit.start()] = index
+        if reachable >> goal & 1:
+            break
+    return last
 
 
 class JsonLines:
@@ -262,11 +365,10 @@ class JsonLines:
 class ParquetFile:
     """A Parquet file of string columns, written in row groups of PARQUET_BATCH rows."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = ("id", "task_type", "input", "output", "context", "document", "source")
         self.schema = pa.schema([(name, pa.string()) for name in columns])
         self.writer = pq.ParquetWriter(path, self.schema)
         self.rows: list[dict[str, Any]] = []
@@ -289,23 +391,36 @@ class ParquetFile:
 
 
 def write_splits(
-    tasks: Iterable[dict[str, Any]], folder: Path, fmt: Format, test_documents: set[str]
+    tasks: Iterable[dict[str, Any]],
+    folder: Path,
+    fmt: Format,
+    test_documents: set[str],
+    private: bool = False,
 ) -> dict[str, Side]:
-    """Write each task's record to train.SUFFIX, or to test.SUFFIX when its document is a test
-    document; the sides as written."""
+    """Write each task's record (without the PROVENANCE columns when `private`) to
+    train.SUFFIX, or to test.SUFFIX when its document is a test document; the sides as
+    written."""
     splits = ("train", "test") if test_documents else ("train",)
-    kind = ParquetFile if fmt.suffix == "parquet" else JsonLines
-    writers = {split: kind(folder / f"{split}.{fmt.suffix}") for split in splits}
+    left_out = PROVENANCE if private else ()
+    writers = {split: open_writer(folder / f"{split}.{fmt.suffix}", left_out) for split in splits}
     sides = {split: Side() for split in splits}
     try:
         for task in tasks:
             split = "test" if task["document"] in test_documents else "train"
-            writers[split].write(fmt.record(task))
+            record = fmt.record(task)
+            writers[split].write({k: v for k, v in record.items() if k not in left_out})
             sides[split].add(task)
     finally:
         for writer in writers.values():
             writer.close()
     return sides
+
+
+def open_writer(path: Path, left_out: Sequence[str]) -> JsonLines | ParquetFile:
+    """A writer of records for `path`, by its suffix; Parquet's columns are fixed."""
+    if path.suffix == ".parquet":
+        return ParquetFile(path, [name for name in COLUMNS if name not in left_out])
+    return JsonLines(path)
 
 
 def save_hf(parquet: Path, splits: Iterable[str], folder: Path) -> None:
@@ -363,8 +478,8 @@ def dataset_card(
     """The README.md of an export (of its hub repo when `repo` is given): what made the tasks,
     the splits and task types, the run's rejection statistics, how to load it, the licence
     note and the citation."""
-    sides, totals = export.sides, view.counts
-    facts = generator_facts(view.config)
+    sides, totals, fmt = export.sides, view.counts, FORMATS[export.format]
+    facts = generator_facts(view.config, export.private)
     where = repo or f"path/to/{export.folder.name}"
     lines = [
         card_header(export, hub=repo is not None),
@@ -372,10 +487,14 @@ def dataset_card(
         "",
         f"{export.tasks} tasks written by the generator `{facts['generator']}` from "
         f"{export.documents} documents with bonito {__version__}, exported as "
-        f"`{export.format}`. Columns: {FORMATS[export.format].columns}.",
+        f"`{export.format}`. Columns: {fmt.describe(export.private)}. For {fmt.trainer}.",
         "",
         f"Run state when exported: {view.status['state']}.",
         "",
+    ]
+    if export.private:
+        lines += [PRIVATE_NOTE, ""]
+    lines += [
         "## Splits",
         "",
         "| split | documents | tasks |",
@@ -392,6 +511,8 @@ def dataset_card(
             "",
         ]
     lines += task_type_table(export)
+    if export.decontamination:
+        lines += decontamination_lines(export)
     lines += ["## How the tasks were made", ""]
     lines += [f"- {name}: {value}" for name, value in facts.items()]
     skipped = counts(Counter(view.reading.get("skipped", {}))) or "none"
@@ -426,6 +547,19 @@ def dataset_card(
     return "\n".join(lines)
 
 
+def decontamination_lines(export: Export) -> list[str]:
+    """The card's account of `--decontaminate`."""
+    found = export.decontamination
+    if export.private:
+        found = replace(found, against="the evaluation data")
+    return [
+        "## Decontamination",
+        "",
+        f"{found.sentence()} Words were compared lowercased, punctuation ignored.",
+        "",
+    ]
+
+
 def task_type_table(export: Export) -> list[str]:
     """Tasks per type and side, as a Markdown table."""
     sides = export.sides
@@ -445,10 +579,20 @@ def task_type_table(export: Export) -> list[str]:
 
 
 def loading_snippet(format_name: str, where: str, hub: bool) -> list[str]:
-    """How to load the export with `datasets`, and for chat, how to train on it with TRL."""
+    """How to load the export with `datasets`; for chat and prompt-completion, how to train on
+    it with TRL; for openai, how to upload it."""
+    if format_name == "openai" and not hub:
+        return [
+            "```python",
+            "from openai import OpenAI",
+            "",
+            f'file = OpenAI().files.create(file=open("{where}/train.jsonl", "rb"), '
+            'purpose="fine-tune")',
+            "```",
+        ]
     loader = "load_from_disk" if format_name == "hf" and not hub else "load_dataset"
     lines = ["```python", f"from datasets import {loader}", "", f'dataset = {loader}("{where}")']
-    if format_name == "chat":
+    if format_name in ("chat", "prompt-completion"):
         lines += [
             "",
             "from trl import SFTTrainer",
@@ -500,11 +644,6 @@ def check_repo_id(repo: str) -> None:
         ) from None
 
 
-def accepted_per_document(store: RunStore) -> Counter:
-    """Accepted tasks per document, in one pass over the tasks saved so far."""
-    return Counter(task["document"] for task in store.tasks(("accepted",)))
-
-
 def export_run(
     run: Path,
     output: Path,
@@ -512,11 +651,15 @@ def export_run(
     *,
     split_by_document: float | None = None,
     push_to_hub: str | None = None,
+    private: bool = False,
+    decontaminate: str | Path | None = None,
     overwrite: bool = False,
 ) -> Export:
     """Write the run's accepted tasks to the folder `output` in `format_name`, with a test split
     of whole documents holding about `split_by_document` of them, and a dataset card; push the
-    dataset and card to the hub repo `push_to_hub` when given."""
+    dataset and card to the hub repo `push_to_hub` when given. `private` leaves the provenance
+    columns and every local name out of the files and the card; `decontaminate`, a file of
+    evaluation data, leaves out the tasks that overlap it."""
     if format_name not in FORMATS:
         raise BonitoError(f"--format must be one of {', '.join(FORMATS)}; got '{format_name}'.")
     if split_by_document is not None and not 0 < split_by_document < 1:
@@ -527,12 +670,24 @@ def export_run(
     if push_to_hub is not None:
         check_repo_id(push_to_hub)
     fmt = FORMATS[format_name]
+    data = EvaluationData.from_file(decontaminate) if decontaminate is not None else None
     load_declared_task_types(run)
     with open_run(run) as view:
         check_output(output, run, overwrite)
-        per_document = accepted_per_document(view.store)
+
+        def saved() -> Iterator[dict[str, Any]]:
+            """The accepted tasks saved when the export started."""
+            return islice(view.store.tasks(("accepted",)), view.counts["accepted"])
+
+        left_out, found = overlapping_tasks(saved(), data) if data else (set(), None)
+        if found and found.overlapping_tasks:
+            log.warning("%s", found.sentence())
+        per_document = Counter(t["document"] for t in saved() if t["id"] not in left_out)
         if not per_document:
-            raise BonitoError(f"{run} has no accepted tasks to export yet.")
+            raise BonitoError(
+                f"{run} has no accepted tasks to export"
+                + (f": {found.sentence()}" if found else " yet.")
+            )
         test = (
             split_documents(per_document, split_by_document, view.seed)
             if split_by_document is not None
@@ -541,14 +696,16 @@ def export_run(
         with writable(output):
             output.mkdir(parents=True, exist_ok=True)
             clear_export(output)
-            tasks = islice(view.store.tasks(("accepted",)), per_document.total())
+            tasks = (task for task in saved() if task["id"] not in left_out)
             if format_name == "hf":
                 with tempfile.TemporaryDirectory() as parquet:
-                    sides = write_splits(tasks, Path(parquet), fmt, test)
+                    sides = write_splits(tasks, Path(parquet), fmt, test, private)
                     save_hf(Path(parquet), sides, output)
             else:
-                sides = write_splits(tasks, output, fmt, test)
-            export = Export(output, format_name, sides, output / "README.md", push_to_hub)
+                sides = write_splits(tasks, output, fmt, test, private)
+            export = Export(
+                output, format_name, sides, output / "README.md", push_to_hub, private, found
+            )
             card = dataset_card(view, export, split_by_document)
             export.card.write_text(card, encoding="utf-8")
         if push_to_hub:

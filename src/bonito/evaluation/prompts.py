@@ -8,6 +8,8 @@ from transformers import PreTrainedTokenizerBase
 from bonito.errors import BonitoError
 
 PROMPT_FORMATS = ("input-output", "chat")
+INPUT_OUTPUT = "<|input|>\n{instruction}\n<|output|>\n"
+"""The paper's prompt for base models; the answer follows it directly."""
 
 
 def check_prompt_format(prompt_format: str) -> None:
@@ -25,7 +27,7 @@ def target_prompt(
     chat template, ending with the assistant's turn opened."""
     check_prompt_format(prompt_format)
     if prompt_format == "input-output":
-        return f"<|input|>\n{instruction}\n<|output|>\n"
+        return INPUT_OUTPUT.format(instruction=instruction)
     if not tokenizer.chat_template:
         raise BonitoError(
             "The model's tokenizer has no chat template; use the prompt format input-output."

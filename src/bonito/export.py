@@ -28,7 +28,7 @@ from bonito.errors import BonitoError
 from bonito.generation import counts
 from bonito.run import status
 from bonito.sampling import derive_seed
-from bonito.sources import _is_hub_id
+from bonito.sources import is_hub_id
 from bonito.store import STORE_FILE, RunStore
 from bonito.task_types import load_declared_task_types, resolve_task_type
 
@@ -239,7 +239,7 @@ def generator_facts(config: dict[str, Any], private: bool = False) -> dict[str, 
         for item in config["inputs"]
     )
     generator = config["model"]
-    if private and not (_is_hub_id(generator) and not Path(generator).exists()):
+    if private and not (is_hub_id(generator) and not Path(generator).exists()):
         generator = "a local model (name withheld)"
     return {
         "generator": generator,

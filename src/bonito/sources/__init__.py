@@ -77,11 +77,16 @@ def check_input(item: str) -> None:
         or path.suffix.lower() in KNOWN_SUFFIXES
         or (len(path.parts) > 1 and Path(path.parts[0]).exists())
     )
-    if local or item.count("/") != 1:
+    if local or not is_hub_id(item):
         raise BonitoError(
             f"The input '{item}' does not exist; give a file, a folder or a hub dataset id "
             "(owner/name)."
         )
+
+
+def is_hub_id(item: str) -> bool:
+    """Whether `item` reads as a hub id (`owner/name`) rather than a local path."""
+    return item.count("/") == 1 and not item.startswith((".", "~", "/")) and not item.endswith("/")
 
 
 def _read(
@@ -249,5 +254,6 @@ __all__ = [
     "check_input",
     "check_inputs",
     "fingerprint",
+    "is_hub_id",
     "read_documents",
 ]

@@ -255,8 +255,8 @@ class Run:
         overwrite: bool = False,
     ) -> None:
         self.folder = folder
-        check_run_folder(folder)
         with writing(folder):
+            check_run_folder(folder)
             folder.mkdir(parents=True, exist_ok=True)
             self.lock = FileLock(folder / LOCK_FILE)
             try:
@@ -289,8 +289,9 @@ class Run:
             raise BonitoError(
                 f"{folder} holds a run with another configuration:\n  "
                 + "\n  ".join(changed)
-                + "\nRun the command it was started with to continue it, pass --overwrite to "
-                "start over, or choose another --output."
+                + "\nRun the command it was started with, on its inputs as they were, to "
+                "continue it; pass --overwrite to start over, or choose another --output (new "
+                "documents can make a run of their own)."
             )
         self.config = config
 

@@ -270,12 +270,11 @@ class Run:
                 self._clear()
             self.store = RunStore(folder / STORE_FILE)
             changed = self._changes(config, inputs)
-            if changed and not self.store.counts()["samples"]:
-                if self.store.get("config") is not None:
-                    log.info(
-                        "%s: nothing was generated yet; starting it over with this configuration",
-                        folder,
-                    )
+            if changed and not self.store.counts()["samples"]:  # nothing to keep
+                log.info(
+                    "%s: nothing was generated yet; starting it over with this configuration",
+                    folder,
+                )
                 self.store.close()
                 self._clear()
                 self.store = RunStore(folder / STORE_FILE)

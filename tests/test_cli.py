@@ -349,3 +349,23 @@ def test_nothing_readable_is_one_clear_message(tiny_model, tmp_path, capsys, mon
     assert code == 1 and "Traceback" not in err
     assert f"No contexts from {tmp_path}: 2 skipped (empty 1, binary 1), e.g. " in err
     assert f"see {tmp_path / 'skipped.jsonl'}." in err
+
+
+def test_generate_refuses_a_folder_that_holds_something_else(
+    tiny_model, inputs, capsys, monkeypatch
+):
+    """A folder of documents given as --output is refused, --overwrite or not; an empty one, or
+    one holding only what a run writes beside its store, becomes the run."""
+    before = sorted(inputs.iterdir())
+    args = ["generate", inputs / "p.jsonl", "-t", "ynqa", "--model", tiny_model, "--limit", 1]
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli([*args, "--output", inputs, *extra], capsys, monkeypatch)
+        assert code == 1 and "Traceback" not in err
+        assert f"--output {inputs} is not empty and holds no bonito run (it has notes.txt)" in err
+        assert sorted(inputs.iterdir()) == before
+    (inputs / "empty").mkdir()
+    (inputs / "left").mkdir()
+    (inputs / "left" / "run.lock").write_text("")
+    for out in (inputs / "empty", inputs / "left"):
+        code, _, err = run_cli([*args, "--max-tokens", 16, "--output", out], capsys, monkeypatch)
+        assert code == 0, err

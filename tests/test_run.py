@@ -2,6 +2,7 @@
 mixes and write failures, with real `bonito generate` processes and the tiny generator."""
 
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -374,3 +375,206 @@ def test_no_checks_alone_is_the_original_behaviour(
     assert counts["duplicates"] == 0
     assert set(counts["rejected"]) <= {"no_pipe", "several_pipes", "empty_input", "empty_output"}
     assert counts["accepted"] + sum(counts["rejected"].values()) == counts["samples"] == 24
+
+
+def plan_of(folder: Path) -> list[tuple]:
+    """Every context with its requests: ids, document, text, slot, task type and seed."""
+    return query(
+        folder,
+        "SELECT c.id, c.document, c.text, r.id, r.slot, r.attempt, r.task_type, r.seed "
+        "FROM contexts c JOIN requests r ON r.context_id = c.id ORDER BY r.id",
+    )
+
+
+def test_a_larger_limit_continues_the_run_as_if_asked_at_once(
+    tiny_model, passages, tmp_path, capsys, monkeypatch, caplog
+):
+    direct, grown = tmp_path / "direct", tmp_path / "grown"
+    assert (
+        run_cli(generate_args(passages, tiny_model, direct, "--limit", 7), capsys, monkeypatch)[0]
+        == 0
+    )
+    assert (
+        run_cli(generate_args(passages, tiny_model, grown, "--limit", 4), capsys, monkeypatch)[0]
+        == 0
+    )
+    first = query(grown, "SELECT request_id, sample, text, finished_at FROM completions")
+    code, _, err = run_cli(
+        generate_args(passages, tiny_model, grown, "--limit", 7), capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert plan_of(grown) == plan_of(direct) and len(plan_of(grown)) == 7
+    assert tasks_of(grown) == tasks_of(direct)
+    after = query(grown, "SELECT request_id, sample, text, finished_at FROM completions")
+    assert after[: len(first)] == first  # kept as they were, not generated again
+    summary = json.loads((grown / "summary.json").read_text())["summary"]
+    assert summary["documents"] == summary["contexts"] == 7
+
+    code, stdout, err = run_cli(
+        generate_args(passages, tiny_model, grown, "--limit", 3), capsys, monkeypatch
+    )
+    assert code == 0, err
+    assert f"{grown} holds 7 contexts, more than --limit 3: it keeps them all" in caplog.text
+    assert plan_of(grown) == plan_of(direct) and "loading" not in err
+
+
+def test_limit_counts_the_documents_it_reached_and_the_skips_before_the_next_context(
+    tiny_model, tmp_path, capsys, monkeypatch
+):
+    """The chunker reads ahead in batches; documents read ahead are not counted, and a skip
+    reached before the context after the last one is written and counted."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "d.txt", "e.txt"):
+        (folder / name).write_text(f"The note {name} says the depot opens at nine every day.")
+    (folder / "c.csv").write_text("body\nA row without the text column.\n")
+    out = tmp_path / "run"
+    args = generate_args(folder, tiny_model, out, "--limit", 2)
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert (summary["documents"], summary["contexts"]) == (2, 2)
+    assert summary["skipped"] == {"missing_field": 1}
+    [skip] = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert skip["source"] == str(folder / "c.csv") and skip["reason"] == "missing_field"
+    code, stdout, _ = run_cli(["status", out], capsys, monkeypatch)
+    assert code == 0 and re.search(r"documents\W+(\d+)", stdout).group(1) == "2"
+    code, _, err = run_cli(generate_args(folder, tiny_model, out), capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert (summary["documents"], summary["contexts"]) == (4, 4)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    folder = tmp_path / "corpus"
+    (folder / "drafts").mkdir(parents=True)
+    (folder / "a.md").write_text("The depot opens at nine and closes at five on weekdays.")
+    (folder / "b.txt").write_text("Cyclists should carry lights after dark on the road.")
+    (folder / "drafts" / "todo.txt").write_text("Not ready to be read.")
+    return folder
+
+
+def corpus_args(inputs, model, out, *extra):
+    return [
+        "generate",
+        inputs,
+        "--exclude",
+        "drafts/*",
+        "-t",
+        "ynqa",
+        "--model",
+        model,
+        "--engine",
+        "transformers",
+        "--max-tokens",
+        16,
+        "--output",
+        out,
+        *extra,
+    ]
+
+
+def resumes_with_nothing_to_do(args, out: Path, capsys, monkeypatch) -> bool:
+    tasks = (out / "tasks.jsonl").read_text()
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    return "loading" not in err and (out / "tasks.jsonl").read_text() == tasks
+
+
+def test_an_excluded_file_is_not_part_of_the_inputs(
+    tiny_model, corpus, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    args = corpus_args(corpus, tiny_model, out)
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    with (corpus / "drafts" / "todo.txt").open("a") as excluded:
+        excluded.write("More.\n")
+    assert resumes_with_nothing_to_do(args, out, capsys, monkeypatch)
+    inputs = json.loads((out / "summary.json").read_text())["config"]["inputs"]
+    read = sum(len((corpus / name).read_bytes()) for name in ("a.md", "b.txt"))
+    assert inputs[0]["bytes"] == read
+
+
+def test_a_run_inside_its_input_folder_does_not_read_itself(
+    tiny_model, corpus, capsys, monkeypatch
+):
+    out = corpus / "run"
+    args = corpus_args(corpus, tiny_model, out)
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    assert (out / "skipped.jsonl").read_text() == ""
+    assert query(out, "SELECT document FROM contexts") == [
+        (str(corpus / "a.md"),),
+        (str(corpus / "b.txt"),),
+    ]
+    assert resumes_with_nothing_to_do(args, out, capsys, monkeypatch)
+
+
+def test_a_run_resumes_from_another_working_directory(
+    tiny_model, corpus, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(corpus_args("corpus", tiny_model, out), capsys, monkeypatch)[0] == 0
+    for cwd, inputs in [(corpus, "."), (corpus / "drafts", ".."), (tmp_path, corpus)]:
+        monkeypatch.chdir(cwd)
+        args = corpus_args(inputs, tiny_model, out)
+        assert resumes_with_nothing_to_do(args, out, capsys, monkeypatch), cwd
+
+
+def test_a_changed_input_is_named_file_by_file(tiny_model, corpus, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run_cli(corpus_args(corpus, tiny_model, out), capsys, monkeypatch)[0] == 0
+    (corpus / "new.md").write_text("A new note about the depot.")
+    (corpus / "a.md").write_text("The depot now opens at ten.")
+    (corpus / "b.txt").unlink()
+    code, _, err = run_cli(corpus_args(corpus, tiny_model, out), capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert f"{out} holds a run with another configuration:" in err
+    for line in ("a.md was modified", "b.txt was removed", "new.md was added"):
+        assert f"{corpus / line}" in err
+    assert "blake2b" not in err and "pass --overwrite to start over" in err
+
+
+def test_a_run_that_generated_nothing_takes_another_configuration(
+    tiny_model, passages, tmp_path, caplog
+):
+    """An engine that failed to load leaves a run read and planned but with nothing generated:
+    the next command, with another configuration, simply takes the folder over."""
+
+    def broken():
+        raise BonitoError("The engine failed to load.")
+
+    config = RunConfig(
+        str(tiny_model),
+        (str(passages),),
+        TaskMix.parse(["ynqa"]),
+        1,
+        SamplingParams(max_tokens=32),
+        reading={"limit": 3},
+    )
+    with pytest.raises(BonitoError, match="failed to load"):
+        generate_run(tmp_path / "run", config, broken)
+    fixed = RunConfig(
+        str(tiny_model),
+        (str(passages),),
+        TaskMix.parse(["ynqa"]),
+        1,
+        SamplingParams(max_tokens=16),
+        reading={"limit": 3},
+    )
+    engine = TransformersEngine(str(tiny_model), device="cpu")
+    with caplog.at_level("INFO", logger="bonito"):
+        outcome = generate_run(tmp_path / "run", fixed, lambda: engine)
+    assert outcome.state == "finished" and outcome.summary.samples == 3
+    assert "nothing was generated yet; starting it over" in caplog.text
+    changed = RunConfig(
+        str(tiny_model),
+        (str(passages),),
+        TaskMix.parse(["ynqa"]),
+        1,
+        SamplingParams(max_tokens=24),
+        reading={"limit": 3},
+    )
+    with pytest.raises(BonitoError, match="sampling.max_tokens: 16 -> 24"):
+        generate_run(tmp_path / "run", changed, lambda: engine)

@@ -8,13 +8,15 @@ with --retry-rejected, ask again for contexts that got no accepted task."""
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import sqlite3
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,9 @@ from bonito.generation import (
 )
 from bonito.mix import TaskMix
 from bonito.sampling import SamplingParams, derive_seed
-from bonito.sources import Document, Skip, check_inputs, fingerprint, read_documents
+from bonito.sources import Document, InputPrint, Skip, check_inputs, input_prints, read_documents
 from bonito.store import STORE_FILE, PlannedRequest, RunStore, SavedSample
-from bonito.task_types import resolve_task_type, save_task_types
+from bonito.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
 
 TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE = (
     "tasks.jsonl",
@@ -46,8 +48,11 @@ TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE = (
     "skipped.jsonl",
     "run.lock",
 )
+RUN_FILES = (TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE, TASK_TYPES_FILE)
+"""What a run writes beside its store (a folder holding only these may become a run)."""
 CONTEXT_BATCH = 512
 """Contexts saved per transaction while reading."""
+log = logging.getLogger("bonito")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ class Budgets:
 @dataclass(frozen=True)
 class RunConfig:
     """What a run is: running again with the same configuration resumes it, a different one is
-    refused. Engine choice, batch size and budgets are not part of it."""
+    refused. Engine choice, batch size and budgets are not part of it, nor `reading["limit"]`
+    (--limit, a budget too: a larger one reads on, a smaller one keeps what was read); the
+    inputs are compared by the files read, not by how their paths are spelled."""
 
     model: str
     inputs: tuple[str, ...]
@@ -102,7 +109,7 @@ class RunConfig:
             "task_mix": self.mix.to_dict(),
             "per_context": self.per_context,
             "sampling": self.sampling.to_dict(),
-            "reading": self.reading,
+            "reading": {key: value for key, value in self.reading.items() if key != "limit"},
             "chunking": self.chunking,
             "checks": self.checks,
             "dedup": {"mode": self.dedup, "threshold": self.dedup_threshold},
@@ -142,17 +149,23 @@ def generate_run(
     make_chunker: Callable[[], Chunker] | None = None,
     engine_name: str | None = None,
 ) -> Outcome:
-    """Start or continue the run in `folder`: read and plan (once), generate what is pending,
-    and write summary.json. `load_engine` is called only if something is left to generate;
-    `make_chunker` (default: the model's tokenizer) only if the reading is not done yet."""
+    """Start or continue the run in `folder`: read and plan (up to --limit contexts),
+    generate what is pending, and write summary.json. `load_engine` is called only if something
+    is left to generate; `make_chunker` (default: the model's tokenizer) only if something is
+    left to read."""
     skipped = folder / SKIPPED_FILE
-    with Run(folder, config.to_dict(fingerprint(config.inputs)), overwrite=overwrite) as run:
-        if not run.read_done:
+    reading = reading_options(config, folder)
+    prints = input_prints(config.inputs, include=reading["include"], exclude=reading["exclude"])
+    config_dict = config.to_dict([found.to_dict() for found in prints])
+    with Run(folder, config_dict, prints, overwrite=overwrite) as run:
+        if run.must_read(reading["limit"]):
             chunker = make_chunker() if make_chunker else config.chunker()
             chunker.check_window(config.sampling.max_tokens)
             summary = Summary()
-            contexts = read_contexts(config.inputs, chunker, summary, skipped, **config.reading)
-            run.read(bar(contexts, desc="reading", unit=" contexts"), summary, config)
+            contexts = read_contexts(config.inputs, chunker, summary, skipped, **reading)
+            run.read(
+                bar(contexts, desc="reading", unit=" contexts"), summary, config, reading["limit"]
+            )
             save_task_types(config.mix.types, folder)
         check_strict(run.summary(), strict, skipped)
         totals = run.store.counts()
@@ -164,6 +177,28 @@ def generate_run(
 
             state = run.generate(load_engine, config, budgets, advance)
         return Outcome(run.write_summary(state, engine_name), state)
+
+
+def reading_options(config: RunConfig, folder: Path) -> dict[str, Any]:
+    """The run's reading options, with the run's own folder left out of every input folder
+    that holds it (its files are not documents)."""
+    reading = {"include": (), "exclude": (), "limit": None} | config.reading
+    own = []
+    for item in config.inputs:
+        inside = _inside(folder, Path(item).expanduser())
+        if inside == Path("."):
+            raise BonitoError(f"--output {folder} is the input {item}; choose another --output.")
+        if inside is not None:
+            own.append(glob.escape(inside.as_posix()) + "/*")
+    return reading | {"exclude": [*reading["exclude"], *own]}
+
+
+def _inside(folder: Path, parent: Path) -> Path | None:
+    """`folder`'s path inside `parent`, if it is inside it."""
+    try:
+        return folder.resolve().relative_to(parent.resolve()) if parent.is_dir() else None
+    except ValueError:
+        return None
 
 
 def bar(iterable=None, **options: Any) -> tqdm:
@@ -192,6 +227,18 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
+def check_run_folder(folder: Path) -> None:
+    """Refuse a folder that holds something else than a run (a folder of documents, say)."""
+    if not folder.is_dir() or (folder / STORE_FILE).exists():
+        return
+    others = sorted(path.name for path in folder.iterdir() if path.name not in RUN_FILES)
+    if others:
+        raise BonitoError(
+            f"--output {folder} is not empty and holds no bonito run (it has {others[0]}); "
+            "choose a new or empty folder."
+        )
+
+
 @contextmanager
 def writing(folder: Path) -> Iterator[None]:
     """Turn a full disk, a read-only folder or a locked database into one clear error."""
@@ -207,9 +254,17 @@ def writing(folder: Path) -> Iterator[None]:
 class Run:
     """An open run folder, locked against other processes for as long as it is open."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        inputs: Sequence[InputPrint] = (),
+        *,
+        overwrite: bool = False,
+    ) -> None:
         self.folder = folder
         with writing(folder):
+            check_run_folder(folder)
             folder.mkdir(parents=True, exist_ok=True)
             self.lock = FileLock(folder / LOCK_FILE)
             try:
@@ -220,23 +275,51 @@ class Run:
                     "(`bonito status` shows it) or choose another --output."
                 ) from None
             if overwrite:
-                for name in (STORE_FILE, TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE):
-                    for path in folder.glob(name + "*"):
-                        path.unlink()
+                self._clear()
             self.store = RunStore(folder / STORE_FILE)
-            stored = self.store.get("config")
-            started = stored is not None and self.read_done
-            if stored != config and not started:  # nothing read yet: nothing to keep
+            changed = self._changes(config, inputs)
+            if changed and not self.store.counts()["samples"]:  # nothing to keep
+                log.info(
+                    "%s: nothing was generated yet; starting it over with this configuration",
+                    folder,
+                )
+                self.store.close()
+                self._clear()
+                self.store = RunStore(folder / STORE_FILE)
+                changed = []
+            if self.store.get("config") is None:
                 self.store.put("config", config)
-        if stored != config and started:
+                self.store.put("inputs", [asdict(found) for found in inputs])
+            self.store.drop_contexts(self.store.get("reading", {}).get("contexts", 0))
+        if changed:
             self.close()
-            changed = "\n  ".join(differences(stored, config))
             raise BonitoError(
-                f"{folder} holds a run with another configuration:\n  {changed}\nRun the "
-                "command it was started with to continue it, pass --overwrite to start over, "
-                "or choose another --output."
+                f"{folder} holds a run with another configuration:\n  "
+                + "\n  ".join(changed)
+                + "\nRun the command it was started with, on its inputs as they were, to "
+                "continue it; pass --overwrite to start over, or choose another --output (new "
+                "documents can make a run of their own)."
             )
         self.config = config
+
+    def _clear(self) -> None:
+        for name in (STORE_FILE, TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE):
+            for path in self.folder.glob(name + "*"):
+                path.unlink()
+
+    def _changes(self, config: dict[str, Any], inputs: Sequence[InputPrint]) -> list[str]:
+        """How `config` and `inputs` differ from the run's, one line each (inputs by file)."""
+        stored = self.store.get("config")
+        if stored is None:
+            return []
+        before = [InputPrint(**found) for found in self.store.get("inputs", [])]
+        lines = differences({**stored, "inputs": None}, {**config, "inputs": None})
+        if len(before) != len(inputs):
+            spelled = [", ".join(found.input for found in side) for side in (before, inputs)]
+            return [*lines, "inputs: {} -> {}".format(*spelled)]
+        return lines + [
+            line for old, new in zip(before, inputs, strict=True) for line in new.changes(old)
+        ]
 
     def close(self) -> None:
         self.store.close()
@@ -249,24 +332,52 @@ class Run:
         self.close()
 
     # reading
-    @property
-    def read_done(self) -> bool:
-        return bool(self.store.get("reading"))
+    def must_read(self, limit: int | None) -> bool:
+        """Whether contexts are left to read: the reading never finished, or stopped at a
+        smaller --limit than `limit` (a smaller one keeps the contexts read, and says so)."""
+        reading = self.store.get("reading")
+        if reading is None:
+            return True
+        if limit is not None and limit < reading["contexts"]:
+            log.warning(
+                "%s holds %d contexts, more than --limit %d: it keeps them all (--overwrite "
+                "starts over with %d)",
+                self.folder,
+                reading["contexts"],
+                limit,
+                limit,
+            )
+        return not reading["complete"] and (limit is None or limit > reading["contexts"])
 
-    def read(self, contexts: Iterator[Context], summary: Summary, config: RunConfig) -> None:
-        """Save every context with its planned requests, in batches; the reading's counts are
-        saved last, which marks the reading done (an unfinished reading starts over)."""
+    def read(
+        self,
+        contexts: Iterator[Context],
+        summary: Summary,
+        config: RunConfig,
+        limit: int | None = None,
+    ) -> None:
+        """Save every context past those of the last reading with their planned requests, in
+        batches; the reading's counts are saved last, which marks it done (contexts of a
+        reading that did not finish are dropped when the run is opened)."""
         with writing(self.folder):
-            self.store.clear_plan()
+            kept = self.store.get("reading", {}).get("contexts", 0)
             batch: list[Context] = []
-            for context in contexts:
+            for number, context in enumerate(contexts):
+                if number < kept:
+                    continue
                 batch.append(context)
                 if len(batch) == CONTEXT_BATCH:
                     self._save_contexts(batch, config)
                     batch = []
             self._save_contexts(batch, config)
             self.store.put(
-                "reading", {"documents": summary.documents, "skipped": dict(summary.skipped)}
+                "reading",
+                {
+                    "documents": summary.documents,
+                    "skipped": dict(summary.skipped),
+                    "contexts": summary.contexts,
+                    "complete": limit is None or summary.contexts < limit,
+                },
             )
 
     def _save_contexts(self, contexts: list[Context], config: RunConfig) -> None:
@@ -509,15 +620,21 @@ def read_contexts(
     exclude: Sequence[str] = (),
     limit: int | None = None,
 ) -> Iterator[Context]:
-    """Contexts from the inputs, read and chunked lazily, at most `limit`. Documents, contexts,
-    their tokens and skips by reason are counted in `summary`, and every Skip is written to the
-    file `skipped` as a JSON line; BonitoError when no context comes out."""
+    """Contexts from the inputs, read and chunked lazily, at most `limit`: the reading stops
+    where the next context would start, so the skips before it are reached too. Documents
+    reached, contexts, their tokens and skips by reason are counted in `summary`, and every
+    Skip is written to the file `skipped` as a JSON line; BonitoError when no context comes
+    out."""
     if limit is not None and limit < 1:
         raise BonitoError(f"--limit must be at least 1, got {limit}.")
     documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
+    reached = Reached(summary)
     first_skip = None
     with skipped.open("w", encoding="utf-8") as file:
-        for item in chunker.chunk(_counted(documents, summary)):
+        for item in chunker.chunk(reached.pulled(documents)):
+            if isinstance(item, Context) and summary.contexts == limit:
+                return
+            reached.reach(item)
             if isinstance(item, Skip):
                 first_skip = first_skip or item
                 summary.skipped[item.reason] += 1
@@ -526,8 +643,6 @@ def read_contexts(
             summary.contexts += 1
             summary.context_tokens += item.tokens
             yield item
-            if summary.contexts == limit:
-                return
     if not summary.contexts:
         where = ", ".join(map(str, inputs))
         raise BonitoError(
@@ -541,11 +656,25 @@ def read_contexts(
         )
 
 
-def _counted(documents, summary: Summary) -> Iterator[Document | Skip]:
-    for item in documents:
-        if isinstance(item, Document):
-            summary.documents += 1
-        yield item
+class Reached:
+    """Counts a document in `summary` when the chunker's output reaches it, not when the
+    chunker reads it: it reads ahead in batches, and documents read ahead of a --limit were
+    not used. Every document gives at least one context or Skip, with its id."""
+
+    def __init__(self, summary: Summary) -> None:
+        self.summary, self.waiting = summary, deque()
+
+    def pulled(self, items: Iterable[Document | Skip]) -> Iterator[Document | Skip]:
+        for item in items:
+            if isinstance(item, Document):
+                self.waiting.append(item.id)
+            yield item
+
+    def reach(self, item: Context | Skip) -> None:
+        source = item.document if isinstance(item, Context) else item.source
+        if self.waiting and self.waiting[0] == source:
+            self.waiting.popleft()
+            self.summary.documents += 1
 
 
 def status(folder: Path) -> dict[str, str]:

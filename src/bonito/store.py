@@ -141,11 +141,13 @@ class RunStore:
         )
 
     # contexts and requests
-    def clear_plan(self) -> None:
-        """Forget contexts and requests (a reading that did not finish starts over)."""
+    def drop_contexts(self, first: int) -> None:
+        """Forget the contexts from id `first` on and their requests (a reading that did not
+        finish starts again from where the last one that did ended; nothing of them has been
+        generated)."""
         with self.transaction():
-            for table in ("tasks", "completions", "requests", "contexts"):
-                self.db.execute(f"DELETE FROM {table}")
+            self.db.execute("DELETE FROM requests WHERE context_id >= ?", (first,))
+            self.db.execute("DELETE FROM contexts WHERE id >= ?", (first,))
 
     def add_contexts(
         self,

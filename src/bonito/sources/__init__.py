@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -214,34 +216,90 @@ def _wanted(relative: str, include: Sequence[str], exclude: Sequence[str]) -> bo
     return (not include or any(matches)) and not excluded
 
 
-def fingerprint(inputs: Sequence[str | Path]) -> list[dict[str, object]]:
-    """What each input is now: a local file or folder as its size and a hash of its files'
-    names and bytes (a changed, added or removed file changes it; hidden ones, which are not
-    read, do not), a hub id as itself."""
+@dataclass(frozen=True)
+class InputPrint:
+    """What an input is now: a hub dataset id (`files` None), or the files of a local file or
+    folder that reading sees, each by its path inside the input (a file: its name) as
+    [size, blake2b of its bytes]. Two prints of the same files are equal however the input's
+    path is spelled."""
+
+    input: str
+    files: dict[str, list] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The input, its size and one hash of all its files (a hub id: the id alone)."""
+        if self.files is None:
+            return {"input": self.input, "hub": True}
+        digest = hashlib.blake2b(json.dumps(self.files, sort_keys=True).encode(), digest_size=16)
+        size = sum(size for size, _ in self.files.values())
+        return {"input": self.input, "bytes": size, "blake2b": digest.hexdigest()}
+
+    def changes(self, before: InputPrint) -> list[str]:
+        """What changed since `before`, one line per file: `corpus/b.md was added`."""
+        if self.files is None or before.files is None:
+            same = (self.input, self.files) == (before.input, before.files)
+            return [] if same else [f"inputs: {before.input} -> {self.input}"]
+        old, new = before.files, self.files
+        changed = {
+            **{name: "removed" for name in old.keys() - new.keys()},
+            **{name: "added" for name in new.keys() - old.keys()},
+            **{name: "modified" for name in old.keys() & new.keys() if old[name] != new[name]},
+        }
+        return [f"{Path(self.input) / name} was {how}" for name, how in sorted(changed.items())]
+
+
+def fingerprint(
+    inputs: Sequence[str | Path], *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[dict[str, object]]:
+    """What each input is now, compactly (see InputPrint.to_dict)."""
+    return [found.to_dict() for found in input_prints(inputs, include=include, exclude=exclude)]
+
+
+def input_prints(
+    inputs: Sequence[str | Path], *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[InputPrint]:
+    """What each input is now: the files `read_documents` would read with the same `include`
+    and `exclude` (hidden and excluded ones left out), each hashed, or a hub id as itself."""
     prints = []
     for item in map(str, inputs):
         path = Path(item).expanduser()
         if not path.exists():
-            prints.append({"input": item, "hub": True})
-            continue
-        files = sorted(_visible_files(path)) if path.is_dir() else [path]
-        digest, size = hashlib.blake2b(digest_size=16), 0
-        for file in files:
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-            try:
-                with file.open("rb") as handle:
-                    while block := handle.read(1 << 20):
-                        digest.update(block)
-                        size += len(block)
-            except OSError as error:  # the reading reports it; the print still changes
-                digest.update(f"unreadable: {error.strerror}".encode())
-        prints.append({"input": item, "bytes": size, "blake2b": digest.hexdigest()})
+            prints.append(InputPrint(item))
+        elif path.is_dir() and not is_saved_dataset(path):
+            files = [
+                file
+                for found in _walk(path, include, exclude)
+                if not isinstance(found, Skip)  # the reading reports it
+                for file in ([found] if found.is_file() else _visible_files(found))
+            ]
+            prints.append(InputPrint(item, _hashed(path, files)))
+        elif path.is_dir():
+            prints.append(InputPrint(item, _hashed(path, _visible_files(path))))
+        else:
+            prints.append(InputPrint(item, _hashed(path, [path])))
     return prints
+
+
+def _hashed(folder: Path, files: Iterable[Path]) -> dict[str, list]:
+    """Each file by its path inside `folder` ("." for the file `folder` itself), as [size,
+    blake2b of its bytes]."""
+    hashed = {}
+    for file in files:
+        digest, size = hashlib.blake2b(digest_size=16), 0
+        try:
+            with file.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+        except OSError as error:  # the reading reports it; the print still changes
+            digest.update(f"unreadable: {error.strerror}".encode())
+        hashed[file.relative_to(folder).as_posix()] = [size, digest.hexdigest()]
+    return hashed
 
 
 def _visible_files(folder: Path) -> Iterator[Path]:
     """Files under `folder` that reading could see: none hidden, none in a hidden folder."""
-    for path in folder.rglob("*"):
+    for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).parts
         if path.is_file() and not any(part.startswith(".") for part in relative):
             yield path
@@ -250,10 +308,12 @@ def _visible_files(folder: Path) -> Iterator[Path]:
 __all__ = [
     "SUFFIXES",
     "Document",
+    "InputPrint",
     "Skip",
     "check_input",
     "check_inputs",
     "fingerprint",
+    "input_prints",
     "is_hub_id",
     "read_documents",
 ]

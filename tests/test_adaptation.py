@@ -4,6 +4,7 @@ from a checkpoint and refuses other settings, continued pretraining on passage c
 whole loop on slices of PubMedQA and ContractNLI with the tiny model as generator and target.
 The tiny model's scores mean nothing: these tests check mechanics, not gains."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -297,6 +298,17 @@ def test_finetune_refuses_nonsense_training_values(
     assert isinstance(result.exception, BonitoError)
     assert message in str(result.exception)
     assert not (tmp_path / "ft").exists()
+
+
+def test_an_optimizer_that_cannot_run_here_is_one_sentence(run_folder, tiny_model, tmp_path):
+    if importlib.util.find_spec("torch_xla"):
+        pytest.skip("torch_xla is installed here: adamw_torch_xla can run")
+    args = finetune_args(run_folder, tiny_model, tmp_path / "ft", "--optimizer", "adamw_torch_xla")
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, BonitoError)
+    assert str(result.exception).startswith(
+        "The optimizer adamw_torch_xla cannot run here (Trainer failed to import syncfree AdamW"
+    )
 
 
 def test_finetune_logs_the_last_step_and_writes_a_model_card(run_folder, tiny_model, tmp_path):

@@ -122,6 +122,18 @@ def check_optimizer(name: str) -> None:
         )
 
 
+def check_optimizer_runs(arguments: TrainingArguments, model: torch.nn.Module) -> None:
+    """Refuse an optimizer that cannot run here (its package missing, its device absent)."""
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(arguments, model)
+    except (ImportError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise BonitoError(
+            f"The optimizer {arguments.optim.value} cannot run here ({reason}); choose another "
+            "--optimizer (adamw_torch runs everywhere)."
+        ) from error
+
+
 @dataclass
 class Examples:
     """Tokenized pairs ready for the trainer, and the pairs skipped (by reason) on the way."""
@@ -433,6 +445,7 @@ def fine_tune(
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
     )
+    check_optimizer_runs(arguments, model)
     progress = Progress(description)
     trainer = Trainer(
         model=model,

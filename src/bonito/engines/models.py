@@ -43,7 +43,7 @@ def check_cuda(device: str, index: int) -> None:
         )
     found = torch.cuda.device_count()
     if index >= found:
-        instead = f"cuda:0 to cuda:{found - 1}" if found else "--device cpu"
+        instead = {0: "--device cpu", 1: "cuda:0"}.get(found, f"cuda:0 to cuda:{found - 1}")
         raise BonitoError(
             f"--device {device}: this machine has no CUDA device {index}; use {instead}."
         )

@@ -4,6 +4,7 @@ from a checkpoint and refuses other settings, continued pretraining on passage c
 whole loop on slices of PubMedQA and ContractNLI with the tiny model as generator and target.
 The tiny model's scores mean nothing: these tests check mechanics, not gains."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -318,3 +319,71 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     assert "those tasks were kept (--keep-contaminated)" in (output / "results.md").read_text()
     bonito = json.loads((output / "evaluations" / "bonito.json").read_text())
     assert bonito["settings"]["training"]["recipe"]["max_steps"] == 3
+
+
+# --- mistakes and what a training leaves --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-steps", "0"], "max_steps (--max-steps) must be at least 1, got 0"),
+        (["--optimizer", "nonsense"], "Unknown optimizer 'nonsense'; use a transformers optimizer"),
+    ],
+)
+def test_finetune_refuses_nonsense_training_values(
+    run_folder, tiny_model, tmp_path, extra, message
+):
+    result = runner.invoke(app, finetune_args(run_folder, tiny_model, tmp_path / "ft", *extra))
+    assert isinstance(result.exception, BonitoError)
+    assert message in str(result.exception)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_an_optimizer_that_cannot_run_here_is_one_sentence(run_folder, tiny_model, tmp_path):
+    if importlib.util.find_spec("torch_xla"):
+        pytest.skip("torch_xla is installed here: adamw_torch_xla can run")
+    args = finetune_args(run_folder, tiny_model, tmp_path / "ft", "--optimizer", "adamw_torch_xla")
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, BonitoError)
+    assert str(result.exception).startswith(
+        "The optimizer adamw_torch_xla cannot run here (Trainer failed to import syncfree AdamW"
+    )
+
+
+def test_finetune_logs_the_last_step_and_writes_a_model_card(run_folder, tiny_model, tmp_path):
+    output = tmp_path / "adapter"
+    args = finetune_args(run_folder, tiny_model, output, "--max-steps", "3", "--save-steps", "0")
+    result = runner.invoke(app, [*args, "--logging-steps", "10"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert [step for step, _ in summary["train_loss"]] == [1, 3]
+    last = summary["train_loss"][-1][1]
+    assert f"-> {last:.4f}" in result.output
+
+    card = (output / "README.md").read_text()
+    assert "More Information Needed" not in card
+    assert f'base_model: "{tiny_model}"' in card and "library_name: peft" in card
+    assert f"{summary['pairs']['train']} tasks from `{run_folder}`" in card
+    store = RunStore(run_folder / "run.sqlite", readonly=True)
+    kinds = {t["task_type"] for t in store.tasks(("accepted",))}
+    store.close()
+    assert kinds and all(f"| {kind} | " in card for kind in kinds)
+    assert f"bonito evaluate --model {tiny_model} --adapter {output} --data" in card
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{output}")' in card
+    assert "| lora_r | 8 |" in card and "3 optimizer steps" in card
+
+
+def test_adapt_refuses_a_bad_device_before_any_stage(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(adaptation, "generate_run", None)
+    labelled = tmp_path / "labelled.jsonl"
+    record = {"context": "Cats purr.", "question": "Do cats purr?", "choices": ["Yes", "No"]}
+    labelled.write_text(json.dumps(record | {"label": 0}) + "\n")
+    args = [
+        "adapt", "--unlabelled", str(ROOT / "examples" / "passages.jsonl"),
+        "--labelled", str(labelled), "-t", "ynqa", "--base-model", str(tiny_model),
+        "--generator", str(tiny_model), "-o", str(tmp_path / "adapted"), "--device", "tpu",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, BonitoError)
+    assert str(result.exception) == "--device tpu is not a device; use cpu, cuda, cuda:N or mps."

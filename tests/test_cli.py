@@ -369,3 +369,144 @@ def test_generate_refuses_a_folder_that_holds_something_else(
     for out in (inputs / "empty", inputs / "left"):
         code, _, err = run_cli([*args, "--max-tokens", 16, "--output", out], capsys, monkeypatch)
         assert code == 0, err
+
+
+# --- output paths and devices: one sentence each, before any work ---------------------------
+
+
+@pytest.fixture
+def blocked(tmp_path):
+    """A file where a folder is wanted, and (where chattr works) an immutable folder, which even
+    root cannot write in."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    immutable = tmp_path / "immutable"
+    immutable.mkdir()
+    made = subprocess.run(["chattr", "+i", str(immutable)], capture_output=True).returncode == 0
+    yield afile, immutable if made else None
+    if made:
+        subprocess.run(["chattr", "-i", str(immutable)], check=True)
+
+
+@pytest.fixture
+def small_inputs(tmp_path):
+    """A passage file, an export-like tasks file and a labelled yes-no file."""
+    (tmp_path / "p.jsonl").write_text(json.dumps({"text": PASSAGES[0]}) + "\n")
+    task = {"input": f"{PASSAGES[0]}\nIs the museum open?", "output": "Yes"}
+    (tmp_path / "tasks.jsonl").write_text(json.dumps(task) + "\n")
+    labelled = {"context": PASSAGES[0], "question": "Open?", "choices": ["Yes", "No"], "label": 0}
+    (tmp_path / "labelled.jsonl").write_text(json.dumps(labelled) + "\n")
+    return tmp_path
+
+
+OUTPUT_COMMANDS = {
+    "chunk": lambda m, i, o: ["chunk", i / "p.jsonl", "--model", m, "-o", o / "ctx.jsonl"],
+    "generate": lambda m, i, o: [
+        "generate",
+        i / "p.jsonl",
+        "-t",
+        "ynqa",
+        "--model",
+        m,
+        "-o",
+        o / "r",
+    ],
+    "tiny-model": lambda m, i, o: ["tiny-model", o / "tiny"],
+    "finetune": lambda m, i, o: ["finetune", i / "tasks.jsonl", "--base-model", m, "-o", o / "f"],
+    "evaluate": lambda m, i, o: [
+        "evaluate",
+        "--model",
+        m,
+        "--data",
+        i / "labelled.jsonl",
+        "-t",
+        "ynqa",
+        "-o",
+        o / "s.json",
+    ],  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
+    tiny_model, small_inputs, blocked, command, capsys, monkeypatch
+):
+    import bonito.evaluation
+
+    monkeypatch.setattr(bonito.evaluation, "evaluate_model", None)  # checked before evaluating
+    afile, immutable = blocked
+    option = "path" if command == "tiny-model" else "--output"
+    args = OUTPUT_COMMANDS[command](tiny_model, small_inputs, afile)
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert (
+        f"Cannot write in {afile}: it is a file, not a folder; choose a writable {option}." in err
+    )
+    if immutable is None:
+        pytest.skip("chattr +i does not work here: the unwritable folder is not tried")
+    args = OUTPUT_COMMANDS[command](tiny_model, small_inputs, immutable)
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert f"Cannot write in {immutable}: permission denied; choose a writable {option}." in err
+    assert "disk space" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "finetune", "tiny-model"])
+def test_a_file_given_for_an_output_folder_is_one_sentence(
+    tiny_model, small_inputs, blocked, command, capsys, monkeypatch
+):
+    afile = blocked[0]
+    args = {
+        "generate": ["generate", small_inputs / "p.jsonl", "-t", "ynqa", "--model", tiny_model],
+        "finetune": ["finetune", small_inputs / "tasks.jsonl", "--base-model", tiny_model],
+        "tiny-model": ["tiny-model"],
+    }[command]
+    named = f"{afile}" if command == "tiny-model" else f"--output {afile}"
+    code, _, err = run_cli(
+        [*args, *(["-o"] if command != "tiny-model" else []), afile], capsys, monkeypatch
+    )
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {named} is a file; give a folder.\n" == err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "{p}", "-t", "ynqa", "--device", "tpu"], "--device tpu is not a device"),
+        (["generate", "{p}", "-t", "ynqa", "--device", "cuda"], "--device cuda: this PyTorch"),
+        (
+            ["evaluate", "--data", "{labelled}", "-t", "ynqa", "--device", "cuda"],
+            "--device cuda: this PyTorch has no CUDA (a CPU build); use --device cpu.",
+        ),
+        (
+            ["evaluate", "--data", "{labelled}", "-t", "ynqa", "--device", "cuda:x"],
+            "--device cuda:x is not a device; use cpu, cuda, cuda:N or mps.",
+        ),
+        (
+            [
+                "generate",
+                "{p}",
+                "-t",
+                "ynqa",
+                "--engine",
+                "transformers",
+                "--engine-arg",
+                "dtype=float64x",
+            ],
+            "Unknown dtype 'float64x'; use one of auto, bfloat16, float16, float32.",
+        ),  # fmt: skip
+    ],
+)
+def test_a_bad_device_or_dtype_is_one_sentence(
+    tiny_model, small_inputs, args, message, capsys, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)  # a CPU build anywhere
+    paths = {"p": small_inputs / "p.jsonl", "labelled": small_inputs / "labelled.jsonl"}
+    args = [a.format(**paths) for a in args]
+    option = "--base-model" if args[0] == "finetune" else "--model"
+    args += [option, tiny_model] + (["-o", small_inputs / "run"] if args[0] == "generate" else [])
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert message in err

@@ -498,3 +498,67 @@ def test_cli_build(toy, tmp_path):
     assert rows == [asdict(pair) for pair in expected]
     result = CliRunner().invoke(app, ["ctga", "build", *args[2:6], "-o", str(out)])
     assert isinstance(result.exception, BonitoError)
+
+
+def test_the_first_render_error_and_missing_field_are_kept(toy, tmp_path):
+    _, summary = everything(toy)
+    first = summary.first["render_error"]
+    assert first.startswith("row ") and " of toyqa fails template 'broken' (" in first
+    assert "'nothing_here' is undefined" in first
+
+    templates, annotations, spec, rows = toy
+    data = write_jsonl(tmp_path / "other.jsonl", rows[:2])
+    summary = Summary()
+    other = DatasetSpec("toyqa", str(data), "text")
+    assert list(build_ctga([other], templates, annotations, summary=summary)) == []
+    assert summary.first["missing_field"].endswith(
+        "has no field 'text' (it has: passage, question, label, title)"
+    )
+
+
+def test_an_answer_field_of_the_wrong_shape_is_named(tmp_path):
+    """squad's templates read answers['text']; a row whose answers is a plain list fails them
+    with a later, obscure error unless the undefined value is named."""
+    (tmp_path / "t" / "sq").mkdir(parents=True)
+    (tmp_path / "t" / "sq" / "templates.yaml").write_text(
+        "dataset: sq\ntemplates:\n  a: !Template\n    id: a\n    name: answer\n    jinja: "
+        "\"{{context}} {{question}} ||| {{answers['text'] | most_frequent | choice}}\"\n",
+        encoding="utf-8",
+    )
+    annotations = write_csv(tmp_path / "a.csv", [("sq", "", "answer", "exqa")])
+    row = {"context": "Cats purr.", "question": "What do cats do?", "answers": ["purr"]}
+    spec = DatasetSpec("sq", str(write_jsonl(tmp_path / "sq.jsonl", [row])), "context")
+    summary = Summary()
+    assert list(build_ctga([spec], tmp_path / "t", annotations, summary=summary)) == []
+    assert summary.first["render_error"] == (
+        "row 0 of sq fails template 'answer' ('list object' has no attribute 'text')"
+    )
+    error = str(summary.nothing_made())
+    assert error.startswith("No pair was made (skipped: render_error 1): row 0 of sq fails")
+    assert "the hub dataset they were written for (docs/ctga.md)." in error
+
+
+def test_cli_build_that_makes_nothing_fails_and_writes_no_file(toy, tmp_path):
+    from typer.testing import CliRunner
+
+    from bonito.cli import app
+
+    templates, annotations, spec, _ = toy
+    out = tmp_path / "pairs.jsonl"
+    args = ["ctga", "build", "--templates", str(templates), "--annotations", str(annotations)]
+    result = CliRunner().invoke(app, [*args, "--dataset", f"toyqa={spec.source}:text", "-o", out])
+    assert isinstance(result.exception, BonitoError)
+    message = str(result.exception)
+    assert message.startswith("No pair was made (skipped: missing_field 12, ")
+    assert "has no field 'text' (it has: passage, question, label, title)" in message
+    assert message.endswith("(--dataset NAME=SOURCE:FIELD).")
+    assert not out.exists()
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    result = CliRunner().invoke(
+        app, [*args, "--dataset", f"toyqa={spec.source}:passage", "-o", afile / "p.jsonl"]
+    )
+    assert str(result.exception) == (
+        f"Cannot write in {afile}: it is a file, not a folder; choose a writable --output."
+    )

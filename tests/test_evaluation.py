@@ -239,6 +239,35 @@ def test_converter_errors_and_options(tmp_path):
         load_examples(tmp_path / "missing.jsonl", "ynqa")
 
 
+@pytest.mark.parametrize(
+    ("record", "task", "advice"),
+    [
+        (
+            {"id": "1", "context": "T.", "question": "Does it?", "final_decision": "yes"},
+            "ynqa",
+            "(it looks like pubmedqa data: use --data-format pubmedqa).",
+        ),
+        (
+            {"id": "1", "premise": "T.", "hypothesis": "It is.", "label": "entailment"},
+            "ynqa",
+            "(it looks like contractnli data: use --data-format contractnli -t nli).",
+        ),
+        (
+            {"id": "1", "evidence": "T.", "claim": "It is.", "label": "SUPPORTS"},
+            "nli",
+            "(it looks like vitaminc data: use --data-format vitaminc).",
+        ),
+        ({"id": "1", "text": "T."}, "ynqa", "(see the schema in docs/evaluation.md, or name"),
+    ],
+)
+def test_a_known_sets_own_format_is_named(tmp_path, record, task, advice):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(BonitoError) as raised:
+        load_examples(path, task)
+    assert advice in str(raised.value)
+
+
 def test_template_selection():
     assert len(select_templates("nli")) == 5
     assert [t.name for t in select_templates("exqa", "q_a, extract")] == ["q_a", "extract"]

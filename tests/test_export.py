@@ -417,7 +417,10 @@ def mistakes(run: Path, tmp: Path) -> list[tuple[list, str]]:
         (["export", run, "-o", tmp / "file"], "is a file"),
         (["export", run, "-o", run, "--overwrite"], "--output is the run folder"),
         (["export", run, "-o", out, "--push-to-hub", "no such//repo"], "is not a hub repo id"),
-        (["export", run, "-o", tmp / "file" / "out"], "Cannot write"),
+        (
+            ["export", run, "-o", tmp / "file" / "out"],
+            f"Cannot write in {tmp / 'file'}: it is a file, not a folder; choose a writable",
+        ),
         (["export", run, "-o", out, "--decontaminate", tmp / "none.jsonl"], "Cannot read the"),
         (["export", run, "-o", out, "--decontaminate", tmp / "file"], "holds no run of 13 words"),
     ]

@@ -111,7 +111,10 @@ def test_default_output_and_mistakes(run, tmp_path, capsys, monkeypatch):
         (["report", tmp_path], "is not a bonito run (it has no run.sqlite)"),
         (["report", run, "--sample", 0], "--sample must be at least 1"),
         (["report", run, "-o", tmp_path], "is a folder; give the HTML file to write"),
-        (["report", run, "-o", run / "run.sqlite" / "r.html"], "Cannot write"),
+        (
+            ["report", run, "-o", run / "run.sqlite" / "r.html"],
+            f"Cannot write in {run / 'run.sqlite'}: it is a file, not a folder; choose a writable",
+        ),
     ]:
         code, _, err = run_cli(args, capsys, monkeypatch)
         assert code == 1 and message in err and "Traceback" not in err, (args, err)

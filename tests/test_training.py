@@ -404,6 +404,46 @@ def test_a_different_training_in_the_same_folder_is_refused(trained, workspace, 
     assert "recipe.learning_rate: 0.003 -> 0.001" in str(result.exception)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--held-out", "-1"], "--held-out must be at least 0, got -1."),
+        (["--eval-generations", "-2"], "--eval-generations must be at least 0, got -2."),
+        (["--max-steps", "0"], "max_steps (--max-steps) must be at least 1, got 0."),
+        (["--full", "--merged"], "--merged folds LoRA adapters into their base, and --full"),
+        (["--optimizer", "nonsense"], "Unknown optimizer 'nonsense'"),
+    ],
+)
+def test_nonsense_training_values_are_refused(workspace, fresh_base, tmp_path, extra, message):
+    result = runner.invoke(app, train_args(workspace["pairs"], fresh_base, tmp_path / "g", *extra))
+    assert isinstance(result.exception, BonitoError)
+    assert message in str(result.exception)
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_short_training_logs_its_last_step_and_writes_a_model_card(
+    workspace, fresh_base, tmp_path
+):
+    output = tmp_path / "generator"
+    args = train_args(workspace["pairs"], fresh_base, output, "--max-steps", "3", "--lora-r", "4")
+    result = runner.invoke(app, [*args, "--held-out", "0", "--save-steps", "0"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert [step for step, _ in summary["train_loss"]] == [1, 3]  # --logging-steps 10
+
+    card = (output / "README.md").read_text()
+    assert "More Information Needed" not in card
+    assert "A bonito generator" in card and f'base_model: "{fresh_base}"' in card
+    pairs = load_pairs(str(workspace["pairs"]))
+    assert f"{len(pairs)} ctga pairs from `{workspace['pairs']}`" in card
+    for kind in {p.task_type for p in pairs}:
+        count = sum(p.task_type == kind for p in pairs)
+        assert f"| {kind} | {count} |" in card
+    assert f"--model {output}" in card and "bonito generate" in card
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{output}")' in card
+    assert "| lora_r | 4 |" in card and "3 optimizer steps, train loss" in card
+
+
 def test_unknown_task_types_in_pairs_need_a_declaration(tmp_path, fresh_base):
     data = tmp_path / "pairs.jsonl"
     source = "<|tasktype|>\nrecipe writing\n<|context|>\nFlour.\n<|task|>\n"

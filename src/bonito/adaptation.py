@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from bonito.chunking import Chunker
 from bonito.ctga import read_rows
 from bonito.decontamination import Decontamination, EvaluationData, overlapping_tasks
 from bonito.engines import Engine, load_engine
+from bonito.engines.models import resolve_device
 from bonito.errors import BonitoError
 from bonito.evaluation import evaluate_model, load_examples, select_templates, target_prompt
 from bonito.evaluation.evaluate import check_options
@@ -31,6 +33,7 @@ from bonito.evaluation.labelled import evaluation_task
 from bonito.evaluation.metrics import metric_name
 from bonito.evaluation.prompts import check_prompt_format
 from bonito.generation import Summary
+from bonito.outputs import output_folder
 from bonito.run import SKIPPED_FILE, Budgets, Outcome, RunConfig, generate_run, read_contexts
 from bonito.sources import fingerprint as input_fingerprint
 from bonito.store import STORE_FILE, RunStore
@@ -48,6 +51,7 @@ from bonito.training import (
     read_json,
     tokenize,
     write_json,
+    write_model_card,
 )
 
 TARGET_RECIPE = Recipe(lora_alpha=16.0)
@@ -70,17 +74,22 @@ def load_tasks(tasks: str | Path, split: str = "train") -> list[tuple[str, str]]
     saved), or an export (a folder of `bonito export`, a JSONL/JSON/CSV/Parquet file, a saved
     dataset or a hub id; its `split`) whose rows hold `input` and `output`, an alpaca
     `instruction`, or a user and an assistant turn in `messages` (or `conversations`)."""
+    rows, source = task_rows(tasks, split)
+    return [task_pair(row, number, source) for number, row in enumerate(rows, 1)]
+
+
+def task_rows(tasks: str | Path, split: str = "train") -> tuple[list[dict[str, Any]], str]:
+    """The rows of `tasks` (see `load_tasks`) and the file or folder they were read from."""
     path = Path(tasks)
     if (path / STORE_FILE).is_file():
         store = RunStore(path / STORE_FILE, readonly=True)
         try:
-            return [(task["input"], task["output"]) for task in store.tasks(("accepted",))]
+            return list(store.tasks(("accepted",))), str(path)
         finally:
             store.close()
     files = [path / f"{split}.{suffix}" for suffix in ("jsonl", "parquet")]
     source = str(next((file for file in files if file.is_file()), tasks))
-    rows = read_rows(source, split=split)
-    return [task_pair(row, number, source) for number, row in enumerate(rows, 1)]
+    return list(read_rows(source, split=split)), source
 
 
 def task_pair(row: dict[str, Any], number: int, source: str | Path) -> tuple[str, str]:
@@ -110,6 +119,12 @@ def check_pairs(pairs: Sequence[tuple[str, str]], tasks: str | Path) -> None:
             f"There are no tasks to fine-tune on in {tasks}: generate more (more passages or a "
             "higher --max-tasks; `bonito report` shows why samples were rejected)."
         )
+
+
+def task_type_counts(tasks: str | Path, split: str = "train") -> dict[str, int]:
+    """How many of the tasks (see `load_tasks`) each task type has, where the rows say."""
+    rows, _ = task_rows(tasks, split)
+    return dict(Counter(row["task_type"] for row in rows if row.get("task_type")))
 
 
 def paper_steps(recipe: Recipe, pairs: int) -> Recipe:
@@ -161,7 +176,7 @@ def finetune(
         output,
         recipe or TARGET_RECIPE,
         settings={},
-        facts={"tasks": str(tasks)},
+        facts={"tasks": str(tasks), "task_types": task_type_counts(tasks, split)},
         prompt_format=prompt_format,
         overwrite=overwrite,
         retrain=retrain,
@@ -188,7 +203,7 @@ def continued_pretraining(
     and listed in output/skipped.jsonl."""
     output, recipe = Path(output), recipe or TARGET_RECIPE
     max_tokens = max_tokens or recipe.max_target_tokens - 1
-    output.mkdir(parents=True, exist_ok=True)
+    output_folder(output)
     chunks, read = passage_chunks(inputs, base_model, max_tokens, output / SKIPPED_FILE, reading)
     kept = [chunk for chunk in chunks if not (leave_out and leave_out.overlaps(chunk))]
     passages = {
@@ -282,7 +297,48 @@ def train_target(
         **history,
     }
     write_json(output / SUMMARY_FILE, summary)
+    target_card(output, base_model, recipe, summary, prompt_format)
     return summary
+
+
+def target_card(
+    output: Path,
+    base_model: str,
+    recipe: Recipe,
+    summary: dict[str, Any],
+    prompt_format: str | None,
+) -> None:
+    """The model card of a target model trained on tasks (or, without a prompt format, on
+    passages): what it is, the data, and how `bonito evaluate` scores it."""
+    trained = summary["pairs"]["train"]
+    skipped = json.dumps(summary["pairs"]["skipped"]) if summary["pairs"]["skipped"] else "none"
+    if prompt_format is None:
+        passages = summary["passages"]
+        about = (
+            f"`{base_model}` continued-pretrained on passages of a domain by next-word prediction "
+            "(the TAPT baseline of the Bonito paper), by `bonito adapt --baseline tapt`."
+        )
+        pieces = f"{trained} passage pieces from {passages['documents']} documents"
+        data = [f"{pieces}; skipped {skipped}."]
+    else:
+        about = (
+            f"`{base_model}` adapted to a domain as the Bonito paper does: fine-tuned by `bonito "
+            "finetune` on instruction-tuning tasks a bonito generator wrote from the domain's "
+            f"unannotated passages, each input in the {prompt_format} prompt format and the "
+            "loss on the output only."
+        )
+        kinds = sorted(summary.get("task_types", {}).items(), key=lambda k: (-k[1], k[0]))
+        data = [
+            f"{trained} tasks from `{summary['tasks']}`; skipped {skipped}.",
+            *(["", "| task type | tasks |", "|---|---:|"] if kinds else []),
+            *(f"| {name} | {count} |" for name, count in kinds),
+        ]
+    model = f"{base_model} --adapter {output}" if recipe.lora_r is not None else str(output)
+    use = (
+        f"bonito evaluate --model {model} --data LABELLED.jsonl -t TASK_TYPE "
+        f"--prompt-format {prompt_format or 'input-output'}"
+    )
+    write_model_card(output, base_model, recipe, summary, about=about, data=data, use=use)
 
 
 # --- the adapt loop ---------------------------------------------------------------------------
@@ -303,6 +359,7 @@ class Benchmark:
     def check(self, prompt_format: str) -> None:
         """Fail now on what would fail the evaluations after the trainings."""
         check_options(prompt_format, self.batch_size)
+        resolve_device(self.device)
         self.settings()  # the task type and templates
         load_examples(self.data, evaluation_task(self.task_type), self.data_format, self.limit)
 
@@ -356,6 +413,7 @@ def adapt(
         raise BonitoError(f"Unknown baseline '{baseline}'; use tapt, or no baseline.")
     benchmark.check(prompt_format)
     labelled = benchmark.evaluation_data()
+    output_folder(output)
 
     def load() -> Engine:
         return load_engine(generation.model, engine, **(engine_options or {}))

@@ -103,14 +103,13 @@ def chunk(
     """Show what `generate` would send, without running the model: write the contexts to OUTPUT
     (JSON Lines) and every skipped input to skipped.jsonl beside it."""
     from bonito.generation import Summary
+    from bonito.outputs import output_file
     from bonito.run import check_strict
     from bonito.sources import check_inputs
 
-    if output.is_dir():
-        raise BonitoError(f"--output {output} is a folder; give the contexts file to write.")
+    output_file(output)
     check_inputs(inputs, include or (), exclude or ())
     chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
-    output.parent.mkdir(parents=True, exist_ok=True)
     summary, skipped = Summary(), output.parent / "skipped.jsonl"
     reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
     with output.open("w", encoding="utf-8") as file:
@@ -253,6 +252,7 @@ def generate(
     tasks.jsonl, summary.json, skipped.jsonl). The same command again continues the run. A
     generator trained by `bonito train` brings its own task types."""
     from bonito.engines import load_engine
+    from bonito.engines.models import resolve_device
     from bonito.mix import TaskMix
     from bonito.run import SKIPPED_FILE, TASKS_FILE, Budgets, RunConfig, generate_run
     from bonito.task_types import load_declared_task_types
@@ -290,6 +290,8 @@ def generate(
         dedup or ("near" if checks else "off"),  # --no-checks alone: the original's output
         dedup_threshold,
     )
+    if device:
+        resolve_device(device)  # before the reading, not after it
     kwargs = _engine_kwargs(
         engine_arg,
         batch_size=batch_size,
@@ -570,8 +572,13 @@ def ctga_build(
         table.add_row(label, f"{count} pairs")
     table.add_row("task types", counts(summary.task_types) or "0")
     table.add_row("skipped", counts(summary.skipped) or "0")
+    for reason, seen in summary.first.items():
+        table.add_row(f"first {reason}", seen)
     table.add_row("written", str(written))
     Console().print(table)
+    if not written:
+        output.unlink(missing_ok=True)  # an empty file would look like a result
+        raise summary.nothing_made()
 
 
 # the training recipe's options, shared by train, finetune and adapt (defaults are each one's)
@@ -692,6 +699,7 @@ def train(
         eval_max_tokens=eval_max_tokens,
         merged=merged,
         overwrite=overwrite,
+        data=data,
     )
     counted = summary["pairs"]
     pairs_line = f"{counted['train']} train, {counted['held_out']} held out"
@@ -749,7 +757,10 @@ def evaluate(
     ranked classification (accuracy, macro-F1), exqa by greedy generation (SQuAD EM, F1)."""
     from bonito.evaluation import evaluate_model
     from bonito.evaluation.metrics import metric_name
+    from bonito.outputs import output_file
 
+    if output:
+        output_file(output)  # before the evaluation, whose scores would be lost
     result = evaluate_model(
         model,
         data,

@@ -14,10 +14,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bonito.errors import BonitoError
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
+from bonito.outputs import output_file
 from bonito.sources import check_input
 from bonito.task_types import TaskType, resolve_task_type
 
@@ -86,13 +87,45 @@ class Pair:
     row: int
 
 
+class Skipped(NamedTuple):
+    """Why a template gave no pair on a row: one of SKIP_REASONS, and what was seen."""
+
+    reason: str
+    detail: str = ""
+
+
+HINTS = {
+    "missing_field": "name the rows' passage field after the source (--dataset NAME=SOURCE:FIELD)",
+    "render_error": "give the rows the fields and shapes the templates use, those of the hub "
+    "dataset they were written for (docs/ctga.md)",
+}
+"""What to do when every row was skipped for this reason."""
+
+
 @dataclass
 class Summary:
-    """Counts of one build: pairs per dataset label and per task type, skips per reason."""
+    """Counts of one build: pairs per dataset label and per task type, skips per reason, and
+    the first skip of each reason that says more (the row's fields, the template's error)."""
 
     pairs: Counter[str] = field(default_factory=Counter)
     task_types: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, skipped: Skipped, where: str) -> None:
+        """Count a skip; keep the first of its reason, at `where`, when it says more."""
+        self.skipped[skipped.reason] += 1
+        if skipped.detail and skipped.reason not in self.first:
+            self.first[skipped.reason] = f"{where} {skipped.detail}"
+
+    def nothing_made(self) -> BonitoError:
+        """The error for a build that made no pair: the skips, the first one's details, and
+        what to do."""
+        reason = max(self.skipped, key=self.skipped.__getitem__, default=None)
+        seen = f": {self.first[reason]}" if reason in self.first else ""
+        hint = HINTS.get(reason, "check the passage field and the annotations (docs/ctga.md)")
+        skipped = ", ".join(f"{r} {n}" for r, n in self.skipped.most_common()) or "none"
+        return BonitoError(f"No pair was made (skipped: {skipped}){seen}; {hint}.")
 
     @property
     def total(self) -> int:
@@ -307,6 +340,23 @@ def render(env, template: Template, example: dict[str, Any]) -> list[str]:
     ]
 
 
+def undefined_use(template: Template, example: dict[str, Any]) -> str | None:
+    """The first use of an undefined value (a missing field, `answers['text']` on a list) in
+    rendering the template on the example, which promptsource's lenient rendering hides behind
+    a later error; None when there is none."""
+    from jinja2 import StrictUndefined, UndefinedError
+
+    strict = make_environment(random.Random(0))
+    strict.undefined = StrictUndefined
+    try:
+        render(strict, template, example)
+    except UndefinedError as error:
+        return _line(error)
+    except Exception:  # another error: the lenient render's own is the one to show
+        return None
+    return None
+
+
 def truncate(env, passage: str) -> str:
     """A passage as promptsource's `| string | truncate(2048)` leaves it."""
     return env.from_string(f"{{{{ p | string | truncate({TRUNCATION_LENGTH}) }}}}").render(
@@ -320,28 +370,31 @@ def template_pair(
     example: dict[str, Any],
     passage_field: str,
     passage_in_answer: bool = False,
-) -> tuple[str, str, str] | str:
-    """(passage, INPUT, OUTPUT) with `{{context}}` where the passage was, or a skip reason.
+) -> tuple[str, str, str] | Skipped:
+    """(passage, INPUT, OUTPUT) with `{{context}}` where the passage was, or why not.
     The passage must be in the prompt, or with `passage_in_answer` in the prompt or answer."""
     if passage_field not in example:
-        return "missing_field"
+        return Skipped(
+            "missing_field", f"has no field '{passage_field}' (it has: {', '.join(example)})"
+        )
     passage = example[passage_field]
     if not isinstance(passage, str) or not passage.strip():
-        return "not_text"
+        return Skipped("not_text")
     try:
         parts = render(env, template, {**example, passage_field: SENTINEL})
-    except Exception:  # a template's own mistakes (missing keys, bad indexes) on this row
-        return "render_error"
+    except Exception as error:  # a template's own mistakes (missing keys, bad indexes) on this row
+        cause = undefined_use(template, example) or _line(error)
+        return Skipped("render_error", f"fails template '{template.name}' ({cause})")
     if len(parts) > 2:
-        return "several_separators"
+        return Skipped("several_separators")
     prompt, answer = parts[0], parts[1] if len(parts) == 2 else ""
     if not prompt or not answer:
-        return "empty"
+        return Skipped("empty")
     if SENTINEL not in prompt and not (passage_in_answer and SENTINEL in answer):
-        return "no_passage"
+        return Skipped("no_passage")
     prompt, answer = prompt.replace(SENTINEL, PLACEHOLDER), answer.replace(SENTINEL, PLACEHOLDER)
     if PIPE in prompt or PIPE in answer:
-        return "pipe_in_text"
+        return Skipped("pipe_in_text")
     return passage, prompt, answer
 
 
@@ -497,8 +550,8 @@ def _build(plans, per_dataset, seed, options, summary, rows) -> Iterator[Pair]:
                 result = template_pair(
                     env, template, example, spec.passage_field, passage_in_answer
                 )
-                if isinstance(result, str):
-                    summary.skipped[result] += 1
+                if isinstance(result, Skipped):
+                    summary.skip(result, f"row {index} of {spec.label}")
                     continue
                 passage, prompt, answer = result
                 if truncate_passage:
@@ -536,7 +589,7 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise BonitoError(f"The output '{path}' must end in .jsonl or .parquet.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_file(path)
     count = 0
     if suffix == ".jsonl":
         with path.open("w", encoding="utf-8") as file:

@@ -26,6 +26,7 @@ from bonito import __version__
 from bonito.decontamination import Decontamination, EvaluationData, overlapping_tasks
 from bonito.errors import BonitoError
 from bonito.generation import counts
+from bonito.outputs import writable
 from bonito.run import status
 from bonito.sampling import derive_seed
 from bonito.sources import is_hub_id
@@ -600,17 +601,6 @@ def loading_snippet(format_name: str, where: str, hub: bool) -> list[str]:
             'trainer = SFTTrainer(model="your/model", train_dataset=dataset["train"])',
         ]
     return [*lines, "```"]
-
-
-@contextmanager
-def writable(path: Path) -> Iterator[None]:
-    """Turn a full disk or a read-only folder into one clear error."""
-    try:
-        yield
-    except OSError as error:
-        raise BonitoError(
-            f"Cannot write {path} ({error}); free some disk space or choose a writable --output."
-        ) from error
 
 
 def check_output(folder: Path, run: Path, overwrite: bool) -> None:

@@ -35,6 +35,7 @@ from bonito.training import (
     prepare,
     tokenize,
     write_json,
+    write_model_card,
 )
 
 
@@ -151,6 +152,24 @@ def pair_task_types(pairs: Sequence[TrainingPair]) -> list[TaskType]:
     return list(kinds.values())
 
 
+def check_options(
+    recipe: Recipe, held_out: int, eval_generations: int, eval_max_tokens: int, merged: bool
+) -> None:
+    """Refuse held-out options out of range, and --merged with full fine-tuning."""
+    for name, value, least in (
+        ("held_out", held_out, 0),
+        ("eval_generations", eval_generations, 0),
+        ("eval_max_tokens", eval_max_tokens, 1),
+    ):
+        if value < least:
+            raise BonitoError(f"--{name.replace('_', '-')} must be at least {least}, got {value}.")
+    if merged and recipe.lora_r is None:
+        raise BonitoError(
+            "--merged folds LoRA adapters into their base, and --full trains every weight (no "
+            "adapters: OUTPUT holds the whole model already); drop one of them."
+        )
+
+
 def train_generator(
     pairs: Sequence[TrainingPair],
     base_model: str,
@@ -162,13 +181,15 @@ def train_generator(
     eval_max_tokens: int = 256,
     merged: bool = False,
     overwrite: bool = False,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `base_model` into a bonito generator on the pairs with the recipe and save it
     (the adapter or whole model, the tokenizer, the declarations of non-built-in task types,
-    the settings and a summary) in `output`; `merged` also saves the adapter folded into its
-    base in output/merged. The same call on a folder holding checkpoints of the same training
-    resumes it. Returns the summary."""
+    the settings, a summary and a model card naming `data`, where the pairs came from) in
+    `output`; `merged` also saves the adapter folded into its base in output/merged. The same
+    call on a folder holding checkpoints of the same training resumes it. Returns the summary."""
     output, recipe = Path(output), recipe or Recipe()
+    check_options(recipe, held_out, eval_generations, eval_max_tokens, merged)
     kinds = pair_task_types(pairs)
     train_pairs, held_pairs = split_held_out(pairs, held_out, recipe.seed)
     config = {
@@ -212,4 +233,42 @@ def train_generator(
         "generations": checks.last["generations"] if checks.last else None,
     }
     write_json(output / SUMMARY_FILE, summary)
+    generator_card(output, base_model, recipe, summary, data)
     return summary
+
+
+def generator_card(
+    output: Path, base_model: str, recipe: Recipe, summary: dict[str, Any], data: str | None
+) -> None:
+    """The generator's model card: what it does, the pairs by task type, the held-out checks."""
+    pairs, scores = summary["pairs"], (summary["generations"] or {}).get("all")
+    kinds = sorted(pairs["task_types"].items(), key=lambda item: (-item[1], item[0]))
+    lines = [
+        f"{sum(pairs['task_types'].values())} ctga pairs"
+        + (f" from `{data}`" if data else "")
+        + f": {pairs['train']} trained on, {pairs['held_out']} held out, skipped "
+        + (json.dumps(pairs["skipped"]) if pairs["skipped"] else "none")
+        + ".",
+        "",
+        "| task type | pairs |",
+        "|---|---:|",
+        *(f"| {name} | {count} |" for name, count in kinds),
+    ]
+    if scores:
+        lines += [
+            "",
+            f"On {scores['n']} held-out prompts at the end, {scores['parse_rate']:.0%} of its "
+            f"greedy completions parse and {scores['placeholder_rate']:.0%} hold the passage.",
+        ]
+    short = resolve_task_type(kinds[0][0]).short if kinds else "TASK_TYPE"
+    write_model_card(
+        output,
+        base_model,
+        recipe,
+        summary,
+        about="A bonito generator: given an unannotated passage and a task type, it writes an "
+        "instruction-tuning task about the passage (an instruction holding the passage, and its "
+        "answer). Trained with `bonito train`.",
+        data=lines,
+        use=f"bonito generate DOCUMENTS -t {short} --model {output} -o RUN_FOLDER",
+    )

@@ -21,7 +21,8 @@ from markupsafe import Markup
 
 from bonito import __version__
 from bonito.errors import BonitoError
-from bonito.export import RunView, generator_facts, open_run, writable
+from bonito.export import RunView, generator_facts, open_run
+from bonito.outputs import writable
 from bonito.run import failed_note, summary_from
 from bonito.sampling import derive_seed
 

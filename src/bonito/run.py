@@ -8,6 +8,7 @@ with --retry-rejected, ask again for contexts that got no accepted task."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
@@ -37,6 +38,7 @@ from bonito.generation import (
     generate_samples,
 )
 from bonito.mix import TaskMix
+from bonito.outputs import output_error
 from bonito.sampling import SamplingParams, derive_seed
 from bonito.sources import Document, InputPrint, Skip, check_inputs, input_prints, read_documents
 from bonito.store import STORE_FILE, PlannedRequest, RunStore, SavedSample
@@ -244,11 +246,11 @@ def writing(folder: Path) -> Iterator[None]:
     """Turn a full disk, a read-only folder or a locked database into one clear error."""
     try:
         yield
-    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as error:
-        raise BonitoError(
-            f"Cannot write the run in {folder} ({error}); free some disk space or choose a "
-            "writable --output, then run the same command again to continue."
-        ) from error
+    except OSError as error:
+        raise output_error(folder, error, resumable=True) from error
+    except sqlite3.DatabaseError as error:  # SQLite's own words: "database or disk is full"...
+        code = errno.ENOSPC if "full" in str(error) else errno.EIO
+        raise output_error(folder, OSError(code, str(error)), resumable=True) from error
 
 
 class Run:

@@ -26,6 +26,7 @@ from transformers import (
 from bonito.ctga import TrainingPair
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
 from bonito.generator_training import train_generator
+from bonito.outputs import output_folder
 from bonito.task_types import resolve_task_type
 from bonito.training import Recipe
 
@@ -205,7 +206,7 @@ def build_tiny_model(path: str | Path, seed: int = 0, *, epochs: float = EPOCHS)
     that the same seed gives the same files whatever the core count, and a busy CPU does not stall
     it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
     AutoModelForCausalLM and runs on any bonito engine."""
-    path = Path(path)
+    path = output_folder(path, option="")
     examples = load_examples()
     pairs = training_pairs(examples, random.Random(seed))
     written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ from transformers import (
     TrainingArguments,
 )
 
+from bonito import __version__
 from bonito.engines.models import check_model_path, model_load_error
 from bonito.errors import BonitoError
+from bonito.outputs import output_folder
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` at every wrap; nothing
 # the user can act on
@@ -38,6 +40,7 @@ warnings.filterwarnings(
 IGNORE_INDEX = -100
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "train_config.json"
+CARD_FILE = "README.md"
 SUMMARY_FILE = "training_summary.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
 """Where evaluation callbacks (the generator's held-out checks) append one line each."""
@@ -80,9 +83,13 @@ class Recipe:
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "micro_batch_size", "max_source_tokens", "max_target_tokens")
-        for name in positive + ("eval_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise BonitoError(f"The training option {name} must be at least 1.")
+        for name in positive + ("eval_steps", "logging_steps", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BonitoError(
+                    f"The training option {name} (--{name.replace('_', '-')}) must be at least "
+                    f"1, got {value}."
+                )
         if self.batch_size % self.micro_batch_size:
             raise BonitoError(
                 f"The batch size {self.batch_size} is not a multiple of the micro-batch size "
@@ -90,8 +97,10 @@ class Recipe:
             )
         if self.lora_r is not None and self.lora_r < 1:
             raise BonitoError("The LoRA rank must be at least 1 (or None for full fine-tuning).")
-        if self.learning_rate <= 0 or self.epochs <= 0 or (self.max_steps or 1) < 1:
-            raise BonitoError("The learning rate, epochs and max steps must be positive.")
+        if self.learning_rate <= 0 or self.epochs <= 0:
+            raise BonitoError("The learning rate and epochs must be positive.")
+        if self.optimizer is not None:
+            check_optimizer(self.optimizer)
 
     @property
     def accumulation(self) -> int:
@@ -99,6 +108,30 @@ class Recipe:
 
     def quantized(self) -> bool:
         return torch.cuda.is_available() if self.quantize is None else self.quantize
+
+
+def check_optimizer(name: str) -> None:
+    """Refuse a name that is not one of transformers' optimizers."""
+    from transformers.training_args import OptimizerNames
+
+    if name not in {option.value for option in OptimizerNames}:
+        raise BonitoError(
+            f"Unknown optimizer '{name}'; use a transformers optimizer name such as adamw_torch, "
+            "adamw_8bit, paged_adamw_32bit, adafactor or sgd (transformers' OptimizerNames lists "
+            "them all)."
+        )
+
+
+def check_optimizer_runs(arguments: TrainingArguments, model: torch.nn.Module) -> None:
+    """Refuse an optimizer that cannot run here (its package missing, its device absent)."""
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(arguments, model)
+    except (ImportError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise BonitoError(
+            f"The optimizer {arguments.optim.value} cannot run here ({reason}); choose another "
+            "--optimizer (adamw_torch runs everywhere)."
+        ) from error
 
 
 @dataclass
@@ -254,7 +287,7 @@ def check_config(output: Path, config: dict[str, Any], overwrite: bool) -> None:
     other settings is refused (listing the differences) unless `overwrite`, which starts over."""
     from bonito.run import differences
 
-    path = output / CONFIG_FILE
+    path = output_folder(output) / CONFIG_FILE
     saved = None if overwrite else read_json(path)
     if saved is not None:
         changed = differences(saved, as_json(config))
@@ -326,6 +359,8 @@ class Progress(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.bar.update(state.global_step - self.bar.n)
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the summary's last loss is the last step's
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or self.bar is None:
@@ -410,6 +445,7 @@ def fine_tune(
         train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="non_padding",
     )
+    check_optimizer_runs(arguments, model)
     progress = Progress(description)
     trainer = Trainer(
         model=model,
@@ -443,6 +479,75 @@ def fine_tune(
         "eval_loss": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h],
         "final_eval": {k: v for k, v in final.items() if isinstance(v, int | float)},
     }
+
+
+def write_model_card(
+    output: Path,
+    base_model: str,
+    recipe: Recipe,
+    summary: dict[str, Any],
+    *,
+    about: str,
+    data: Sequence[str],
+    use: str,
+) -> None:
+    """Write the model card (README.md) of a training saved in `output`, in place of the empty
+    template peft saves with an adapter: what the model is (`about`), how to use it (`use`, a
+    shell command) and load it, the data it was trained on (`data`, Markdown lines), the recipe
+    and the training's steps and loss."""
+    adapter = recipe.lora_r is not None
+    loader = "AutoPeftModelForCausalLM" if adapter else "AutoModelForCausalLM"
+    package = "peft" if adapter else "transformers"
+    losses = summary["train_loss"]
+    loss = f", train loss {losses[0][1]:.4f} -> {losses[-1][1]:.4f}" if losses else ""
+    settings = asdict(recipe) | {
+        "quantize": recipe.quantized(),
+        "optimizer": recipe.optimizer or default_optimizer(),
+    }
+    lines = [
+        "---",
+        f"base_model: {json.dumps(base_model)}",
+        f"library_name: {package}",
+        "tags:",
+        "- bonito",
+        *(["- lora", "- peft"] if adapter else []),
+        "---",
+        "",
+        f"# {output.name}",
+        "",
+        about,
+        "",
+        "## Use",
+        "",
+        "```bash",
+        use,
+        "```",
+        "",
+        "```python",
+        f"from {package} import {loader}",
+        "from transformers import AutoTokenizer",
+        "",
+        f'model = {loader}.from_pretrained("{output}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{output}")',
+        "```",
+        "",
+        "## Training data",
+        "",
+        *data,
+        "",
+        "## Training",
+        "",
+        f"Base model `{base_model}`, "
+        + (f"LoRA adapters (rank {recipe.lora_r})" if adapter else "every weight trained")
+        + f"; {summary['steps']} optimizer step{'s' * (summary['steps'] != 1)}{loss}; "
+        f"bonito {__version__}. The recipe:",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in settings.items()),
+        "",
+    ]
+    (output / CARD_FILE).write_text("\n".join(lines), encoding="utf-8")
 
 
 def merge(adapter: str | Path, output: str | Path) -> Path:

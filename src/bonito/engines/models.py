@@ -11,6 +11,52 @@ from bonito.errors import BonitoError
 ADAPTER_CONFIG = "adapter_config.json"
 WINDOW_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
 """Config fields that give a model's window, the longest prompt and completion it takes."""
+DEVICES = "cpu, cuda, cuda:N or mps"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def resolve_device(device: str | None) -> str:
+    """`device` checked against this machine and this PyTorch build (one sentence saying what to
+    use instead); None: CUDA when there is a CUDA device, else the CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise BonitoError(f"--device {device} is not a device; use {DEVICES}.")
+    if parsed.type == "cuda":
+        check_cuda(device, parsed.index or 0)
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise BonitoError(f"--device {device}: MPS is not available here; use --device cpu.")
+    return device
+
+
+def check_cuda(device: str, index: int) -> None:
+    """Refuse a CUDA device this PyTorch build or this machine does not have."""
+    import torch
+
+    if not torch.backends.cuda.is_built():
+        raise BonitoError(
+            f"--device {device}: this PyTorch has no CUDA (a CPU build); use --device cpu."
+        )
+    found = torch.cuda.device_count()
+    if index >= found:
+        instead = {0: "--device cpu", 1: "cuda:0"}.get(found, f"cuda:0 to cuda:{found - 1}")
+        raise BonitoError(
+            f"--device {device}: this machine has no CUDA device {index}; use {instead}."
+        )
+
+
+def check_dtype(dtype: Any) -> None:
+    """Refuse a dtype that is neither a torch dtype nor one of `DTYPES`."""
+    import torch
+
+    if not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
+        raise BonitoError(f"Unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
 
 
 def is_adapter(model: str) -> bool:

@@ -30,7 +30,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bonito.engines.base import Completion, Finished, prompt_seeds
-from bonito.engines.models import config_window, load_causal_lm
+from bonito.engines.models import check_dtype, config_window, load_causal_lm, resolve_device
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams, derive_seed
 
@@ -81,10 +81,6 @@ LOAD_OPTIONS = frozenset(
 rather than silently stored on the model config."""
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def prepare_tokenizer(tokenizer: Any) -> Any:
     """Left padding, and a pad token (end of sequence when the tokenizer has none)."""
     tokenizer.padding_side = "left"
@@ -95,13 +91,16 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
 
 def load_model(
     model: str,
-    device: str,
+    device: str | None,
     dtype: str | torch.dtype = "auto",
     adapter: str | None = None,
     **model_kwargs: Any,
 ):
     """Tokenizer and model through the normal from_pretrained path (an adapter merged in, see
-    `load_causal_lm`), in eval mode on `device`, set up for left padding."""
+    `load_causal_lm`), in eval mode on `device` (see `resolve_device`), set up for left
+    padding."""
+    device = resolve_device(device)
+    check_dtype(dtype)
     if dtype == "auto":
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     lm, tokenizer = load_causal_lm(model, adapter, dtype=dtype, **model_kwargs)
@@ -193,7 +192,7 @@ class TransformersEngine:
                 f"with engine='vllm'); it takes device, dtype, batch_size, decoder and "
                 f"{', '.join(sorted(LOAD_OPTIONS))}."
             )
-        tokenizer, lm = load_model(model, device or default_device(), dtype, **model_kwargs)
+        tokenizer, lm = load_model(model, device, dtype, **model_kwargs)
         self._setup(model, tokenizer, lm, batch_size, decoder)
 
     @classmethod

@@ -19,6 +19,7 @@ from bonito.evaluation.metrics import classification_scores, squad_scores
 from bonito.evaluation.prompts import answer_ids, check_prompt_format, prompt_ids, target_prompt
 from bonito.evaluation.scoring import best_choice, generate_greedy, score_choices
 from bonito.evaluation.templates import Template, select_templates
+from bonito.outputs import output_file, writable
 from bonito.run import bar
 
 MAX_ANSWER_TOKENS = 25
@@ -53,9 +54,9 @@ class Evaluation:
 
     def save(self, path: str | Path) -> None:
         """Write the evaluation as JSON, creating the folder it goes in."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        path = output_file(path)
+        with writable(path):
+            path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
 def check_options(prompt_format: str, batch_size: int) -> None:
@@ -139,9 +140,9 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def load_target(model: str, adapter: str | Path | None = None, device: str | None = None):
     """Tokenizer and model from a local folder or hub id, in eval mode on `device` (default: CUDA
     when there is one). An adapter (a PEFT folder, as `bonito finetune` saves it) is merged in."""
-    from bonito.engines.transformers import default_device, load_model
+    from bonito.engines.transformers import load_model
 
-    return load_model(model, device or default_device(), adapter=adapter)
+    return load_model(model, device, adapter=adapter)
 
 
 def evaluate_model(

@@ -76,6 +76,19 @@ def _texts(record: dict[str, Any], name: str, least: int) -> tuple[str, ...]:
     return tuple(value)
 
 
+def schema_hint(record: Any, task: str) -> str:
+    """What to do about a record of `task` that is not in the schema: the data format (and
+    task type) whose converter reads it, when one does."""
+    for name, converter in CONVERTERS.items():
+        try:
+            parse_example(converter.convert(record), converter.task_type, 0)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue
+        other = "" if converter.task_type == task else f" -t {converter.task_type}"
+        return f"it looks like {name} data: use --data-format {name}{other}"
+    return "see the schema in docs/evaluation.md, or name the set's own data format"
+
+
 def load_examples(
     path: str | Path,
     task_type: str | TaskType,
@@ -100,11 +113,6 @@ def load_examples(
     path = Path(path)
     if not path.is_file():
         raise BonitoError(f"The labelled data {path} is not a file; give a JSON Lines file.")
-    hint = (
-        f"expected a {data_format} record"
-        if converter
-        else "see the schema in docs/evaluation.md, or name the set's own data format"
-    )
     examples: list[Example] = []
     with path.open(encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
@@ -114,17 +122,18 @@ def load_examples(
                 continue
             try:
                 record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BonitoError(f"{path} line {number} is not JSON ({error.msg}).") from error
+            try:
                 if converter and isinstance(record, dict):
                     record = converter.convert(record)
                 examples.append(parse_example(record, task, number))
-            except json.JSONDecodeError as error:
-                raise BonitoError(f"{path} line {number} is not JSON ({error.msg}).") from error
-            except KeyError as error:
-                raise BonitoError(
-                    f"{path} line {number} has no '{error.args[0]}' field ({hint})."
-                ) from error
-            except ValueError as error:
-                raise BonitoError(f"{path} line {number} {error} ({hint}).") from error
+            except (KeyError, ValueError) as error:
+                wrong = f"has no '{error.args[0]}' field" if isinstance(error, KeyError) else error
+                hint = (
+                    f"expected a {data_format} record" if converter else schema_hint(record, task)
+                )
+                raise BonitoError(f"{path} line {number} {wrong} ({hint}).") from error
     if not examples:
         raise BonitoError(f"{path} holds no examples; give a file with at least one.")
     return examples

@@ -107,8 +107,8 @@ def chunk(
     from bonito.run import check_strict
     from bonito.sources import check_inputs
 
-    output_file(output)
     check_inputs(inputs, include or (), exclude or ())
+    output_file(output)
     chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
     summary, skipped = Summary(), output.parent / "skipped.jsonl"
     reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)

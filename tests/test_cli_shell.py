@@ -261,3 +261,14 @@ def test_tiny_model_refuses_a_folder_that_holds_a_model(tmp_path):
     assert result.returncode == 1
     assert f"{tmp_path} already holds a model" in result.stderr
     assert "--overwrite" in result.stderr
+
+
+def test_a_library_warning_is_printed_once():
+    """The hub logs through its own handler; the command's log handler must not repeat it."""
+    code = (
+        "from huggingface_hub.utils import logging; from bonito.cli import _quiet_libraries; "
+        "_quiet_libraries(); "
+        "logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr

@@ -575,7 +575,7 @@ def tiny_model(
 
 ctga_app = typer.Typer(
     help="ctga: bonito training pairs from promptsource templates (see docs/ctga.md).",
-    no_args_is_help=True,
+    **APP_SETTINGS,
 )
 app.add_typer(ctga_app, name="ctga")
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shlex
+import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import version as package_version
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from bonito.chunking import MAX_INPUT_TOKENS
 from bonito.errors import BonitoError
@@ -24,13 +29,43 @@ from bonito.generation import counts
 from bonito.sampling import SamplingParams
 from bonito.task_types import TASK_TYPES, TaskType, all_task_types, load_task_types
 
-app = typer.Typer(
-    help="Turn unannotated text into instruction-tuning datasets with bonito generators.",
+APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: no markup in help texts, no truncated names
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(stderr=True)
+app = typer.Typer(
+    help="Turn unannotated text into instruction-tuning datasets with bonito generators.",
+    **APP_SETTINGS,
+)
+# what bonito prints is text, never Rich markup: file names and hints keep their [brackets]
+console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+stdout = Console(markup=False, emoji=False)
+INTERRUPTED = 128 + signal.SIGINT
+"""The exit status after Ctrl-C, the shell's convention (typer's too)."""
+
+
+def _show_version(asked: bool) -> None:
+    if asked:
+        stdout.print(f"bonito {package_version('bonito')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The options before a command."""
+
+
+DEFAULT_DEVICE = "cuda if there is one, else cpu"
 SHOWN_SKIPS = 5
 """Skips printed at the end of a reading; all of them are in skipped.jsonl."""
 
@@ -53,28 +88,35 @@ def tasks(task_types: TaskTypesFile = None) -> None:
     table = Table("short form", "full name", "checked", "description")
     for kind in all_task_types():
         table.add_row(kind.short, kind.name, "yes" if kind.check else "", kind.description)
-    Console().print(table)
+    stdout.print(table)
 
 
 Inputs = Annotated[
     list[str],
     typer.Argument(
+        metavar="INPUT",
         help="Files (PDF, HTML, DOCX, TXT, MD, JSONL, JSON, CSV, TSV, Parquet), folders of them, "
-        "saved datasets or hub dataset ids."
+        "saved datasets or hub dataset ids.",
     ),
 ]
 TextField = Annotated[
     str, typer.Option("--text-field", "--context-col", help="Field or column holding the text.")
 ]
 Split = Annotated[str, typer.Option(help="Split of a dataset input.")]
+RunFolder = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder.")]
 Include = Annotated[
-    list[str] | None, typer.Option(help="In folders, read only files matching this glob.")
+    list[str] | None,
+    typer.Option(metavar="GLOB", help="In folders, read only files matching this glob."),
 ]
-Exclude = Annotated[list[str] | None, typer.Option(help="In folders, leave out files matching.")]
+Exclude = Annotated[
+    list[str] | None, typer.Option(metavar="GLOB", help="In folders, leave out files matching.")
+]
 LONGEST, SHORTEST = "Longest context, in tokens.", "Shortest context, unless a whole document."
 Overlap = Annotated[int, typer.Option(help="Tokens a context repeats from the one before.")]
 MaxInputTokens = Annotated[int, typer.Option(help="Longest prompt the model takes, in tokens.")]
-Limit = Annotated[int | None, typer.Option(help="Send at most this many contexts.")]
+Limit = Annotated[
+    int | None, typer.Option(help="Read at most this many contexts.", show_default="all")
+]
 Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one is skipped.")]
 
 
@@ -112,12 +154,12 @@ def chunk(
     chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
     summary, skipped = Summary(), output.parent / "skipped.jsonl"
     reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
-    with output.open("w", encoding="utf-8") as file:
+    with _written_whole(output) as file:
         for context in _contexts(inputs, chunker, summary, skipped, limit=limit, **reading):
             file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
     table = _reading_table("bonito chunk", summary, skipped)
     table.add_row("contexts file", str(output))
-    Console().print(table)
+    stdout.print(table)
     check_strict(summary, strict, skipped)
 
 
@@ -129,6 +171,7 @@ def generate(
         typer.Option(
             "--task-type",
             "-t",
+            metavar="TYPE",
             help="Task type (short form or full name), `all`, or a weighted mix such as "
             "ynqa:2,exqa:1; repeat for several.",
         ),
@@ -152,31 +195,34 @@ def generate(
     per_context: Annotated[
         int | None,
         typer.Option(
-            help="Task types asked per context, drawn from the mix by weight (default: all)."
+            help="Task types asked per context, drawn from the mix by weight.",
+            show_default="all",
         ),
     ] = None,
     n: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
-    temperature: float = 0.5,
-    top_p: float = 0.95,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.5,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling's probability mass.")] = 0.95,
     max_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 256,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the task-type draws and sampling.")] = 0,
     limit: Limit = None,
     checks: Annotated[
         bool, typer.Option(help="Task-aware checks; --no-checks keeps every parseable sample.")
     ] = True,
     dedup: Annotated[
         str | None,
-        typer.Option(help="near, exact or off [default: near; off with --no-checks]."),
+        typer.Option(help="near, exact or off.", show_default="near; off with --no-checks"),
     ] = None,
     dedup_threshold: Annotated[
         float,
         typer.Option(help="Word-shingle Jaccard similarity from which tasks are near-duplicates."),
     ] = 0.8,
     max_tasks: Annotated[
-        int | None, typer.Option(help="Stop after this many accepted tasks.")
+        int | None,
+        typer.Option(help="Stop after this many accepted tasks.", show_default="no limit"),
     ] = None,
     max_output_tokens: Annotated[
-        int | None, typer.Option(help="Stop after generating this many tokens.")
+        int | None,
+        typer.Option(help="Stop after generating this many tokens.", show_default="no limit"),
     ] = None,
     retry_rejected: Annotated[
         int,
@@ -185,14 +231,18 @@ def generate(
     strict: Strict = False,
     batch_size: Annotated[
         int | None,
-        typer.Option(help="transformers: fixed batch size (default: sized from memory)."),
+        typer.Option(help="transformers: fixed batch size.", show_default="sized from memory"),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="transformers: cpu, cuda, cuda:1...")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="transformers: cpu, cuda, cuda:1...", show_default=DEFAULT_DEVICE),
+    ] = None,
     decoder: Annotated[
         str | None,
         typer.Option(
             help="transformers: auto (graphs on CUDA, dynamic on CPU), dynamic, static, graphs "
-            "or compiled (docs/architecture.md)."
+            "or compiled (docs/architecture.md).",
+            show_default="auto",
         ),
     ] = None,
     base_url: Annotated[
@@ -202,8 +252,8 @@ def generate(
     served_model: Annotated[
         str | None,
         typer.Option(
-            help="openai: the model name the server knows (default: --model if it serves it, "
-            "else the one model it lists)."
+            help="openai: the model name the server knows.",
+            show_default="--model if it serves it, else the one model it lists",
         ),
     ] = None,
     api_key_env: Annotated[
@@ -216,32 +266,35 @@ def generate(
     concurrency: Annotated[
         int | None,
         typer.Option(
-            help="openai: requests in flight at most, fewer while the server pushes back "
-            "[default: 16]."
+            help="openai: requests in flight at most, fewer while the server pushes back.",
+            show_default="16",
         ),
     ] = None,
     request_timeout: Annotated[
         float | None,
-        typer.Option(help="openai: seconds one request may take [default: 600]."),
+        typer.Option(help="openai: seconds one request may take.", show_default="600"),
     ] = None,
     max_retries: Annotated[
         int | None,
         typer.Option(
             help="openai: times a request is sent again after a timeout, a dropped connection, "
-            "a 429 or a 5xx [default: 8]."
+            "a 429 or a 5xx.",
+            show_default="8",
         ),
     ] = None,
     remote_warning: Annotated[
         bool | None,
         typer.Option(
             "--remote-warning/--no-remote-warning",
-            help="openai: warn when --base-url is neither this machine nor a private network "
-            "[default: on].",
+            help="openai: warn when --base-url is neither this machine nor a private network.",
+            show_default="on",
         ),
     ] = None,
     engine_arg: Annotated[
         list[str] | None,
-        typer.Option(help="KEY=VALUE passed to the engine, e.g. tensor_parallel_size=2."),
+        typer.Option(
+            metavar="KEY=VALUE", help="Passed to the engine, e.g. tensor_parallel_size=2."
+        ),
     ] = None,
     task_types_file: TaskTypesFile = None,
     overwrite: Annotated[
@@ -254,7 +307,14 @@ def generate(
     from bonito.engines import load_engine
     from bonito.engines.models import resolve_device
     from bonito.mix import TaskMix
-    from bonito.run import SKIPPED_FILE, TASKS_FILE, Budgets, RunConfig, generate_run
+    from bonito.run import (
+        SKIPPED_FILE,
+        TASKS_FILE,
+        Budgets,
+        RunConfig,
+        accepted_line,
+        generate_run,
+    )
     from bonito.task_types import load_declared_task_types
 
     load_declared_task_types(model)
@@ -307,7 +367,7 @@ def generate(
     )
 
     def load():
-        with console.status(f"loading {model}"):
+        with _working(f"loading {model}"):
             return load_engine(model, engine, **kwargs)
 
     outcome = generate_run(
@@ -323,33 +383,49 @@ def generate(
     summary, state, skipped = outcome.summary, outcome.state, output / SKIPPED_FILE
     table = _reading_table("bonito generate", summary, skipped)
     table.add_row("samples", str(summary.samples))
-    table.add_row("accepted", str(summary.accepted))
+    table.add_row("accepted", accepted_line(summary.to_dict()))
     table.add_row("duplicates", str(summary.duplicates))
     table.add_row("rejected", counts(summary.rejected) or "0")
     table.add_row("generation time", f"{summary.elapsed:.1f}s")
     table.add_row("output tokens/s", f"{summary.tokens_per_second:.1f}")
     table.add_row("state", state)
     table.add_row("tasks", str(output / TASKS_FILE))
-    Console().print(table)
+    stdout.print(table)
     if outcome.error:
         raise BonitoError(outcome.error)
+    run = shlex.quote(str(output))
+    stdout.print(
+        f"next: bonito report {run}    (samples, rejections and coverage in one page)\n"
+        f"      bonito export {run} -o {shlex.quote(str(output) + '-dataset')}    "
+        "(the accepted tasks as a dataset)",
+        soft_wrap=True,
+    )
 
 
 @app.command()
-def status(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
+def status(
+    run: RunFolder,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The same facts as one JSON object, on stdout.")
+    ] = False,
+) -> None:
     """Progress, rates, ETA and counts of a running or finished run."""
     from bonito.run import status as run_status
+    from bonito.run import status_facts
 
+    if as_json:
+        print(json.dumps(status_facts(run), indent=2))
+        return
     report = run_status(run)
     table = Table(title=f"bonito status {run}", show_header=False)
     for name, value in report.items():
         table.add_row(name, value)
-    Console().print(table)
+    stdout.print(table)
 
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: RunFolder,
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
     format_name: Annotated[
         str,
@@ -361,7 +437,10 @@ def export(
     ] = "jsonl",
     split_by_document: Annotated[
         float | None,
-        typer.Option(help="Share of the tasks for a test split, whole documents per side (0.1)."),
+        typer.Option(
+            help="Share of the tasks for a test split, whole documents per side (0.1).",
+            show_default="no test split",
+        ),
     ] = None,
     push_to_hub: Annotated[
         str | None, typer.Option(help="Also push the dataset and its card to this hub repo.")
@@ -401,14 +480,15 @@ def export(
     table.add_row("card", str(result.card))
     if result.repo:
         table.add_row("hub", result.repo)
-    Console().print(table)
+    stdout.print(table)
 
 
 @app.command()
 def report(
-    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    run: RunFolder,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="HTML file (default RUN/report.html).")
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file.", show_default="RUN/report.html"),
     ] = None,
     sample: Annotated[int, typer.Option(help="Tasks in the browsable sample.")] = 200,
 ) -> None:
@@ -417,7 +497,7 @@ def report(
     from bonito.report import write_report
 
     result = write_report(run, output, sample)
-    Console().print(
+    stdout.print(
         f"report of {result.samples} samples ({result.shown} shown; run {result.state}) "
         f"written to {result.path}",
         highlight=False,
@@ -435,7 +515,7 @@ def _chunker(
 ):
     from bonito.chunking import Chunker
 
-    with console.status(f"loading the tokenizer of {model}"):
+    with _working(f"loading the tokenizer of {model}"):
         return Chunker.from_model(
             model,
             max_tokens=max_tokens,
@@ -444,6 +524,20 @@ def _chunker(
             max_input_tokens=max_input_tokens,
             task_types=task_types,
         )
+
+
+@contextmanager
+def _written_whole(path: Path) -> Iterator[TextIO]:
+    """A text file written beside `path`, hidden (not an input when the folder is read), and
+    renamed to it once complete: a stopped command leaves no partial file that looks like a
+    result, and an earlier one stays as it was."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8") as file:
+            yield file
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _contexts(
@@ -462,21 +556,17 @@ def _contexts(
     contexts = read_contexts(
         inputs, chunker, summary, skipped, include=include or (), exclude=exclude or (), **reading
     )
-    return bar(contexts, desc="reading", unit=" contexts")
+    return bar(contexts, desc="reading", unit=" contexts", total=reading.get("limit"))
 
 
 def _reading_table(title: str, summary, skipped: Path) -> Table:
     """The summary of a reading; the first skips go to stderr, all of them are in `skipped`."""
     with skipped.open(encoding="utf-8") as file:
         for record in map(json.loads, islice(file, SHOWN_SKIPS)):
-            console.print(
-                f"[yellow]skipped[/] {record['source']} {record['detail']} ({record['reason']})",
-                highlight=False,
-                soft_wrap=True,
-            )
+            _say("skipped", f"{record['source']} {record['detail']} ({record['reason']})")
     if summary.skipped.total() > SHOWN_SKIPS:
         more = summary.skipped.total() - SHOWN_SKIPS
-        console.print(f"[yellow]skipped[/] {more} more; see {skipped}")
+        _say("skipped", f"{more} more; see {skipped}")
     table = Table(title=title, show_header=False)
     table.add_row("documents", str(summary.documents))
     table.add_row("contexts", str(summary.contexts))
@@ -490,21 +580,25 @@ def _reading_table(title: str, summary, skipped: Path) -> Table:
 
 @app.command("tiny-model")
 def tiny_model(
-    path: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
-    seed: int = 0,
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Folder to write the model to.")],
+    seed: Annotated[int, typer.Option(help="Seed of the weights and the training.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Build it again in a folder that holds a model already.")
+    ] = False,
 ) -> None:
-    """Build a small offline bonito generator (seconds, deterministic) for smoke tests."""
+    """Build a small offline bonito generator for smoke tests: deterministic, about two minutes
+    on 2 CPU cores."""
     from bonito.tiny_model import build_tiny_model
 
     started = time.perf_counter()
-    with console.status("training the tiny generator"):
-        build_tiny_model(path, seed=seed)
+    with _working("training the tiny generator (about two minutes)"):
+        build_tiny_model(path, seed=seed, overwrite=overwrite)
     console.print(f"tiny bonito model written to {path} in {time.perf_counter() - started:.1f}s")
 
 
 ctga_app = typer.Typer(
     help="ctga: bonito training pairs from promptsource templates (see docs/ctga.md).",
-    no_args_is_help=True,
+    **APP_SETTINGS,
 )
 app.add_typer(ctga_app, name="ctga")
 
@@ -520,7 +614,9 @@ def ctga_build(
     output: Annotated[Path, typer.Option("--output", "-o", help="Pairs file: .jsonl or .parquet.")],
     dataset: Annotated[
         list[str] | None,
-        typer.Option(help="name[/subset]=SOURCE:passage_field[:split]; repeat for more."),
+        typer.Option(
+            metavar="SPEC", help="name[/subset]=SOURCE:passage_field[:split]; repeat for more."
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON list of datasets (name, subset, source, ...).")
@@ -565,7 +661,7 @@ def ctga_build(
         passage_in_answer=passage_in_answer,
         summary=summary,
     )
-    with console.status("building ctga pairs"):
+    with _working("building ctga pairs"):
         written = write_pairs(pairs, output)
     table = Table(title=f"bonito ctga build -> {output}", show_header=False)
     for label, count in summary.pairs.items():
@@ -575,7 +671,7 @@ def ctga_build(
     for reason, seen in summary.first.items():
         table.add_row(f"first {reason}", seen)
     table.add_row("written", str(written))
-    Console().print(table)
+    stdout.print(table)
     if not written:
         output.unlink(missing_ok=True)  # an empty file would look like a result
         raise summary.nothing_made()
@@ -588,7 +684,7 @@ LoraDropout = Annotated[float, typer.Option(help="LoRA dropout.")]
 Full = Annotated[bool, typer.Option(help="Train every weight instead of LoRA adapters.")]
 Quantize = Annotated[
     bool | None,
-    typer.Option(help="4-bit NF4 base (Q-LoRA) [default: on with CUDA, off without]."),
+    typer.Option(help="4-bit NF4 base (Q-LoRA).", show_default="on with CUDA, off without"),
 ]
 LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
 WarmupSteps = Annotated[int, typer.Option(help="Steps of linear warm-up.")]
@@ -599,12 +695,17 @@ MicroBatchSize = Annotated[
     int, typer.Option(help="Pairs per forward pass (gradient accumulation makes the rest).")
 ]
 Epochs = Annotated[float, typer.Option(help="Passes over the pairs.")]
-MaxSteps = Annotated[int | None, typer.Option(help="Optimizer steps (instead of --epochs).")]
+MaxSteps = Annotated[
+    int | None, typer.Option(help="Optimizer steps, instead of --epochs.", show_default="none")
+]
 MaxSourceTokens = Annotated[int, typer.Option(help="Longer sources are skipped and counted.")]
 MaxTargetTokens = Annotated[int, typer.Option(help="Longer targets are skipped and counted.")]
 Optimizer = Annotated[
     str | None,
-    typer.Option(help="transformers optimizer name [default: paged_adamw_32bit on CUDA]."),
+    typer.Option(
+        help="A transformers optimizer name.",
+        show_default="paged_adamw_32bit on CUDA with bitsandbytes, else adamw_torch",
+    ),
 ]
 SaveSteps = Annotated[int, typer.Option(help="Steps between checkpoints (0: none).")]
 LoggingSteps = Annotated[int, typer.Option(help="Steps between loss lines.")]
@@ -687,7 +788,7 @@ def train(
     recipe = _recipe(locals())
     if task_types_file:
         load_task_types(task_types_file)
-    with console.status(f"reading {data}"):
+    with _working(f"reading {data}"):
         pairs = load_pairs(data, split)
     summary = train_generator(
         pairs,
@@ -713,7 +814,7 @@ def train(
         scores = summary["generations"]["all"]
         table.add_row("held-out parse", f"{scores['parse_rate']:.0%}")
         table.add_row("passage in instruction", f"{scores['placeholder_rate']:.0%}")
-    Console().print(table)
+    stdout.print(table)
 
 
 # the evaluation's options, shared by evaluate and adapt
@@ -730,7 +831,9 @@ Templates = Annotated[
 PromptFormat = Annotated[
     str, typer.Option(help="input-output (<|input|>/<|output|>) or chat (chat template).")
 ]
-EvalLimit = Annotated[int | None, typer.Option(help="Evaluate the first N examples.")]
+EvalLimit = Annotated[
+    int | None, typer.Option(help="Evaluate the first N examples.", show_default="all")
+]
 
 
 @app.command()
@@ -748,7 +851,9 @@ def evaluate(
     prompt_format: PromptFormat = "input-output",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 8,
     limit: EvalLimit = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1...")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1...", show_default=DEFAULT_DEVICE)
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="JSON file for scores and predictions.")
     ] = None,
@@ -781,7 +886,7 @@ def evaluate(
     for row in result.templates:
         table.add_row(row.template, *(f"{100 * row.scores[m]:.1f}" for m in metrics))
     table.add_row("average", *(f"{100 * result.average[m]:.1f}" for m in metrics), style="bold")
-    Console().print(table)
+    stdout.print(table)
     if output:
         console.print(f"scores and predictions written to {output}")
 
@@ -791,8 +896,9 @@ def finetune(
     tasks: Annotated[
         str,
         typer.Argument(
+            metavar="TASKS",
             help="Generated tasks: a run folder (its accepted tasks), or an export of one (its "
-            "folder, a JSONL/Parquet file, a saved dataset or a hub id)."
+            "folder, a JSONL/Parquet file, a saved dataset or a hub id).",
         ),
     ],
     base_model: Annotated[str, typer.Option(help="Target model: hub id or local folder.")],
@@ -811,7 +917,10 @@ def finetune(
     batch_size: BatchSize = 16,
     micro_batch_size: MicroBatchSize = 4,
     epochs: Epochs = 1.0,
-    max_steps: MaxSteps = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="Optimizer steps.", show_default="--epochs passes, at most 10,000"),
+    ] = None,
     max_source_tokens: MaxSourceTokens = 2048,
     max_target_tokens: MaxTargetTokens = 2048,
     optimizer: Optimizer = None,
@@ -839,7 +948,7 @@ def finetune(
         overwrite=overwrite,
     )
     trained = f"{summary['pairs']['train']} tasks from {tasks}"
-    Console().print(_training_table(f"bonito finetune -> {output}", summary, trained))
+    stdout.print(_training_table(f"bonito finetune -> {output}", summary, trained))
 
 
 @app.command()
@@ -847,7 +956,8 @@ def adapt(
     unlabelled: Annotated[
         list[str],
         typer.Option(
-            help="Unlabelled passages of the domain, as `generate` reads them; repeat for more."
+            metavar="PATH",
+            help="Unlabelled passages of the domain, as `generate` reads them; repeat for more.",
         ),
     ],
     labelled: Annotated[Path, typer.Option(help="Labelled data to evaluate on.")],
@@ -869,16 +979,24 @@ def adapt(
         "transformers"
     ),
     device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1... for generation and evaluation.")
+        str | None,
+        typer.Option(
+            help="cpu, cuda, cuda:1... for generation and evaluation.", show_default=DEFAULT_DEVICE
+        ),
     ] = None,
     text_field: TextField = "text",
     split: Split = "train",
     max_context_tokens: Annotated[int, typer.Option(help=LONGEST)] = 512,
     min_context_tokens: Annotated[int, typer.Option(help=SHORTEST)] = 32,
     n: Annotated[int, typer.Option(help="Samples per prompt.")] = SamplingParams.n,
-    temperature: float = SamplingParams.temperature,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature (0: greedy).")
+    ] = SamplingParams.temperature,
     max_tasks: Annotated[
-        int | None, typer.Option(help="Stop generating after this many accepted tasks.")
+        int | None,
+        typer.Option(
+            help="Stop generating after this many accepted tasks.", show_default="no limit"
+        ),
     ] = None,
     data_format: DataFormat = "labelled",
     templates: Templates = "all",
@@ -888,7 +1006,12 @@ def adapt(
     lora_alpha: LoraAlpha = 16.0,
     quantize: Quantize = None,
     learning_rate: LearningRate = 1e-4,
-    max_steps: MaxSteps = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Optimizer steps of the fine-tuning.", show_default="1 epoch, at most 10,000"
+        ),
+    ] = None,
     batch_size: BatchSize = 16,
     micro_batch_size: MicroBatchSize = 4,
     save_steps: SaveSteps = 500,
@@ -955,7 +1078,7 @@ def adapt(
     shown = Table("model", *(metric_name(m) for m in metrics), title=title)
     for row in table["rows"]:
         shown.add_row(row["label"], *(f"{100 * row['scores'][m]:.1f}" for m in metrics))
-    Console().print(shown)
+    stdout.print(shown)
     console.print(f"table and settings written to {output / RESULTS_MD}")
 
 
@@ -972,20 +1095,42 @@ def _engine_kwargs(pairs: list[str] | None, **options: Any) -> dict[str, Any]:
     return kwargs
 
 
-def main() -> None:
-    """Console entry point: expected errors end in one clear message and a non-zero exit."""
-    logging.basicConfig(
-        level=logging.WARNING, handlers=[RichHandler(console=console)], format="%(message)s"
-    )
+def _working(message: str):
+    """A spinner on stderr while something slow runs."""
+    return console.status(Text(message))
+
+
+def _say(label: str, message: str, style: str = "yellow") -> None:
+    """One line on stderr: a coloured label, then the message as it is."""
+    console.print(Text.assemble((label, style), " ", message), soft_wrap=True)
+
+
+def _quiet_libraries() -> None:
+    """bonito's log lines on stderr through Rich; the hub's and datasets' through their own
+    handlers only (not twice), and no progress bars of datasets' own work."""
+    handler = RichHandler(console=console, show_time=False, show_path=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logging.getLogger("bonito").setLevel(logging.INFO)
+    for library in ("huggingface_hub", "datasets"):
+        logging.getLogger(library).propagate = False
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def main() -> None:
+    """Console entry point: a usage mistake ends in click's usage error (exit 2), a BonitoError
+    in its one sentence (exit 1), Ctrl-C in `interrupted` (exit 130); never in a traceback."""
+    _quiet_libraries()
     try:
-        app(standalone_mode=False)
-    except click.ClickException as error:
+        # typer returns the status of a typer.Exit, and turns Ctrl-C in a command into one
+        code = app(standalone_mode=False, prog_name="bonito")
+    except typer.TyperException as error:  # the usage errors of typer's own click
         error.show()
-        sys.exit(error.exit_code)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
+        code = error.exit_code
     except BonitoError as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _say("error:", str(error), style="bold red")
+        code = 1
+    except KeyboardInterrupt:  # before or after a command
+        code = INTERRUPTED
+    if code == INTERRUPTED:
+        _say("interrupted;", "run the same command to continue")
+    sys.exit(code or 0)

@@ -145,6 +145,7 @@ class Summary:
     skipped: Counter = field(default_factory=Counter)
     samples: int = 0
     accepted: int = 0
+    accepted_by_type: Counter = field(default_factory=Counter)
     duplicates: int = 0
     rejected: Counter = field(default_factory=Counter)
     failed: int = 0
@@ -162,10 +163,16 @@ class Summary:
             self.output_tokens += sample.completion.completion_tokens
             if sample.status == "accepted":
                 self.accepted += 1
+                self.accepted_by_type[sample.request.task_type.short] += 1
             elif sample.status == "duplicate":
                 self.duplicates += 1
             else:
                 self.rejected[sample.reason] += 1
+
+    @property
+    def acceptance_rate(self) -> float:
+        """The share of samples accepted."""
+        return self.accepted / self.samples if self.samples else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -179,6 +186,8 @@ class Summary:
             "skipped": dict(self.skipped),
             "samples": self.samples,
             "accepted": self.accepted,
+            "accepted_by_type": dict(self.accepted_by_type),
+            "acceptance_rate": round(self.acceptance_rate, 4),
             "duplicates": self.duplicates,
             "rejected": dict(self.rejected),
             "failed_requests": self.failed,

@@ -12,6 +12,7 @@ import errno
 import glob
 import json
 import logging
+import os
 import sqlite3
 import sys
 from collections import Counter, deque
@@ -165,9 +166,8 @@ def generate_run(
             chunker.check_window(config.sampling.max_tokens)
             summary = Summary()
             contexts = read_contexts(config.inputs, chunker, summary, skipped, **reading)
-            run.read(
-                bar(contexts, desc="reading", unit=" contexts"), summary, config, reading["limit"]
-            )
+            shown = bar(contexts, desc="reading", unit=" contexts", total=reading["limit"])
+            run.read(shown, summary, config, reading["limit"])
             save_task_types(config.mix.types, folder)
         check_strict(run.summary(), strict, skipped)
         totals = run.store.counts()
@@ -177,7 +177,14 @@ def generate_run(
                 progress.total = total
                 progress.update(done)
 
-            state = run.generate(load_engine, config, budgets, advance)
+            def load() -> Engine:
+                progress.clear()  # the line is the loader's (its messages) until it is done
+                try:
+                    return load_engine()
+                finally:
+                    progress.refresh()
+
+            state = run.generate(load, config, budgets, advance)
         return Outcome(run.write_summary(state, engine_name), state)
 
 
@@ -204,9 +211,20 @@ def _inside(folder: Path, parent: Path) -> Path | None:
 
 
 def bar(iterable=None, **options: Any) -> tqdm:
-    """A progress bar on stderr, shown only on a terminal."""
-    options = {"desc": "generating", "unit": " prompts", "dynamic_ncols": True} | options
+    """A progress bar on stderr, shown only on a terminal: as wide as the terminal, or 80
+    columns where it reports no size (a pseudo-terminal made without one, as by `script`, in
+    which tqdm would draw nothing)."""
+    size = {"dynamic_ncols": True} if _terminal_sized() else {"ncols": 80, "nrows": 24}
+    options = {"desc": "generating", "unit": " prompts"} | size | options
     return tqdm(iterable, disable=None, file=sys.stderr, **options)
+
+
+def _terminal_sized() -> bool:
+    """Whether stderr is a terminal that reports its size."""
+    try:
+        return all(os.get_terminal_size(sys.stderr.fileno()))
+    except (OSError, ValueError):
+        return False
 
 
 def check_strict(summary: Summary, strict: bool, skipped: Path) -> None:
@@ -519,6 +537,7 @@ def summary_from(reading: dict[str, Any], totals: dict[str, Any]) -> Summary:
         skipped=Counter(reading.get("skipped", {})),
         samples=totals["samples"],
         accepted=totals["accepted"],
+        accepted_by_type=Counter(totals["accepted_by_type"]),
         duplicates=totals["duplicates"],
         rejected=Counter(totals["rejected"]),
         failed=totals["requests_failed"],
@@ -679,14 +698,18 @@ class Reached:
             self.summary.documents += 1
 
 
-def status(folder: Path) -> dict[str, str]:
-    """A running or finished run's state, progress, rate, ETA and counts, as lines to show."""
+def status_facts(folder: Path) -> dict[str, Any]:
+    """A running or finished run's facts (what `bonito status --json` prints): its state,
+    model, task mix, requests, the counts of summary.json, and while it runs its rate and ETA."""
     path = folder / STORE_FILE
     if not path.is_file():
-        raise BonitoError(
-            f"{folder} is not a bonito run (it has no {STORE_FILE}); give the --output folder "
-            "of a `bonito generate`."
+        where = (
+            f"{folder} is the run's store; give its folder, {folder.parent}"
+            if folder.name == STORE_FILE
+            else f"{folder} is not a bonito run (it has no {STORE_FILE}); give the --output "
+            "folder of a `bonito generate`"
         )
+        raise BonitoError(f"{where}.")
     lock = FileLock(folder / LOCK_FILE)
     try:
         lock.acquire(timeout=0)
@@ -705,26 +728,57 @@ def status(folder: Path) -> dict[str, str]:
         state = "running"
     elif state in (None, "running"):
         state = "interrupted: run the same `bonito generate` command to continue"
-    requests, done = totals["requests"], totals["requests_done"]
-    left = requests - done
-    lines = {
+    facts = {
         "state": state,
         "model": config["model"],
-        "task mix": ", ".join(f"{k}:{w:g}" for k, w in config["task_mix"].items()),
-        "progress": f"{done}/{requests} requests ({done / requests:.1%})" if requests else "0",
-        "documents": str(summary.documents),
-        "contexts": str(summary.contexts),
-        "samples": str(summary.samples),
-        "accepted": str(summary.accepted),
-        "duplicates": str(summary.duplicates),
-        "rejected": counts(summary.rejected) or "0",
-        "failed requests": str(summary.failed),
-        "generation time": f"{summary.elapsed:.1f}s",
-        "output tokens/s": f"{summary.tokens_per_second:.1f}",
+        "task_mix": config["task_mix"],
+        "requests": totals["requests"],
+        "requests_done": totals["requests_done"],
+        "requests_failed": totals["requests_failed"],
+        "summary": summary.to_dict(),
     }
-    if summary.failed:
-        lines["last error"] = summary.last_error
     if running:
+        left = totals["requests"] - totals["requests_done"]
+        facts["requests_per_second"] = round(rate, 3)
+        facts["eta_s"] = round(left / rate) if rate else None
+    return facts
+
+
+def status(folder: Path) -> dict[str, str]:
+    """A running or finished run's state, progress, rate, ETA and counts, as lines to show."""
+    facts = status_facts(folder)
+    summary, requests, done = facts["summary"], facts["requests"], facts["requests_done"]
+    lines = {
+        "state": facts["state"],
+        "model": facts["model"],
+        "task mix": ", ".join(f"{k}:{w:g}" for k, w in facts["task_mix"].items()),
+        "progress": f"{done}/{requests} requests ({done / requests:.1%})" if requests else "0",
+        "documents": str(summary["documents"]),
+        "contexts": str(summary["contexts"]),
+        "samples": str(summary["samples"]),
+        "accepted": accepted_line(summary),
+        "duplicates": str(summary["duplicates"]),
+        "rejected": counts(Counter(summary["rejected"])) or "0",
+        "failed requests": str(summary["failed_requests"]),
+        "generation time": f"{summary['elapsed_s']:.1f}s",
+        "output tokens/s": f"{summary['output_tokens_per_s']:.1f}",
+    }
+    if summary["failed_requests"]:
+        lines["last error"] = summary["last_error"]
+    if "requests_per_second" in facts:
+        rate, eta = facts["requests_per_second"], facts["eta_s"]
         lines["rate"] = f"{rate:.2f} requests/s over the last minute"
-        lines["eta"] = f"{left / rate:.0f}s" if rate else "unknown"
+        lines["eta"] = f"{eta}s" if eta is not None else "unknown"
     return lines
+
+
+def accepted_line(summary: dict[str, Any]) -> str:
+    """Accepted tasks, their share of the samples and their task types: "45 (38% of samples:
+    summarization 29, ynqa 9, exqa 7)"."""
+    by_type = counts(Counter(summary["accepted_by_type"]))
+    share = f"{summary['acceptance_rate']:.0%} of samples"
+    return (
+        f"{summary['accepted']} ({share}: {by_type})"
+        if by_type
+        else f"{summary['accepted']} ({share})"
+    )

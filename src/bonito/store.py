@@ -306,8 +306,8 @@ class RunStore:
 
     # counts
     def counts(self) -> dict[str, Any]:
-        """How far the run is: contexts, requests by status, samples, tasks by status and
-        rejection reason, tokens, generation time."""
+        """How far the run is: contexts, requests by status, samples, tasks by status, accepted
+        ones by task type and rejected ones by reason, tokens, generation time."""
         one = self.db.execute
         requests = Counter(dict(one("SELECT status, COUNT(*) FROM requests GROUP BY status")))
         tasks = Counter(dict(one("SELECT status, COUNT(*) FROM tasks GROUP BY status")))
@@ -315,6 +315,12 @@ class RunStore:
             one(
                 "SELECT reason, COUNT(*) FROM tasks WHERE status = 'rejected' "
                 "GROUP BY reason ORDER BY COUNT(*) DESC, reason"
+            )
+        )
+        accepted_by_type = dict(
+            one(
+                "SELECT r.task_type, COUNT(*) FROM tasks t JOIN requests r ON r.id = t.request_id "
+                "WHERE t.status = 'accepted' GROUP BY r.task_type ORDER BY COUNT(*) DESC, 1"
             )
         )
         contexts, context_tokens = one(
@@ -333,6 +339,7 @@ class RunStore:
             "last_error": last_error[0] if last_error else None,
             "samples": sum(tasks.values()),
             "accepted": tasks["accepted"],
+            "accepted_by_type": accepted_by_type,
             "duplicates": tasks["duplicate"],
             "rejected": rejected,
             "output_tokens": output_tokens.fetchone()[0],

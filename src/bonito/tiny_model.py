@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from bonito.ctga import TrainingPair
+from bonito.errors import BonitoError
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
 from bonito.generator_training import train_generator
 from bonito.outputs import output_folder
@@ -201,12 +202,20 @@ def save_random_model(
     return Path(path)
 
 
-def build_tiny_model(path: str | Path, seed: int = 0, *, epochs: float = EPOCHS) -> Path:
-    """Build, train and save the tiny generator in `path`: under a minute, on one CPU thread so
-    that the same seed gives the same files whatever the core count, and a busy CPU does not stall
-    it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
-    AutoModelForCausalLM and runs on any bonito engine."""
+def build_tiny_model(
+    path: str | Path, seed: int = 0, *, epochs: float = EPOCHS, overwrite: bool = False
+) -> Path:
+    """Build, train and save the tiny generator in `path`: about two minutes, on one CPU thread
+    so that the same seed gives the same files whatever the core count, and a busy CPU does not
+    stall it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
+    AutoModelForCausalLM and runs on any bonito engine. A folder that holds a model already is
+    refused unless `overwrite`."""
     path = output_folder(path, option="")
+    if (path / "config.json").exists() and not overwrite:
+        raise BonitoError(
+            f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "
+            "or pass --overwrite to build it again."
+        )
     examples = load_examples()
     pairs = training_pairs(examples, random.Random(seed))
     written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]

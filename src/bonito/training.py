@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from bonito import __version__
-from bonito.engines.models import check_model_path, model_load_error
+from bonito.engines.models import check_model_path, model_load_error, quiet_transformers
 from bonito.errors import BonitoError
 from bonito.outputs import output_folder
 
@@ -216,6 +216,7 @@ def load_base(base_model: str, recipe: Recipe) -> tuple[torch.nn.Module, PreTrai
     """The base model (4-bit NF4 with double quantization when the recipe quantizes; bf16 on
     CUDA, float32 on CPU otherwise) and its tokenizer, through the normal from_pretrained path."""
     check_model_path(base_model)
+    quiet_transformers()
     options: dict[str, Any] = {"dtype": torch.float32}
     if torch.cuda.is_available():
         options = {"dtype": torch.bfloat16, "device_map": {"": torch.cuda.current_device()}}

@@ -35,7 +35,9 @@ def choose_engine(engine: str, model: str = "") -> str:
         if adapter and has_vllm
         else ("no CUDA device" if has_vllm else "vLLM not installed")
     )
-    log.info("engine auto -> %s (%s)", chosen, why)
+    # worth a line only where vLLM is installed but not used
+    level = logging.INFO if has_vllm and chosen != "vllm" else logging.DEBUG
+    log.log(level, "engine auto -> %s (%s)", chosen, why)
     return chosen
 
 

@@ -83,6 +83,18 @@ def check_model_path(model: str) -> None:
         )
 
 
+def quiet_transformers() -> None:
+    """Switch off transformers' own progress bars (its "Loading weights" on every load), and
+    keep the hub's download bars as they were: a long download still shows its progress."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    logging.disable_progress_bar()  # the hub's too
+    if downloads_shown:
+        enable_progress_bars()
+
+
 def load_causal_lm(model: str, adapter: str | Path | None = None, **options: Any):
     """(model, tokenizer) through the normal from_pretrained path, `options` going to the model's
     from_pretrained. A LoRA adapter (`adapter`, or `model` itself when it is an adapter folder,
@@ -91,6 +103,7 @@ def load_causal_lm(model: str, adapter: str | Path | None = None, **options: Any
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_path(model)
+    quiet_transformers()
     if adapter is None and is_adapter(model):
         adapter = model
     if adapter is not None and not is_adapter(str(adapter)):

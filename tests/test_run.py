@@ -450,6 +450,68 @@ def test_limit_counts_the_documents_it_reached_and_the_skips_before_the_next_con
 
 
 @pytest.fixture
+def long_documents(tmp_path) -> Path:
+    """Three documents of several contexts each (at --max-context-tokens 64)."""
+    folder = tmp_path / "long"
+    folder.mkdir()
+    sentence = "The depot opens at nine every day and closes at five on weekdays. "
+    for name in ("a", "b", "c"):
+        paragraphs = [f"Paragraph {i} of {name}. " + sentence * 6 for i in range(6)]
+        (folder / f"{name}.txt").write_text("\n\n".join(paragraphs))
+    return folder
+
+
+def test_per_document_reads_the_first_contexts_of_each_document_and_counts_the_rest(
+    tiny_model, long_documents, tmp_path, capsys, monkeypatch
+):
+    """--limit alone takes every context of the first document; with --per-document the
+    contexts spread over the documents, the larger --limit still reads on as if asked at once,
+    and the contexts left out are counted."""
+
+    def run(out, *extra):
+        args = generate_args(long_documents, tiny_model, out, "--max-context-tokens", 64, *extra)
+        code, stdout, err = run_cli(args, capsys, monkeypatch)
+        assert code == 0, err
+        return stdout
+
+    def documents(out):
+        return [Path(document).stem for _, document, *_ in plan_of(out)]
+
+    run(tmp_path / "first", "--limit", 5)
+    assert documents(tmp_path / "first") == ["a"] * 5
+    direct, grown = tmp_path / "direct", tmp_path / "grown"
+    stdout = run(direct, "--limit", 5, "--per-document", 2)
+    assert documents(direct) == ["a", "a", "b", "b", "c"]
+    run(grown, "--limit", 3, "--per-document", 2)
+    run(grown, "--limit", 5, "--per-document", 2)
+    assert plan_of(grown) == plan_of(direct) and tasks_of(grown) == tasks_of(direct)
+    contexts = tmp_path / "contexts.jsonl"
+    chunk = ["chunk", long_documents, "--model", tiny_model, "--max-tokens", 64, "-o", contexts]
+    assert run_cli(chunk, capsys, monkeypatch)[0] == 0
+    per_document = Counter(Path(json.loads(line)["file"]).stem for line in contexts.open())
+    left_out = per_document["a"] - 2 + per_document["b"] - 2  # c's were not reached
+    summary = json.loads((grown / "summary.json").read_text())["summary"]
+    assert (summary["documents"], summary["contexts"], summary["capped"]) == (3, 5, left_out)
+    assert re.search(rf"left out\W+{left_out} contexts past --per-document", stdout)
+    code, stdout, _ = run_cli([*chunk, "--limit", 5, "--per-document", 2], capsys, monkeypatch)
+    assert code == 0 and re.search(rf"left out\W+{left_out} contexts", stdout)
+    chunked = [json.loads(line)["text"] for line in contexts.open()]
+    assert chunked == [text for _, _, text, *_ in plan_of(direct)]
+
+
+def test_changing_per_document_on_a_run_is_a_configuration_change(
+    tiny_model, long_documents, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    args = generate_args(long_documents, tiny_model, out, "--limit", 2, "--per-document")
+    assert run_cli([*args, 1], capsys, monkeypatch)[0] == 0
+    code, _, err = run_cli([*args, 2], capsys, monkeypatch)
+    assert code == 1 and "reading.per_document: 1 -> 2" in err
+    code, _, err = run_cli([*args, 0], capsys, monkeypatch)
+    assert code == 1 and "--per-document must be at least 1, got 0." in err
+
+
+@pytest.fixture
 def corpus(tmp_path) -> Path:
     folder = tmp_path / "corpus"
     (folder / "drafts").mkdir(parents=True)

@@ -117,6 +117,15 @@ MaxInputTokens = Annotated[int, typer.Option(help="Longest prompt the model take
 Limit = Annotated[
     int | None, typer.Option(help="Read at most this many contexts.", show_default="all")
 ]
+PerDocument = Annotated[
+    int | None,
+    typer.Option(
+        metavar="K",
+        help="Read at most the first K contexts of each document (with --limit: a sample of "
+        "many documents, not all of the first).",
+        show_default="all",
+    ),
+]
 Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one is skipped.")]
 
 
@@ -140,6 +149,7 @@ def chunk(
     include: Include = None,
     exclude: Exclude = None,
     limit: Limit = None,
+    per_document: PerDocument = None,
     strict: Strict = False,
 ) -> None:
     """Show what `generate` would send, without running the model: write the contexts to OUTPUT
@@ -154,6 +164,7 @@ def chunk(
     chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
     summary, skipped = Summary(), output.parent / "skipped.jsonl"
     reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
+    reading["per_document"] = per_document
     with _written_whole(output) as file:
         for context in _contexts(inputs, chunker, summary, skipped, limit=limit, **reading):
             file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
@@ -205,6 +216,7 @@ def generate(
     max_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the task-type draws and sampling.")] = 0,
     limit: Limit = None,
+    per_document: PerDocument = None,
     checks: Annotated[
         bool, typer.Option(help="Task-aware checks; --no-checks keeps every parseable sample.")
     ] = True,
@@ -337,6 +349,7 @@ def generate(
         include=include or [],
         exclude=exclude or [],
         limit=limit,
+        per_document=per_document,
     )
     config = RunConfig(
         model,
@@ -570,6 +583,8 @@ def _reading_table(title: str, summary, skipped: Path) -> Table:
     table = Table(title=title, show_header=False)
     table.add_row("documents", str(summary.documents))
     table.add_row("contexts", str(summary.contexts))
+    if summary.capped:
+        table.add_row("left out", f"{summary.capped} contexts past --per-document")
     mean = summary.context_tokens / summary.contexts if summary.contexts else 0
     table.add_row("context tokens", f"{summary.context_tokens} ({mean:.0f} per context)")
     table.add_row("skipped", counts(summary.skipped) or "0")
@@ -1048,6 +1063,7 @@ def adapt(
             "include": [],
             "exclude": [],
             "limit": None,
+            "per_document": None,
         },
         chunking={
             "max_tokens": max_context_tokens,

@@ -135,13 +135,14 @@ def generate_samples(
 
 @dataclass
 class Summary:
-    """Counts for the one-screen report at the end of a run; `skipped` counts by reason what
-    was not read or not sent; `failed` counts the requests the engine gave up on, and
-    `last_error` says why the last of them failed."""
+    """Counts for the one-screen report at the end of a run; `capped` counts the contexts left
+    out by --per-document, `skipped` by reason what was not read or not sent; `failed` counts
+    the requests the engine gave up on, and `last_error` says why the last of them failed."""
 
     documents: int = 0
     contexts: int = 0
     context_tokens: int = 0
+    capped: int = 0
     skipped: Counter = field(default_factory=Counter)
     samples: int = 0
     accepted: int = 0
@@ -183,6 +184,7 @@ class Summary:
             "documents": self.documents,
             "contexts": self.contexts,
             "context_tokens": self.context_tokens,
+            "capped": self.capped,
             "skipped": dict(self.skipped),
             "samples": self.samples,
             "accepted": self.accepted,

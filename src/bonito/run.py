@@ -99,6 +99,7 @@ class RunConfig:
             raise BonitoError(f"--dedup must be near, exact or off, got '{self.dedup}'.")
         self.deduplicator()  # refuses a bad threshold before anything is read
         reading = self.reading
+        check_reading(reading.get("limit"), reading.get("per_document"))
         check_inputs(self.inputs, reading.get("include", ()), reading.get("exclude", ()))
 
     @property
@@ -396,6 +397,7 @@ class Run:
                     "documents": summary.documents,
                     "skipped": dict(summary.skipped),
                     "contexts": summary.contexts,
+                    "capped": summary.capped,
                     "complete": limit is None or summary.contexts < limit,
                 },
             )
@@ -534,6 +536,7 @@ def summary_from(reading: dict[str, Any], totals: dict[str, Any]) -> Summary:
         documents=reading.get("documents", 0),
         contexts=totals["contexts"],
         context_tokens=totals["context_tokens"],
+        capped=reading.get("capped", 0),
         skipped=Counter(reading.get("skipped", {})),
         samples=totals["samples"],
         accepted=totals["accepted"],
@@ -640,17 +643,18 @@ def read_contexts(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     limit: int | None = None,
+    per_document: int | None = None,
 ) -> Iterator[Context]:
-    """Contexts from the inputs, read and chunked lazily, at most `limit`: the reading stops
-    where the next context would start, so the skips before it are reached too. Documents
-    reached, contexts, their tokens and skips by reason are counted in `summary`, and every
-    Skip is written to the file `skipped` as a JSON line; BonitoError when no context comes
-    out."""
-    if limit is not None and limit < 1:
-        raise BonitoError(f"--limit must be at least 1, got {limit}.")
+    """Contexts from the inputs, read and chunked lazily, at most `limit`, and at most the
+    first `per_document` of each document: the reading stops where the next context would
+    start, so the skips before it are reached too. Documents reached, contexts, their tokens,
+    the contexts left out by `per_document` and skips by reason are counted in `summary`, and
+    every Skip is written to the file `skipped` as a JSON line; BonitoError when no context
+    comes out."""
+    check_reading(limit, per_document)
     documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
     reached = Reached(summary)
-    first_skip = None
+    first_skip, document, taken = None, None, 0
     with skipped.open("w", encoding="utf-8") as file:
         for item in chunker.chunk(reached.pulled(documents)):
             if isinstance(item, Context) and summary.contexts == limit:
@@ -660,6 +664,11 @@ def read_contexts(
                 first_skip = first_skip or item
                 summary.skipped[item.reason] += 1
                 file.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                continue
+            taken = taken + 1 if item.document == document else 1
+            document = item.document
+            if per_document is not None and taken > per_document:
+                summary.capped += 1
                 continue
             summary.contexts += 1
             summary.context_tokens += item.tokens
@@ -675,6 +684,13 @@ def read_contexts(
                 else "there is no text in them."
             )
         )
+
+
+def check_reading(limit: int | None, per_document: int | None) -> None:
+    """BonitoError unless --limit and --per-document, where given, are at least 1."""
+    for flag, value in (("--limit", limit), ("--per-document", per_document)):
+        if value is not None and value < 1:
+            raise BonitoError(f"{flag} must be at least 1, got {value}.")
 
 
 class Reached:

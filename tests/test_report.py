@@ -13,8 +13,8 @@ from filelock import FileLock
 from test_cli import run_cli
 from test_export import HOSTILE, generate_run, make_config, make_store, store_tasks
 
-from bonito.report import StratifiedSample, fair_shares, histogram, write_report
-from bonito.store import RunStore
+from bonito.report import StratifiedSample, fair_shares, histogram, source_line, write_report
+from bonito.store import PlannedRequest, RunStore, SavedSample
 
 CHARTS = 7
 """Coverage, task types, rejections and four length histograms."""
@@ -38,34 +38,51 @@ def page(run) -> tuple[Path, str]:
 
 
 class Page(HTMLParser):
-    """What a report holds: its charts, the sample table's rows, the passages shown (as text)
-    and its scripts."""
+    """What a report holds: its charts, the sample table's rows, the text blocks shown (as
+    (class, folded, text), folded: inside a <details>), the passages beside the tasks, the
+    folds' summaries, the source lines and its scripts."""
 
     def __init__(self, html: str) -> None:
         super().__init__()
-        self.charts, self.rows, self.passages, self.scripts = 0, [], [], 0
-        self.in_passage = False
+        self.charts, self.rows, self.scripts = 0, [], 0
+        self.texts, self.summaries, self.sources = [], [], []
+        self.into, self.folded = None, False
         self.feed(html)
+
+    @property
+    def passages(self) -> list[str]:
+        return [text for kind, _, text in self.texts if kind == "text passage"]
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "svg" and attrs.get("class") == "chart":
+        kind = attrs.get("class") or ""
+        if tag == "svg" and kind == "chart":
             assert float(attrs["width"]) > 0 and float(attrs["height"]) > 0
             self.charts += 1
         elif tag == "tr" and "data-type" in attrs:
             self.rows.append((attrs["data-type"], attrs["data-status"]))
-        elif tag == "div" and attrs.get("class") == "text passage":
-            self.in_passage = True
-            self.passages.append("")
         elif tag == "script":
             self.scripts += 1
+        elif tag == "details":
+            self.folded = True
+        elif tag == "div" and kind.startswith("text"):
+            self.into = self.texts
+            self.texts.append((kind, self.folded, ""))
+        elif (tag, kind) in (("div", "source"), ("summary", "")):
+            self.into = self.sources if tag == "div" else self.summaries
+            self.into.append("")
 
     def handle_endtag(self, tag):
-        self.in_passage = self.in_passage and tag != "div"
+        self.folded = self.folded and tag != "details"
+        if tag in ("div", "summary"):
+            self.into = None
 
     def handle_data(self, data):
-        if self.in_passage:
-            self.passages[-1] += data
+        if self.into is self.texts:
+            kind, folded, text = self.texts[-1]
+            self.texts[-1] = (kind, folded, text + data)
+        elif self.into is not None:
+            self.into[-1] += data
 
 
 def test_report_shows_mix_lengths_rejections_coverage_and_a_sample(
@@ -94,6 +111,12 @@ def test_report_shows_mix_lengths_rejections_coverage_and_a_sample(
     assert f'<p class="caption">{len(accepted)} values, median' in html
     assert f'<p class="caption">{len(tasks)} values, median' in html
     assert sorted(page.passages) == sorted(t["context"] for t in tasks)
+    assert sorted(page.sources) == sorted(source_line(t["document"], t["source"]) for t in tasks)
+    assert "chars 0-" in page.sources[0] and '"span"' not in html and "&#34;span&#34;" not in html
+    quoting = [t for t in tasks if t["input"] and t["context"] in t["input"]]
+    assert quoting and sorted(page.summaries) == sorted(
+        f"passage ({len(t['context']):,} chars)" for t in quoting
+    )
 
 
 def test_user_text_is_escaped(page):
@@ -101,6 +124,58 @@ def test_user_text_is_escaped(page):
     parsed = Page(html)
     assert HOSTILE in parsed.passages and parsed.scripts == 1
     assert "<img" not in html and "window.pwned = 1</script>" not in html
+
+
+FOLDED = "The mill </details><script>window.pwned = 3</script> turns </div></td> all day."
+
+
+def test_the_instruction_folds_the_passage_it_quotes(tmp_path):
+    """The passage an instruction quotes is folded away, hostile text and all, the generated
+    text around it shown in full; an instruction that does not quote it is shown whole; the
+    source reads as words."""
+    run = tmp_path / "run"
+    run.mkdir()
+    store = RunStore(run / "run.sqlite")
+    store.put("config", make_config())
+    source = {"file": "mill.pdf", "document": "mill.pdf", "span": [9144, 10152], "pages": [3, 4]}
+    store.add_contexts(
+        [(0, "mill.pdf", source | {"title": "Mills"}, FOLDED, 20)],
+        [PlannedRequest(0, 0, 0, "ynqa", 0), PlannedRequest(0, 1, 0, "nli", 1)],
+    )
+    quoting = f"Read this passage.\n\n{FOLDED}\n\nDoes the mill turn at night?"
+    whole = "Does a mill grind wheat?"
+    store.save(
+        [
+            SavedSample(1, 0, "c", "stop", 9, 9, quoting, "no", "accepted", None),
+            SavedSample(2, 0, "c", "stop", 9, 9, whole, "yes", "accepted", None),
+        ],
+        1.0,
+    )
+    store.close()
+    page = Page(write_report(run).path.read_text(encoding="utf-8"))
+    assert page.scripts == 1 and page.summaries == [f"passage ({len(FOLDED)} chars)"]
+    shown = [(folded, text) for kind, folded, text in page.texts if kind == "text"]
+    assert shown == [  # nli first, then ynqa
+        (False, "Does a mill grind wheat?"),
+        (False, "yes"),
+        (False, "Read this passage."),
+        (True, FOLDED),
+        (False, "Does the mill turn at night?"),
+        (False, "no"),
+    ]
+    assert page.passages == [FOLDED, FOLDED]
+    assert page.sources == ["mill.pdf · “Mills” · p. 3-4 · chars 9144-10152"] * 2
+
+
+def test_source_line_reads_as_words():
+    assert source_line("a.txt", {"file": "a.txt", "document": "a.txt", "span": [0, 9]}) == (
+        "a.txt · chars 0-9"
+    )
+    row = {"file": "t.jsonl", "document": "t.jsonl:3", "span": [5, 9], "row": 3}
+    assert source_line("t.jsonl:3", row) == "t.jsonl · row 3 · chars 5-9"
+    pdf = {"file": "p.pdf", "document": "p.pdf", "span": [1, 2], "pages": [7], "lang": "en"}
+    assert source_line("p.pdf", pdf) == "p.pdf · p. 7 · chars 1-2 · lang en"
+    assert source_line("doc", {"file": "dir", "span": [0, 1]}) == "dir (doc) · chars 0-1"
 
 
 def test_default_output_and_mistakes(run, tmp_path, capsys, monkeypatch):
@@ -214,8 +289,9 @@ def browser():
 @needs_selenium
 @needs_chromium
 def test_report_in_headless_chromium(browser, page, run):
-    """It renders, its charts have a size and bars, the table has rows and filters them, the
-    hostile passage ran nothing, nothing was fetched and the console stayed empty."""
+    """It renders, its charts have a size and bars, the table has rows and filters them, a
+    folded passage opens on a click, the hostile passage ran nothing, nothing was fetched and
+    the console stayed empty."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -229,6 +305,10 @@ def test_report_in_headless_chromium(browser, page, run):
         assert chart.find_elements(By.TAG_NAME, "rect")
     rows = browser.find_elements(By.CSS_SELECTOR, "#sample tbody tr")
     assert len(rows) == len(store_tasks(run)) and rows[0].is_displayed()
+    folded = browser.find_element(By.CSS_SELECTOR, "details.fold .text")
+    assert not folded.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "details.fold summary").click()
+    assert folded.is_displayed()
     Select(browser.find_element(By.ID, "filter-type")).select_by_visible_text("nli")
     shown = [row for row in rows if row.is_displayed()]
     assert shown and all(row.get_attribute("data-type") == "nli" for row in shown)

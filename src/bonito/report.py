@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Mapping, Sequence
@@ -250,6 +249,36 @@ class RunStats:
         self.documents.add(context["document"])
 
 
+SHOWN_SOURCE = ("file", "document", "row", "title", "pages", "span")
+"""The provenance keys `source_line` words itself; any other is shown as `key value`."""
+
+
+def source_line(document: str, source: Mapping[str, Any]) -> str:
+    """Where a passage came from, to read: the file (with the document when it is more than the
+    file or its row), row, title, pages "p. 3-4", characters "chars 9144-10152", then the rest."""
+    file, row = source.get("file", document), source.get("row")
+    parts = [file if document in (file, f"{file}:{row}") else f"{file} ({document})"]
+    if row is not None:
+        parts.append(f"row {row}")
+    if source.get("title"):
+        parts.append(f"“{source['title']}”")
+    if pages := source.get("pages"):
+        parts.append(f"p. {pages[0]}" if len(pages) == 1 else f"p. {pages[0]}-{pages[-1]}")
+    if span := source.get("span"):
+        parts.append(f"chars {span[0]}-{span[1]}")
+    parts += [f"{key} {value}" for key, value in source.items() if key not in SHOWN_SOURCE]
+    return " · ".join(parts)
+
+
+def fold(instruction: str | None, passage: str) -> tuple[str, str, str] | None:
+    """The instruction around the passage it quotes, as (before, passage, after), to show the
+    passage folded; None when the instruction does not quote it."""
+    if not passage or passage not in (instruction or ""):
+        return None
+    before, _, after = instruction.partition(passage)
+    return before.rstrip(), passage, after.lstrip()
+
+
 def gather(view: RunView, sample_size: int) -> tuple[RunStats, list[dict[str, Any]]]:
     """One pass over every task, then one over the contexts: the statistics, and the sampled
     tasks with their passages, by task type and status, then in run order."""
@@ -263,14 +292,20 @@ def gather(view: RunView, sample_size: int) -> tuple[RunStats, list[dict[str, An
         if context["id"] in wanted:
             texts[context["id"]] = context["text"]
     rows = [
-        task
-        | {
-            "context": texts.get(task["context_id"], ""),
-            "source": json.dumps(task["source"], ensure_ascii=False),
-        }
+        table_row(task, texts.get(task["context_id"], ""))
         for task in sorted(sample, key=lambda t: (t["task_type"], t["status"], t["position"]))
     ]
     return stats, rows
+
+
+def table_row(task: dict[str, Any], context: str) -> dict[str, Any]:
+    """A sampled task as the sample table shows it: with its passage, where it came from in
+    words, and its instruction folded around the passage."""
+    return task | {
+        "context": context,
+        "source": source_line(task["document"], task["source"]),
+        "fold": fold(task["input"], context),
+    }
 
 
 def charts(

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from bonito.ctga import TrainingPair
+from bonito.engines.models import quiet_transformers
 from bonito.errors import BonitoError
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
 from bonito.generator_training import train_generator
@@ -216,6 +217,7 @@ def build_tiny_model(
             f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "
             "or pass --overwrite to build it again."
         )
+    quiet_transformers()  # no "Writing model shards" bar on every save
     examples = load_examples()
     pairs = training_pairs(examples, random.Random(seed))
     written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 
 from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import generate_all, load_engine
+from bonito.engines.base import Failure
 from bonito.engines.openai import (
     PROBE_PROMPT,
     Answer,
@@ -555,3 +556,87 @@ def test_a_run_whose_requests_failed_exits_1_and_shows_the_last_error(
     )
     code, out, _ = run_cli(["status", run], capsys, monkeypatch)
     assert code == 0 and "last error" in out and "Internal Server Error" in out
+
+
+class StubServer(BaseHTTPRequestHandler):
+    """A server that lists the model "tiny", passes the engine's test request, then answers every
+    completion request with `answer(request)`: (status, headers, body). Subclasses say what."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.reply(200, {}, b'{"data": [{"id": "tiny"}]}')
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if request["prompt"] == PROBE_PROMPT:
+            self.reply(200, {}, b'{"choices": [{"text": "x", "finish_reason": "length"}]}')
+        else:
+            self.reply(*self.answer(request))
+
+    def answer(self, request: dict) -> tuple[int, dict, bytes]:
+        raise NotImplementedError
+
+    def reply(self, status: int, headers: dict, body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers | {"Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client stopped reading
+            pass
+
+
+def stub(answer) -> type[StubServer]:
+    """A StubServer whose completion answers are `answer(request)`."""
+    return type("Stub", (StubServer,), {"answer": lambda self, request: answer(request)})
+
+
+def choices_answer(choices: list, usage: dict | None = None) -> tuple[int, dict, bytes]:
+    payload = {"choices": choices} | ({"usage": usage} if usage else {})
+    return 200, {}, json.dumps(payload).encode()
+
+
+def generate_through(url: str, **options) -> list:
+    """What a quick engine (2 attempts, short backoff) gives for two prompts against `url`."""
+    engine = OpenAIEngine("tiny", base_url=url, max_retries=1, backoff=0.01, **options)
+    sampling = SamplingParams(max_tokens=8, seed=1)
+    return [result for group in engine.generate(["a", "b"], sampling) for result in group]
+
+
+@pytest.mark.parametrize(
+    "choices, usage",
+    [
+        ([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": float("inf")}),
+        ([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": 10**30}),
+        ([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": -3}),
+        ([{"text": "t", "finish_reason": "stop"}], {"prompt_tokens": float("nan")}),
+        ([{"text": None, "finish_reason": "stop"}], None),
+        ([{"text": "t", "finish_reason": "stop"}] * 3, None),
+    ],
+    ids=["infinite", "huge", "negative", "nan", "null-text", "three-choices-for-one"],
+)
+def test_answers_with_absurd_counts_null_text_or_extra_choices_are_retried_then_failures(
+    choices, usage
+):
+    with http_server(stub(lambda request: choices_answer(choices, usage))) as url:
+        results = generate_through(url)
+    assert sorted(index for index, _ in results) == [0, 1]
+    for _, result in results:
+        assert isinstance(result, Failure)
+        assert result.reason.startswith("unreadable answer (") and "(2 attempts)" in result.reason
+
+
+def test_a_run_against_a_server_with_absurd_token_counts_records_failures(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    huge = choices_answer([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": 10**30})
+    run = tmp_path / "run"
+    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args += ["--max-retries", "0", "--limit", "2", "--max-tokens", "8", "--output", run]
+    with http_server(stub(lambda request: huge)) as url:
+        code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert counts_of(run) == (0, 2, 0, 0)

@@ -49,6 +49,8 @@ MAX_ERROR_CHARS = 200
 """Longest server message kept in an error."""
 MAX_RETRY_AFTER = 600.0
 """Longest Retry-After honoured, in seconds."""
+MAX_TOKEN_COUNT = 2**31 - 1
+"""Largest token count believed in an answer's usage."""
 PROBE_PROMPT = "<|tasktype|>\n"
 """What the test request at start sends: the first line of every bonito prompt."""
 
@@ -133,20 +135,36 @@ def split_tokens(total: int | None, texts: Sequence[str]) -> list[int]:
     return counts
 
 
-def completions_from(payload: Any, stop: Sequence[str]) -> list[Completion]:
-    """Our completions from a /v1/completions answer; ValueError if it is not one."""
+def token_count(value: Any) -> int | None:
+    """A token count from an answer's usage: None if absent; ValueError unless a whole number
+    from 0 to MAX_TOKEN_COUNT (a server that sends Infinity or 10**30 is not believed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"a token count of {value!r}")
+    if not (0 <= value <= MAX_TOKEN_COUNT) or value != int(value):
+        raise ValueError(f"a token count of {value!r}")
+    return int(value)
+
+
+def completions_from(payload: Any, stop: Sequence[str], n: int | None = None) -> list[Completion]:
+    """Our completions from a /v1/completions answer with at most `n` choices; ValueError if
+    it is not one."""
     try:
         choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
-        texts = [str(c["text"]) for c in choices]
+        texts = [c["text"] for c in choices]
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("a choice's text is not a string")
         usage = payload.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        total = usage.get("completion_tokens")
-        counts = split_tokens(None if total is None else int(total), texts)
+        prompt_tokens = token_count(usage.get("prompt_tokens")) or 0
+        counts = split_tokens(token_count(usage.get("completion_tokens")), texts)
         reasons = [c.get("finish_reason") for c in choices]
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise ValueError(f"not a completions answer: {type(error).__name__} {error}") from None
     if not choices:
         raise ValueError("an answer with no choices")
+    if n is not None and len(choices) > n:
+        raise ValueError(f"{len(choices)} choices where {n} were asked for")
     completions = []
     for text, reason, tokens in zip(texts, reasons, counts, strict=True):
         text, stopped = cut_at_stop(text, stop)
@@ -661,8 +679,8 @@ class OpenAIEngine:
         n, have = sampling.n, []
         if n == 1 or not self.split_n:
             first = await self._request(session, limit, self._body(prompt, sampling, seed, n))
-            if isinstance(first, Failure) or len(first) >= n:
-                return first if isinstance(first, Failure) else first[:n]
+            if isinstance(first, Failure) or len(first) == n:
+                return first
             if not self.split_n:
                 self.split_n = True
                 log.info(
@@ -720,7 +738,7 @@ class OpenAIEngine:
                     status = answer.status
                     if answer.ok:
                         try:
-                            completions = completions_from(answer.json(), stop)
+                            completions = completions_from(answer.json(), stop, body["n"])
                         except ValueError as error:
                             cause, why = "unreadable", f"unreadable answer ({error})"
                         else:

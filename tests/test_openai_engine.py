@@ -509,6 +509,17 @@ def test_error_messages_are_one_short_line():
     assert error_message(Answer(400, "Bad Request", detail)) == ("no such " + "model " * 40)[:200]
 
 
+def test_an_error_body_never_keeps_a_part_of_the_key_and_is_printable_text():
+    key = "sk-SECRET-0123456789abcdefghijklmnopqrstuvwxyz"
+    for at in range(150, 210, 7):  # the key straddles the cut at MAX_ERROR_CHARS
+        body = json.dumps({"error": {"message": "x" * at + f" Bearer {key} " + "y" * 50}})
+        message = error_message(Answer(500, "Oops", body.encode()), key)
+        assert "sk-S" not in message
+    binary = bytes(range(256)) * 8
+    message = error_message(Answer(500, "Oops", binary))
+    assert message.isprintable() and len(message) <= 200
+
+
 class FailingServer(BaseHTTPRequestHandler):
     """A server that passes the engine's test request, then answers every completion request
     with HTTP 500 and an HTML page."""

@@ -234,8 +234,9 @@ def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def error_message(answer: Answer, secret: str | None = None) -> str:
-    """The server's own words for an error answer in one short line, with the API key blanked
-    out: a JSON error's message, the first line of a text, the reason phrase of an HTML page."""
+    """The server's own words for an error answer in one short line of printable text, with
+    the API key blanked out: a JSON error's message, the first line of a text, the reason phrase
+    of an HTML page."""
     try:
         payload = answer.json()
     except ValueError:
@@ -247,8 +248,10 @@ def error_message(answer: Answer, secret: str | None = None) -> str:
             payload = error.get("message") or error.get("detail") or error
         else:
             payload = payload.get("message") or payload.get("detail") or error
-    text = " ".join(str(payload).split())[:MAX_ERROR_CHARS] or answer.reason
-    return text.replace(secret, "***") if secret else text
+    text = " ".join(str(payload).split()) or answer.reason
+    if secret:
+        text = text.replace(secret, "***")  # before the cut, which could leave a part of it
+    return "".join(c if c.isprintable() else "\ufffd" for c in text[:MAX_ERROR_CHARS])
 
 
 def sample_seed(seed: int, k: int) -> int:

@@ -445,8 +445,9 @@ def test_answers_headers_and_urls_are_read_as_servers_write_them():
     assert api_root("http://h:8000") == "http://h:8000/v1"
     assert api_root("http://h:8000/v1/") == "http://h:8000/v1"
     assert api_root("https://h/api/v1/completions") == "https://h/api/v1"
-    assert retry_after("3") == 3.0 and retry_after(None) is None and retry_after("soon") is None
-    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date gone by: at once
+    assert retry_after("3", 60) == 3.0 and retry_after("100000", 60) == 60
+    assert retry_after(None, 60) is None and retry_after("soon", 60) is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 60) == 0.0  # a date gone by: at once
     assert split_tokens(None, ["a", "b"]) == [0, 0]
     assert split_tokens(10, ["abc"]) == [10]
     assert sum(split_tokens(101, ["aaaa", "b", "cc"])) == 101
@@ -591,7 +592,7 @@ class StubServer(BaseHTTPRequestHandler):
 
     def reply(self, status: int, headers: dict, body: bytes) -> None:
         self.send_response(status)
-        for name, value in headers | {"Content-Length": str(len(body))}.items():
+        for name, value in (headers | {"Content-Length": str(len(body))}).items():
             self.send_header(name, value)
         self.end_headers()
         try:
@@ -651,3 +652,45 @@ def test_a_run_against_a_server_with_absurd_token_counts_records_failures(
         code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert counts_of(run) == (0, 2, 0, 0)
+
+
+def hang(request: dict) -> tuple[int, dict, bytes]:
+    time.sleep(3)
+    return choices_answer([{"text": "late", "finish_reason": "stop"}])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [hang, lambda request: (429, {"Retry-After": "100000"}, b"busy")],
+    ids=["answers-after-the-timeout", "retry-after-a-day"],
+)
+def test_a_hung_or_stalling_server_fails_every_request_within_the_timeouts(answer):
+    prompts = [f"p{i}" for i in range(40)]
+    with http_server(stub(answer)) as url:
+        engine = OpenAIEngine(
+            "tiny", base_url=url, timeout=0.5, max_retries=1, backoff=0.01, concurrency=4
+        )
+        began = time.monotonic()
+        results = [r for group in engine.generate(prompts, SamplingParams(seed=1)) for r in group]
+        took = time.monotonic() - began
+    assert sorted(index for index, _ in results) == list(range(40))
+    assert all(isinstance(result, Failure) for _, result in results)
+    assert took < 5  # two requests' attempts, not 40 requests' one after the other
+    reasons = {result.reason for _, result in results}
+    assert any(reason.startswith("given up: the server is down (") for reason in reasons)
+
+
+def test_one_prompt_that_always_fails_does_not_take_the_server_for_down():
+    def answer(request):
+        if request["prompt"] == "poison":
+            return 500, {}, b"crashed"
+        return choices_answer([{"text": "fine", "finish_reason": "stop"}])
+
+    prompts = ["poison", "a", "b", "c"]
+    with http_server(stub(answer)) as url:
+        engine = OpenAIEngine("tiny", base_url=url, max_retries=1, backoff=0.01, concurrency=1)
+        results = dict(
+            r for group in engine.generate(prompts, SamplingParams(seed=1)) for r in group
+        )
+    assert results[0] == Failure("HTTP 500: crashed (2 attempts)")
+    assert [results[i][0].text for i in (1, 2, 3)] == ["fine"] * 3

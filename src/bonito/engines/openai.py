@@ -11,6 +11,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -47,8 +48,6 @@ NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 again cannot help."""
 MAX_ERROR_CHARS = 200
 """Longest server message kept in an error."""
-MAX_RETRY_AFTER = 600.0
-"""Longest Retry-After honoured, in seconds."""
 MAX_TOKEN_COUNT = 2**31 - 1
 """Largest token count believed in an answer's usage."""
 PROBE_PROMPT = "<|tasktype|>\n"
@@ -95,9 +94,9 @@ def is_local(host: str) -> bool:
     )
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), at most
-    MAX_RETRY_AFTER; None if absent or unreadable."""
+def retry_after(value: str | None, longest: float) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), at most `longest`;
+    None if absent or unreadable."""
     if not value:
         return None
     try:
@@ -108,7 +107,7 @@ def retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return min(max(seconds, 0.0), longest)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -278,23 +277,33 @@ class Concurrency:
     """How many requests may be in flight (AIMD): it starts at the maximum, halves when the
     server pushes back (429, 503 or a timeout), once per burst (answers to requests sent before
     the last cut do not cut again), and grows by one after as many successes as the current
-    limit, back up to the maximum. Lives on one event loop."""
+    limit, back up to the maximum. Lives on one event loop.
+
+    It also says whether the server is down: once two requests have used up their attempts with
+    no success from any request since they were first sent, `down` holds the last error, and the
+    requests still waiting fail at once instead of each spending its own attempts."""
 
     def __init__(self, maximum: int, start: int, stats: Stats) -> None:
         self.maximum, self.limit, self.stats = maximum, start, stats
         self.active = self.successes = self.epoch = 0
-        self.waiters: deque[asyncio.Future] = deque()
+        self.succeeded_at = -math.inf
+        self.given_up = 0  # requests that used up their attempts since the last success
+        self.down: str | None = None
+        self.retries: deque[asyncio.Future] = deque()
+        self.firsts: deque[asyncio.Future] = deque()
 
-    async def acquire(self) -> int:
-        """Wait for a free slot; the epoch to pass to `release`."""
+    async def acquire(self, retry: bool = False) -> int:
+        """Wait for a free slot, retries before first attempts (so a request, once sent, ends
+        within about its attempts' timeouts); the epoch to pass to `release`."""
+        waiters = self.retries if retry else self.firsts
         while self.active >= self.limit:
             waiter = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
+            waiters.append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
+                if waiter in waiters:
+                    waiters.remove(waiter)
                 else:
                     self._wake()  # pass on the wake-up this task no longer needs
                 raise
@@ -304,6 +313,8 @@ class Concurrency:
     def release(self, epoch: int, outcome: str) -> None:
         """Free a slot; outcome "ok" (counts to growing), "pushback" (cuts) or "neutral"."""
         self.active -= 1
+        if outcome == "ok":
+            self.succeeded_at, self.given_up = time.monotonic(), 0
         if outcome == "pushback" and epoch == self.epoch:
             self._set(max(1, self.limit // 2), "the server pushed back")
             self.epoch += 1
@@ -313,6 +324,18 @@ class Concurrency:
                 self._set(self.limit + 1, "the server keeps up")
         self._wake()
 
+    def give_up(self, why: str) -> None:
+        """Count a request that used up its attempts with no success from any since it was
+        first sent; the second such takes the server for down."""
+        self.given_up += 1
+        if self.given_up >= 2 and not self.down:
+            self.down = why
+            log.warning(
+                "openai engine: the server answers nothing (%s); the requests still waiting "
+                "fail at once: run the same command to send them again",
+                why,
+            )
+
     def _set(self, limit: int, why: str) -> None:
         log_at = logging.INFO if limit < self.limit or limit == self.maximum else logging.DEBUG
         log.log(log_at, "openai engine: concurrency %d -> %d (%s)", self.limit, limit, why)
@@ -321,8 +344,8 @@ class Concurrency:
 
     def _wake(self) -> None:
         free = self.limit - self.active
-        while free > 0 and self.waiters:
-            waiter = self.waiters.popleft()
+        while free > 0 and (self.retries or self.firsts):
+            waiter = (self.retries or self.firsts).popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 free -= 1
@@ -724,10 +747,14 @@ class OpenAIEngine:
         """One completions request, sent again after failures that may pass; its completions,
         or a Failure saying what happened the last time."""
         url, stop = f"{self.base_url}/completions", body.get("stop", ())
+        began = time.monotonic()
         for attempt in range(self.max_retries + 1):
-            epoch = await limit.acquire()
+            epoch = await limit.acquire(retry=attempt > 0)
             outcome, wait = "neutral", None
             try:
+                if limit.down:
+                    self.stats.failed += 1
+                    return Failure(f"given up: the server is down ({limit.down})")
                 self.stats.sent += 1
                 sent = time.perf_counter()
                 try:
@@ -764,7 +791,7 @@ class OpenAIEngine:
                             return Failure(why)
                         if status in PUSHBACK_STATUSES:
                             outcome = "pushback"
-                        wait = retry_after(answer.retry_after)
+                        wait = retry_after(answer.retry_after, self.timeout)
             finally:
                 limit.release(epoch, outcome)
             if attempt == self.max_retries:
@@ -779,4 +806,7 @@ class OpenAIEngine:
             await asyncio.sleep(wait)
         self.stats.failed += 1
         attempts = self.max_retries + 1
-        return Failure(f"{why} ({attempts} attempt{'s' if attempts > 1 else ''})")
+        why = f"{why} ({attempts} attempt{'s' if attempts > 1 else ''})"
+        if limit.succeeded_at < began:
+            limit.give_up(why)
+        return Failure(why)

@@ -32,6 +32,7 @@ from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import generate_all, load_engine
 from bonito.engines.base import Failure
 from bonito.engines.openai import (
+    MAX_ANSWER_BYTES,
     PROBE_PROMPT,
     Answer,
     Concurrency,
@@ -694,3 +695,11 @@ def test_one_prompt_that_always_fails_does_not_take_the_server_for_down():
         )
     assert results[0] == Failure("HTTP 500: crashed (2 attempts)")
     assert [results[i][0].text for i in (1, 2, 3)] == ["fine"] * 3
+
+
+def test_an_answer_too_long_to_read_is_unreadable_and_its_rest_is_not_read():
+    text = "x" * (MAX_ANSWER_BYTES + 1000)
+    with http_server(stub(lambda request: choices_answer([{"text": text}]))) as url:
+        results = generate_through(url)
+    for _, result in results:
+        assert result == Failure("unreadable answer (an answer over 8 MiB) (2 attempts)")

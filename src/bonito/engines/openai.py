@@ -48,6 +48,8 @@ NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 again cannot help."""
 MAX_ERROR_CHARS = 200
 """Longest server message kept in an error."""
+MAX_ANSWER_BYTES = 8 * 2**20
+"""Longest answer body read; a longer one is unreadable (and its rest is not read)."""
 MAX_TOKEN_COUNT = 2**31 - 1
 """Largest token count believed in an answer's usage."""
 PROBE_PROMPT = "<|tasktype|>\n"
@@ -188,32 +190,44 @@ def to_json(value: Any) -> str:
 
 @dataclass
 class Answer:
-    """An HTTP answer, read in full."""
+    """An HTTP answer: its body read in full, or its first MAX_ANSWER_BYTES if `cut`."""
 
     status: int
     reason: str
     body: bytes
     retry_after: str | None = None
+    cut: bool = False
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
     def json(self) -> Any:
-        """The body as JSON; ValueError if it is not."""
+        """The body as JSON; ValueError if it is not, or was too long to read."""
+        if self.cut:
+            raise ValueError(f"an answer over {MAX_ANSWER_BYTES // 2**20} MiB")
         return json.loads(self.body)
 
 
 async def fetch(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None
 ) -> Answer:
-    """GET `url`, or POST `body` to it as JSON, and read the answer; aiohttp.ClientError or
-    asyncio.TimeoutError if no answer came."""
+    """GET `url`, or POST `body` to it as JSON, and read the answer (up to MAX_ANSWER_BYTES);
+    aiohttp.ClientError or asyncio.TimeoutError if no answer came."""
     request = session.get(url) if body is None else session.post(url, json=body)
     async with request as response:
-        content = await response.read()
+        content = bytearray()
+        async for chunk in response.content.iter_any():
+            content += chunk
+            if len(content) > MAX_ANSWER_BYTES:
+                break
+        cut = len(content) > MAX_ANSWER_BYTES
         return Answer(
-            response.status, response.reason or "", content, response.headers.get("Retry-After")
+            response.status,
+            response.reason or "",
+            bytes(content[:MAX_ANSWER_BYTES]),
+            response.headers.get("Retry-After"),
+            cut,
         )
 
 

@@ -703,3 +703,22 @@ def test_an_answer_too_long_to_read_is_unreadable_and_its_rest_is_not_read():
         results = generate_through(url)
     for _, result in results:
         assert result == Failure("unreadable answer (an answer over 8 MiB) (2 attempts)")
+
+
+def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    text = "Yes or no?\n<|pipe|>\nYes, the note says so."
+    run = tmp_path / "run"
+    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args += ["--concurrency", "1", "--limit", "8", "--max-output-tokens", "20", "--output", run]
+    no_usage = choices_answer([{"text": text, "finish_reason": "stop"}])
+    with http_server(stub(lambda request: no_usage)) as url:
+        code, _, _ = run_cli([*args, "--base-url", url], capsys, monkeypatch)
+    record = json.loads((run / "summary.json").read_text())
+    assert code == 0 and record["state"] == "stopped: --max-output-tokens 20 reached"
+    tokens = len(
+        AutoTokenizer.from_pretrained(tiny_model)(text, add_special_tokens=False).input_ids
+    )
+    assert {row[5] for row in completions_of(run)} == {tokens}
+    assert len(completions_of(run)) == -(-20 // tokens) < 8

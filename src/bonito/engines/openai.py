@@ -148,9 +148,14 @@ def token_count(value: Any) -> int | None:
     return int(value)
 
 
-def completions_from(payload: Any, stop: Sequence[str], n: int | None = None) -> list[Completion]:
-    """Our completions from a /v1/completions answer with at most `n` choices; ValueError if
-    it is not one."""
+def completions_from(
+    payload: Any,
+    stop: Sequence[str],
+    n: int | None = None,
+    count: Callable[[list[str]], list[int]] | None = None,
+) -> list[Completion]:
+    """Our completions from a /v1/completions answer with at most `n` choices, their tokens
+    counted by `count` if the answer has no usage; ValueError if it is not one."""
     try:
         choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
         texts = [c["text"] for c in choices]
@@ -158,7 +163,7 @@ def completions_from(payload: Any, stop: Sequence[str], n: int | None = None) ->
             raise ValueError("a choice's text is not a string")
         usage = payload.get("usage") or {}
         prompt_tokens = token_count(usage.get("prompt_tokens")) or 0
-        counts = split_tokens(token_count(usage.get("completion_tokens")), texts)
+        total = token_count(usage.get("completion_tokens"))
         reasons = [c.get("finish_reason") for c in choices]
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise ValueError(f"not a completions answer: {type(error).__name__} {error}") from None
@@ -166,6 +171,7 @@ def completions_from(payload: Any, stop: Sequence[str], n: int | None = None) ->
         raise ValueError("an answer with no choices")
     if n is not None and len(choices) > n:
         raise ValueError(f"{len(choices)} choices where {n} were asked for")
+    counts = count(texts) if total is None and count else split_tokens(total, texts)
     completions = []
     for text, reason, tokens in zip(texts, reasons, counts, strict=True):
         text, stopped = cut_at_stop(text, stop)
@@ -388,8 +394,10 @@ class OpenAIEngine:
     would fail every request. Servers that return fewer than n choices (`transformers serve`,
     llama.cpp) get one request per sample, sample k seeded with derive_seed(seed, k) (the
     prompt's seed for k = 0). Token counts come from the answer's `usage`: exact with one choice
-    a request, apportioned by length among several (the total exact), zero when the server sends
-    no usage.
+    a request, apportioned by length among several (the total exact), counted with `model`'s
+    tokenizer when the server sends no usage. Unreadable answers (absurd counts, a text that is
+    not a string, more choices than asked for, a body over MAX_ANSWER_BYTES) are retried as a 5xx
+    is; Retry-After waits at most `timeout`.
 
     The API key is read from the environment variable `api_key_env` and only ever sent in the
     Authorization header. A base URL that is neither loopback nor private logs one warning that
@@ -445,6 +453,8 @@ class OpenAIEngine:
         self.concurrency, self.timeout, self.connect_timeout = concurrency, timeout, connect_timeout
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.extra_body = dict(extra_body or {})
+        self._tokenizer = model
+        self._counter: Callable[[list[str]], list[int]] | None = None
         self._key = self._read_key(api_key_env)
         self._key_env = api_key_env
         self._limit = concurrency
@@ -482,6 +492,17 @@ class OpenAIEngine:
                 f"export {variable} with the server's API key."
             )
         return key
+
+    def _count(self, texts: list[str]) -> list[int]:
+        """Tokens in each text by the generator's tokenizer (`model`), loaded the first time a
+        server sends no usage; zeros without a model."""
+        if self._tokenizer is None:
+            return [0] * len(texts)
+        if self._counter is None:
+            from bonito.chunking import Chunker
+
+            self._counter = Chunker.from_model(self._tokenizer).count
+        return self._counter(texts)
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": "bonito"}
@@ -782,7 +803,9 @@ class OpenAIEngine:
                     status = answer.status
                     if answer.ok:
                         try:
-                            completions = completions_from(answer.json(), stop, body["n"])
+                            completions = completions_from(
+                                answer.json(), stop, body["n"], self._count
+                            )
                         except ValueError as error:
                             cause, why = "unreadable", f"unreadable answer ({error})"
                         else:

@@ -495,13 +495,19 @@ class OpenAIEngine:
 
     def _count(self, texts: list[str]) -> list[int]:
         """Tokens in each text by the generator's tokenizer (`model`), loaded the first time a
-        server sends no usage; zeros without a model."""
-        if self._tokenizer is None:
-            return [0] * len(texts)
+        server sends no usage; zeros, with one warning, if there is none to load."""
         if self._counter is None:
             from bonito.chunking import Chunker
 
-            self._counter = Chunker.from_model(self._tokenizer).count
+            try:
+                self._counter = Chunker.from_model(str(self._tokenizer)).count
+            except BonitoError as error:
+                log.warning(
+                    "openai engine: the server sends no token counts and bonito cannot count "
+                    "them (%s); --max-output-tokens will not stop this run",
+                    error,
+                )
+                self._counter = lambda texts: [0] * len(texts)
         return self._counter(texts)
 
     def _headers(self) -> dict[str, str]:

@@ -30,7 +30,9 @@ from transformers import AutoTokenizer
 
 from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import generate_all, load_engine
+from bonito.engines.base import Failure
 from bonito.engines.openai import (
+    MAX_ANSWER_BYTES,
     PROBE_PROMPT,
     Answer,
     Concurrency,
@@ -444,8 +446,9 @@ def test_answers_headers_and_urls_are_read_as_servers_write_them():
     assert api_root("http://h:8000") == "http://h:8000/v1"
     assert api_root("http://h:8000/v1/") == "http://h:8000/v1"
     assert api_root("https://h/api/v1/completions") == "https://h/api/v1"
-    assert retry_after("3") == 3.0 and retry_after(None) is None and retry_after("soon") is None
-    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date gone by: at once
+    assert retry_after("3", 60) == 3.0 and retry_after("100000", 60) == 60
+    assert retry_after(None, 60) is None and retry_after("soon", 60) is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 60) == 0.0  # a date gone by: at once
     assert split_tokens(None, ["a", "b"]) == [0, 0]
     assert split_tokens(10, ["abc"]) == [10]
     assert sum(split_tokens(101, ["aaaa", "b", "cc"])) == 101
@@ -508,6 +511,17 @@ def test_error_messages_are_one_short_line():
     assert error_message(Answer(400, "Bad Request", detail)) == ("no such " + "model " * 40)[:200]
 
 
+def test_an_error_body_never_keeps_a_part_of_the_key_and_is_printable_text():
+    key = "sk-SECRET-0123456789abcdefghijklmnopqrstuvwxyz"
+    for at in range(150, 210, 7):  # the key straddles the cut at MAX_ERROR_CHARS
+        body = json.dumps({"error": {"message": "x" * at + f" Bearer {key} " + "y" * 50}})
+        message = error_message(Answer(500, "Oops", body.encode()), key)
+        assert "sk-S" not in message
+    binary = bytes(range(256)) * 8
+    message = error_message(Answer(500, "Oops", binary))
+    assert message.isprintable() and len(message) <= 200
+
+
 class FailingServer(BaseHTTPRequestHandler):
     """A server that passes the engine's test request, then answers every completion request
     with HTTP 500 and an HTML page."""
@@ -555,3 +569,156 @@ def test_a_run_whose_requests_failed_exits_1_and_shows_the_last_error(
     )
     code, out, _ = run_cli(["status", run], capsys, monkeypatch)
     assert code == 0 and "last error" in out and "Internal Server Error" in out
+
+
+class StubServer(BaseHTTPRequestHandler):
+    """A server that lists the model "tiny", passes the engine's test request, then answers every
+    completion request with `answer(request)`: (status, headers, body). Subclasses say what."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.reply(200, {}, b'{"data": [{"id": "tiny"}]}')
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if request["prompt"] == PROBE_PROMPT:
+            self.reply(200, {}, b'{"choices": [{"text": "x", "finish_reason": "length"}]}')
+        else:
+            self.reply(*self.answer(request))
+
+    def answer(self, request: dict) -> tuple[int, dict, bytes]:
+        raise NotImplementedError
+
+    def reply(self, status: int, headers: dict, body: bytes) -> None:
+        self.send_response(status)
+        for name, value in (headers | {"Content-Length": str(len(body))}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client stopped reading
+            pass
+
+
+def stub(answer) -> type[StubServer]:
+    """A StubServer whose completion answers are `answer(request)`."""
+    return type("Stub", (StubServer,), {"answer": lambda self, request: answer(request)})
+
+
+def choices_answer(choices: list, usage: dict | None = None) -> tuple[int, dict, bytes]:
+    payload = {"choices": choices} | ({"usage": usage} if usage else {})
+    return 200, {}, json.dumps(payload).encode()
+
+
+def generate_through(url: str, **options) -> list:
+    """What a quick engine (2 attempts, short backoff) gives for two prompts against `url`."""
+    engine = OpenAIEngine("tiny", base_url=url, max_retries=1, backoff=0.01, **options)
+    sampling = SamplingParams(max_tokens=8, seed=1)
+    return [result for group in engine.generate(["a", "b"], sampling) for result in group]
+
+
+@pytest.mark.parametrize(
+    "choices, usage",
+    [
+        ([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": float("inf")}),
+        ([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": 10**30}),
+        ([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": -3}),
+        ([{"text": "t", "finish_reason": "stop"}], {"prompt_tokens": float("nan")}),
+        ([{"text": None, "finish_reason": "stop"}], None),
+        ([{"text": "t", "finish_reason": "stop"}] * 3, None),
+    ],
+    ids=["infinite", "huge", "negative", "nan", "null-text", "three-choices-for-one"],
+)
+def test_answers_with_absurd_counts_null_text_or_extra_choices_are_retried_then_failures(
+    choices, usage
+):
+    with http_server(stub(lambda request: choices_answer(choices, usage))) as url:
+        results = generate_through(url)
+    assert sorted(index for index, _ in results) == [0, 1]
+    for _, result in results:
+        assert isinstance(result, Failure)
+        assert result.reason.startswith("unreadable answer (") and "(2 attempts)" in result.reason
+
+
+def test_a_run_against_a_server_with_absurd_token_counts_records_failures(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    huge = choices_answer([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": 10**30})
+    run = tmp_path / "run"
+    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args += ["--max-retries", "0", "--limit", "2", "--max-tokens", "8", "--output", run]
+    with http_server(stub(lambda request: huge)) as url:
+        code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert counts_of(run) == (0, 2, 0, 0)
+
+
+def hang(request: dict) -> tuple[int, dict, bytes]:
+    time.sleep(3)
+    return choices_answer([{"text": "late", "finish_reason": "stop"}])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [hang, lambda request: (429, {"Retry-After": "100000"}, b"busy")],
+    ids=["answers-after-the-timeout", "retry-after-a-day"],
+)
+def test_a_hung_or_stalling_server_fails_every_request_within_the_timeouts(answer):
+    prompts = [f"p{i}" for i in range(40)]
+    with http_server(stub(answer)) as url:
+        engine = OpenAIEngine(
+            "tiny", base_url=url, timeout=0.5, max_retries=1, backoff=0.01, concurrency=4
+        )
+        began = time.monotonic()
+        results = [r for group in engine.generate(prompts, SamplingParams(seed=1)) for r in group]
+        took = time.monotonic() - began
+    assert sorted(index for index, _ in results) == list(range(40))
+    assert all(isinstance(result, Failure) for _, result in results)
+    assert took < 5  # two requests' attempts, not 40 requests' one after the other
+    reasons = {result.reason for _, result in results}
+    assert any(reason.startswith("given up: the server is down (") for reason in reasons)
+
+
+def test_one_prompt_that_always_fails_does_not_take_the_server_for_down():
+    def answer(request):
+        if request["prompt"] == "poison":
+            return 500, {}, b"crashed"
+        return choices_answer([{"text": "fine", "finish_reason": "stop"}])
+
+    prompts = ["poison", "a", "b", "c"]
+    with http_server(stub(answer)) as url:
+        engine = OpenAIEngine("tiny", base_url=url, max_retries=1, backoff=0.01, concurrency=1)
+        results = dict(
+            r for group in engine.generate(prompts, SamplingParams(seed=1)) for r in group
+        )
+    assert results[0] == Failure("HTTP 500: crashed (2 attempts)")
+    assert [results[i][0].text for i in (1, 2, 3)] == ["fine"] * 3
+
+
+def test_an_answer_too_long_to_read_is_unreadable_and_its_rest_is_not_read():
+    text = "x" * (MAX_ANSWER_BYTES + 1000)
+    with http_server(stub(lambda request: choices_answer([{"text": text}]))) as url:
+        results = generate_through(url)
+    for _, result in results:
+        assert result == Failure("unreadable answer (an answer over 8 MiB) (2 attempts)")
+
+
+def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    text = "Yes or no?\n<|pipe|>\nYes, the note says so."
+    run = tmp_path / "run"
+    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args += ["--concurrency", "1", "--limit", "8", "--max-output-tokens", "20", "--output", run]
+    no_usage = choices_answer([{"text": text, "finish_reason": "stop"}])
+    with http_server(stub(lambda request: no_usage)) as url:
+        code, _, _ = run_cli([*args, "--base-url", url], capsys, monkeypatch)
+    record = json.loads((run / "summary.json").read_text())
+    assert code == 0 and record["state"] == "stopped: --max-output-tokens 20 reached"
+    tokens = len(
+        AutoTokenizer.from_pretrained(tiny_model)(text, add_special_tokens=False).input_ids
+    )
+    assert {row[5] for row in completions_of(run)} == {tokens}
+    assert len(completions_of(run)) == -(-20 // tokens) < 8

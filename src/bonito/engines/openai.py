@@ -11,6 +11,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -47,8 +48,10 @@ NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 again cannot help."""
 MAX_ERROR_CHARS = 200
 """Longest server message kept in an error."""
-MAX_RETRY_AFTER = 600.0
-"""Longest Retry-After honoured, in seconds."""
+MAX_ANSWER_BYTES = 8 * 2**20
+"""Longest answer body read; a longer one is unreadable (and its rest is not read)."""
+MAX_TOKEN_COUNT = 2**31 - 1
+"""Largest token count believed in an answer's usage."""
 PROBE_PROMPT = "<|tasktype|>\n"
 """What the test request at start sends: the first line of every bonito prompt."""
 
@@ -93,9 +96,9 @@ def is_local(host: str) -> bool:
     )
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), at most
-    MAX_RETRY_AFTER; None if absent or unreadable."""
+def retry_after(value: str | None, longest: float) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), at most `longest`;
+    None if absent or unreadable."""
     if not value:
         return None
     try:
@@ -106,7 +109,7 @@ def retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return min(max(seconds, 0.0), longest)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -133,20 +136,42 @@ def split_tokens(total: int | None, texts: Sequence[str]) -> list[int]:
     return counts
 
 
-def completions_from(payload: Any, stop: Sequence[str]) -> list[Completion]:
-    """Our completions from a /v1/completions answer; ValueError if it is not one."""
+def token_count(value: Any) -> int | None:
+    """A token count from an answer's usage: None if absent; ValueError unless a whole number
+    from 0 to MAX_TOKEN_COUNT (a server that sends Infinity or 10**30 is not believed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"a token count of {value!r}")
+    if not (0 <= value <= MAX_TOKEN_COUNT) or value != int(value):
+        raise ValueError(f"a token count of {value!r}")
+    return int(value)
+
+
+def completions_from(
+    payload: Any,
+    stop: Sequence[str],
+    n: int | None = None,
+    count: Callable[[list[str]], list[int]] | None = None,
+) -> list[Completion]:
+    """Our completions from a /v1/completions answer with at most `n` choices, their tokens
+    counted by `count` if the answer has no usage; ValueError if it is not one."""
     try:
         choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
-        texts = [str(c["text"]) for c in choices]
+        texts = [c["text"] for c in choices]
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("a choice's text is not a string")
         usage = payload.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        total = usage.get("completion_tokens")
-        counts = split_tokens(None if total is None else int(total), texts)
+        prompt_tokens = token_count(usage.get("prompt_tokens")) or 0
+        total = token_count(usage.get("completion_tokens"))
         reasons = [c.get("finish_reason") for c in choices]
     except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise ValueError(f"not a completions answer: {type(error).__name__} {error}") from None
     if not choices:
         raise ValueError("an answer with no choices")
+    if n is not None and len(choices) > n:
+        raise ValueError(f"{len(choices)} choices where {n} were asked for")
+    counts = count(texts) if total is None and count else split_tokens(total, texts)
     completions = []
     for text, reason, tokens in zip(texts, reasons, counts, strict=True):
         text, stopped = cut_at_stop(text, stop)
@@ -171,32 +196,44 @@ def to_json(value: Any) -> str:
 
 @dataclass
 class Answer:
-    """An HTTP answer, read in full."""
+    """An HTTP answer: its body read in full, or its first MAX_ANSWER_BYTES if `cut`."""
 
     status: int
     reason: str
     body: bytes
     retry_after: str | None = None
+    cut: bool = False
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
     def json(self) -> Any:
-        """The body as JSON; ValueError if it is not."""
+        """The body as JSON; ValueError if it is not, or was too long to read."""
+        if self.cut:
+            raise ValueError(f"an answer over {MAX_ANSWER_BYTES // 2**20} MiB")
         return json.loads(self.body)
 
 
 async def fetch(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None
 ) -> Answer:
-    """GET `url`, or POST `body` to it as JSON, and read the answer; aiohttp.ClientError or
-    asyncio.TimeoutError if no answer came."""
+    """GET `url`, or POST `body` to it as JSON, and read the answer (up to MAX_ANSWER_BYTES);
+    aiohttp.ClientError or asyncio.TimeoutError if no answer came."""
     request = session.get(url) if body is None else session.post(url, json=body)
     async with request as response:
-        content = await response.read()
+        content = bytearray()
+        async for chunk in response.content.iter_any():
+            content += chunk
+            if len(content) > MAX_ANSWER_BYTES:
+                break
+        cut = len(content) > MAX_ANSWER_BYTES
         return Answer(
-            response.status, response.reason or "", content, response.headers.get("Retry-After")
+            response.status,
+            response.reason or "",
+            bytes(content[:MAX_ANSWER_BYTES]),
+            response.headers.get("Retry-After"),
+            cut,
         )
 
 
@@ -216,8 +253,9 @@ def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def error_message(answer: Answer, secret: str | None = None) -> str:
-    """The server's own words for an error answer in one short line, with the API key blanked
-    out: a JSON error's message, the first line of a text, the reason phrase of an HTML page."""
+    """The server's own words for an error answer in one short line of printable text, with
+    the API key blanked out: a JSON error's message, the first line of a text, the reason phrase
+    of an HTML page."""
     try:
         payload = answer.json()
     except ValueError:
@@ -229,8 +267,10 @@ def error_message(answer: Answer, secret: str | None = None) -> str:
             payload = error.get("message") or error.get("detail") or error
         else:
             payload = payload.get("message") or payload.get("detail") or error
-    text = " ".join(str(payload).split())[:MAX_ERROR_CHARS] or answer.reason
-    return text.replace(secret, "***") if secret else text
+    text = " ".join(str(payload).split()) or answer.reason
+    if secret:
+        text = text.replace(secret, "***")  # before the cut, which could leave a part of it
+    return "".join(c if c.isprintable() else "\ufffd" for c in text[:MAX_ERROR_CHARS])
 
 
 def sample_seed(seed: int, k: int) -> int:
@@ -257,23 +297,33 @@ class Concurrency:
     """How many requests may be in flight (AIMD): it starts at the maximum, halves when the
     server pushes back (429, 503 or a timeout), once per burst (answers to requests sent before
     the last cut do not cut again), and grows by one after as many successes as the current
-    limit, back up to the maximum. Lives on one event loop."""
+    limit, back up to the maximum. Lives on one event loop.
+
+    It also says whether the server is down: once two requests have used up their attempts with
+    no success from any request since they were first sent, `down` holds the last error, and the
+    requests still waiting fail at once instead of each spending its own attempts."""
 
     def __init__(self, maximum: int, start: int, stats: Stats) -> None:
         self.maximum, self.limit, self.stats = maximum, start, stats
         self.active = self.successes = self.epoch = 0
-        self.waiters: deque[asyncio.Future] = deque()
+        self.succeeded_at = -math.inf
+        self.given_up = 0  # requests that used up their attempts since the last success
+        self.down: str | None = None
+        self.retries: deque[asyncio.Future] = deque()
+        self.firsts: deque[asyncio.Future] = deque()
 
-    async def acquire(self) -> int:
-        """Wait for a free slot; the epoch to pass to `release`."""
+    async def acquire(self, retry: bool = False) -> int:
+        """Wait for a free slot, retries before first attempts (so a request, once sent, ends
+        within about its attempts' timeouts); the epoch to pass to `release`."""
+        waiters = self.retries if retry else self.firsts
         while self.active >= self.limit:
             waiter = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
+            waiters.append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
+                if waiter in waiters:
+                    waiters.remove(waiter)
                 else:
                     self._wake()  # pass on the wake-up this task no longer needs
                 raise
@@ -283,6 +333,8 @@ class Concurrency:
     def release(self, epoch: int, outcome: str) -> None:
         """Free a slot; outcome "ok" (counts to growing), "pushback" (cuts) or "neutral"."""
         self.active -= 1
+        if outcome == "ok":
+            self.succeeded_at, self.given_up = time.monotonic(), 0
         if outcome == "pushback" and epoch == self.epoch:
             self._set(max(1, self.limit // 2), "the server pushed back")
             self.epoch += 1
@@ -292,6 +344,18 @@ class Concurrency:
                 self._set(self.limit + 1, "the server keeps up")
         self._wake()
 
+    def give_up(self, why: str) -> None:
+        """Count a request that used up its attempts with no success from any since it was
+        first sent; the second such takes the server for down."""
+        self.given_up += 1
+        if self.given_up >= 2 and not self.down:
+            self.down = why
+            log.warning(
+                "openai engine: the server answers nothing (%s); the requests still waiting "
+                "fail at once: run the same command to send them again",
+                why,
+            )
+
     def _set(self, limit: int, why: str) -> None:
         log_at = logging.INFO if limit < self.limit or limit == self.maximum else logging.DEBUG
         log.log(log_at, "openai engine: concurrency %d -> %d (%s)", self.limit, limit, why)
@@ -300,8 +364,8 @@ class Concurrency:
 
     def _wake(self) -> None:
         free = self.limit - self.active
-        while free > 0 and self.waiters:
-            waiter = self.waiters.popleft()
+        while free > 0 and (self.retries or self.firsts):
+            waiter = (self.retries or self.firsts).popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 free -= 1
@@ -330,8 +394,10 @@ class OpenAIEngine:
     would fail every request. Servers that return fewer than n choices (`transformers serve`,
     llama.cpp) get one request per sample, sample k seeded with derive_seed(seed, k) (the
     prompt's seed for k = 0). Token counts come from the answer's `usage`: exact with one choice
-    a request, apportioned by length among several (the total exact), zero when the server sends
-    no usage.
+    a request, apportioned by length among several (the total exact), counted with `model`'s
+    tokenizer when the server sends no usage. Unreadable answers (absurd counts, a text that is
+    not a string, more choices than asked for, a body over MAX_ANSWER_BYTES) are retried as a 5xx
+    is; Retry-After waits at most `timeout`.
 
     The API key is read from the environment variable `api_key_env` and only ever sent in the
     Authorization header. A base URL that is neither loopback nor private logs one warning that
@@ -387,6 +453,8 @@ class OpenAIEngine:
         self.concurrency, self.timeout, self.connect_timeout = concurrency, timeout, connect_timeout
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.extra_body = dict(extra_body or {})
+        self._tokenizer = model
+        self._counter: Callable[[list[str]], list[int]] | None = None
         self._key = self._read_key(api_key_env)
         self._key_env = api_key_env
         self._limit = concurrency
@@ -424,6 +492,23 @@ class OpenAIEngine:
                 f"export {variable} with the server's API key."
             )
         return key
+
+    def _count(self, texts: list[str]) -> list[int]:
+        """Tokens in each text by the generator's tokenizer (`model`), loaded the first time a
+        server sends no usage; zeros, with one warning, if there is none to load."""
+        if self._counter is None:
+            from bonito.chunking import Chunker
+
+            try:
+                self._counter = Chunker.from_model(str(self._tokenizer)).count
+            except BonitoError as error:
+                log.warning(
+                    "openai engine: the server sends no token counts and bonito cannot count "
+                    "them (%s); --max-output-tokens will not stop this run",
+                    error,
+                )
+                self._counter = lambda texts: [0] * len(texts)
+        return self._counter(texts)
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": "bonito"}
@@ -661,8 +746,8 @@ class OpenAIEngine:
         n, have = sampling.n, []
         if n == 1 or not self.split_n:
             first = await self._request(session, limit, self._body(prompt, sampling, seed, n))
-            if isinstance(first, Failure) or len(first) >= n:
-                return first if isinstance(first, Failure) else first[:n]
+            if isinstance(first, Failure) or len(first) == n:
+                return first
             if not self.split_n:
                 self.split_n = True
                 log.info(
@@ -703,10 +788,14 @@ class OpenAIEngine:
         """One completions request, sent again after failures that may pass; its completions,
         or a Failure saying what happened the last time."""
         url, stop = f"{self.base_url}/completions", body.get("stop", ())
+        began = time.monotonic()
         for attempt in range(self.max_retries + 1):
-            epoch = await limit.acquire()
+            epoch = await limit.acquire(retry=attempt > 0)
             outcome, wait = "neutral", None
             try:
+                if limit.down:
+                    self.stats.failed += 1
+                    return Failure(f"given up: the server is down ({limit.down})")
                 self.stats.sent += 1
                 sent = time.perf_counter()
                 try:
@@ -720,7 +809,9 @@ class OpenAIEngine:
                     status = answer.status
                     if answer.ok:
                         try:
-                            completions = completions_from(answer.json(), stop)
+                            completions = completions_from(
+                                answer.json(), stop, body["n"], self._count
+                            )
                         except ValueError as error:
                             cause, why = "unreadable", f"unreadable answer ({error})"
                         else:
@@ -743,7 +834,7 @@ class OpenAIEngine:
                             return Failure(why)
                         if status in PUSHBACK_STATUSES:
                             outcome = "pushback"
-                        wait = retry_after(answer.retry_after)
+                        wait = retry_after(answer.retry_after, self.timeout)
             finally:
                 limit.release(epoch, outcome)
             if attempt == self.max_retries:
@@ -758,4 +849,7 @@ class OpenAIEngine:
             await asyncio.sleep(wait)
         self.stats.failed += 1
         attempts = self.max_retries + 1
-        return Failure(f"{why} ({attempts} attempt{'s' if attempts > 1 else ''})")
+        why = f"{why} ({attempts} attempt{'s' if attempts > 1 else ''})"
+        if limit.succeeded_at < began:
+            limit.give_up(why)
+        return Failure(why)

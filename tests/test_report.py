@@ -316,3 +316,15 @@ def test_report_in_headless_chromium(browser, page, run):
     assert browser.execute_script("return window.pwned === undefined")
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
     assert browser.get_log("browser") == []
+
+
+def test_coverage_of_a_limited_run_counts_the_documents_it_used(
+    tiny_model, tmp_path, capsys, monkeypatch
+):
+    run = generate_run(tiny_model, tmp_path, "--limit", 4)
+    out = tmp_path / "report.html"
+    assert run_cli(["report", run, "-o", out], capsys, monkeypatch)[0] == 0
+    accepted = [t for t in store_tasks(run) if t["status"] == "accepted"]
+    documents = len({t["document"] for t in accepted})
+    html = out.read_text(encoding="utf-8")
+    assert f"documents with accepted tasks</th><td>{documents}/4 (" in html

@@ -1,7 +1,9 @@
 """Runs that survive: the SQLite store, resume after SIGKILL, the lock, budgets, retries, task
 mixes and write failures, with real `bonito generate` processes and the tiny generator."""
 
+import hashlib
 import json
+import random
 import re
 import shutil
 import signal
@@ -10,13 +12,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from servers import http_server
 from test_cli import run_cli
 
 from bonito import BonitoError, SamplingParams
 from bonito.engines import Failure
+from bonito.engines.openai import PROBE_PROMPT
 from bonito.engines.transformers import TransformersEngine
 from bonito.mix import TaskMix
 from bonito.report import write_report
@@ -644,3 +649,96 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
     )
     with pytest.raises(BonitoError, match="sampling.max_tokens: 16 -> 24"):
         generate_run(tmp_path / "run", changed, lambda: engine)
+
+
+def digest(body: dict, k: int) -> int:
+    """A number fixed by a request's prompt and seed and the sample's index."""
+    key = f"{body['prompt']}|{body.get('seed')}|{k}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+
+
+class ShuffledServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server whose answer is fixed by the prompt, seed and sample (one of
+    three tasks on the passage, so the requests of a context often repeat each other), sent
+    after a random delay: requests in flight finish in a random order."""
+
+    TASKS = ("Is it true? {{context}} <|pipe|> Yes", "Is it false? {{context}} <|pipe|> No")
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.reply({"data": [{"id": "tiny"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["prompt"] == PROBE_PROMPT:
+            self.reply({"choices": [{"text": "x", "finish_reason": "length"}] * body["n"]})
+            return
+        time.sleep(random.uniform(0, 0.03))
+        if self.fails(body):
+            self.reply({"error": {"message": "flaky"}}, 500)
+        else:
+            self.reply({"choices": [self.choice(body, k) for k in range(body.get("n", 1))]})
+
+    def fails(self, body: dict) -> bool:
+        return False
+
+    def choice(self, body: dict, k: int) -> dict:
+        pick = digest(body, k) % (len(self.TASKS) + 1)
+        text = self.TASKS[pick] if pick < len(self.TASKS) else "Notes? <|pipe|> Notes"
+        return {"text": text, "finish_reason": "stop"}
+
+    def reply(self, payload: dict, status: int = 200) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class FlakyServer(ShuffledServer):
+    """The same answers, but a fixed fifth of the requests fail with HTTP 500."""
+
+    def fails(self, body: dict) -> bool:
+        return digest(body, -1) % 5 == 0
+
+
+def test_the_same_tasks_are_kept_whatever_order_requests_finish_in(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    tasks = []
+    with http_server(ShuffledServer) as url:
+        for name in ("a", "b"):
+            out = tmp_path / name
+            args = ["generate", passages, "-t", "ynqa,qa,exqa,qg", "--per-context", 4]
+            args += ["--model", tiny_model, "--engine", "openai", "--base-url", url]
+            args += ["--concurrency", 16, "--limit", 40, "--no-checks", "--dedup", "near"]
+            args += ["--output", out]
+            code, _, err = run_cli(args, capsys, monkeypatch)
+            assert code == 0, err
+            assert json.loads((out / "summary.json").read_text())["summary"]["duplicates"] > 40
+            tasks.append((out / "tasks.jsonl").read_text())
+    assert tasks[0] == tasks[1]
+
+
+def test_retry_rejected_waits_for_the_requests_that_failed(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args += ["--concurrency", 8, "--limit", 40, "--retry-rejected", 1, "--max-retries", 0]
+    tasks = {}
+    for name, servers in (("steady", [ShuffledServer]), ("flaky", [FlakyServer, ShuffledServer])):
+        for server in servers:
+            with http_server(server) as url:
+                code, _, err = run_cli(
+                    [*args, "--base-url", url, "--output", tmp_path / name], capsys, monkeypatch
+                )
+            assert code == (1 if server is FlakyServer else 0), err
+        lines = (tmp_path / name / "tasks.jsonl").read_text().splitlines()
+        tasks[name] = Counter(
+            (t["context"], t["input"], t["output"]) for t in map(json.loads, lines)
+        )
+    assert query(tmp_path / "flaky", "SELECT COUNT(*) FROM requests WHERE attempt = 1")[0][0]
+    assert tasks["flaky"] == tasks["steady"]
+    assert max(Counter(context for context, _, _ in tasks["flaky"].elements()).values()) == 1

@@ -1,5 +1,5 @@
 """From requests to judged samples: send prompts to an engine, parse each completion, run the
-task-aware checks and dedup, and count. Used by the Python API and by runs alike."""
+task-aware checks, and count (a run decides dedup). Used by the Python API and by runs alike."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bonito.checks import check_task
 from bonito.engines.base import Completion, Engine, Failure
 from bonito.format import Task, build_prompt, parse_task
 from bonito.sampling import SamplingParams
 from bonito.task_types import TaskType
-
-if TYPE_CHECKING:
-    from bonito.dedup import Deduplicator
 
 CHUNK_SIZE = 1024
 """Requests handed to the engine at once: large enough to batch well, small enough to keep
@@ -70,26 +67,6 @@ def judge(request: Request, index: int, completion: Completion, checks: bool) ->
     return Sample(request, index, completion, parsed, "accepted")
 
 
-def mark_duplicates(samples: list[Sample], dedup: Deduplicator) -> list[Sample]:
-    """The samples with accepted tasks that repeat an earlier one marked as duplicates."""
-    accepted = [s for s in samples if s.status == "accepted"]
-    found = dict(
-        zip(
-            (s.id for s in accepted),
-            dedup.add_many(
-                [(s.id, s.task.input, s.task.output, s.request.context) for s in accepted]
-            ),
-            strict=True,
-        )
-    )
-    return [
-        Sample(s.request, s.index, s.completion, s.task, "duplicate", found[s.id])
-        if found.get(s.id)
-        else s
-        for s in samples
-    ]
-
-
 @dataclass(frozen=True)
 class Group:
     """What one group of finished requests gave: their samples, judged, in request order; the
@@ -106,7 +83,6 @@ def generate_samples(
     sampling: SamplingParams,
     *,
     checks: bool = False,
-    dedup: Deduplicator | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[Group]:
     """Send requests chunk by chunk; yield each group the engine finishes as it finishes."""
@@ -126,8 +102,6 @@ def generate_samples(
                 for k, completion in enumerate(completions)
             ]
             failed = [(chunk[i], c.reason) for i, c in finished if isinstance(c, Failure)]
-            if dedup is not None:
-                samples = mark_duplicates(samples, dedup)
             now = time.perf_counter()
             yield Group(samples, failed, now - started)
             started = now

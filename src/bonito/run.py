@@ -42,7 +42,15 @@ from bonito.mix import TaskMix
 from bonito.outputs import output_error
 from bonito.sampling import SamplingParams, derive_seed
 from bonito.sources import Document, InputPrint, Skip, check_inputs, input_prints, read_documents
-from bonito.store import STORE_FILE, PlannedRequest, RunStore, SavedSample
+from bonito.store import (
+    CANDIDATE,
+    STORE_FILE,
+    PlannedRequest,
+    RunStore,
+    SavedSample,
+    StoredRequest,
+    block_of,
+)
 from bonito.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
 
 TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE = (
@@ -423,9 +431,11 @@ class Run:
         budgets: Budgets,
         progress: Callable[[int, int], None] | None = None,
     ) -> str:
-        """Send every pending request, saving results as each group finishes; returns why it
-        stopped: "finished" or the budget reached. The engine is loaded only if needed, and
-        `progress` is called with the requests each group finished and the run's total."""
+        """Send every pending request, block by block, saving results as each group finishes
+        and deciding dedup in request order once a block is done (so neither the order in which
+        groups finish nor a resume changes which tasks are kept); returns why it stopped:
+        "finished" or the budget reached. The engine is loaded only if needed, and `progress` is
+        called with the requests each group finished and the run's total."""
         store, engine = self.store, None
         with writing(self.folder):
             store.put("state", "running")
@@ -433,10 +443,15 @@ class Run:
             dedup = self._rebuild_dedup(config)
             self._rewrite_tasks_file()
             totals = store.counts()
-            tally = Tally(totals["accepted"], totals["output_tokens"], totals["requests"])
+            accepted = totals["accepted"] + totals["candidates"]
+            tally = Tally(accepted, totals["output_tokens"], totals["requests"])
             with (self.folder / TASKS_FILE).open("a", encoding="utf-8") as tasks_file:
-                while not (state := budget_state(budgets, tally)):
+                while True:
                     chunk = store.next_chunk(CHUNK_SIZE)
+                    if budget_state(budgets, tally) or not self._continues_block(chunk):
+                        tally.accepted -= self._decide(dedup, tasks_file)
+                    if state := budget_state(budgets, tally):
+                        break
                     if not chunk and budgets.retry_rejected:
                         tally.requests += self._plan_retries(budgets.retry_rejected, config)
                         chunk = store.next_chunk(CHUNK_SIZE)
@@ -444,31 +459,67 @@ class Run:
                         state = "finished"
                         break
                     engine = engine or load_engine()
-                    requests = [
-                        Request(r.context, resolve_task_type(r.task_type), r.id, r.seed, r.source)
-                        for r in chunk
-                    ]
-                    groups = generate_samples(
-                        engine, requests, config.sampling, checks=config.checks, dedup=dedup
-                    )
-                    for group in groups:
-                        self._save(group, budgets, tally, tasks_file)
-                        if progress:
-                            progress(len({s.request.key for s in group.samples}), tally.requests)
-                        if budget_state(budgets, tally):
-                            groups.close()
-                            break
+                    self._send(engine, chunk, config, budgets, tally, progress)
             store.put("state", state)
         return state
 
-    def _save(self, group: Group, budgets: Budgets, tally: Tally, tasks_file) -> None:
-        """Save a group's samples up to where a budget runs out, and its failures."""
+    def _continues_block(self, chunk: Sequence[StoredRequest]) -> bool:
+        """Whether `chunk` is the rest of the block of the candidates not yet decided (a run
+        stopped in the middle of a block): they are then decided with it, as if it had not."""
+        first = self.store.first_candidate()
+        if first is None or not chunk:
+            return False
+        return block_of(first, CHUNK_SIZE) == block_of(chunk[0].id, CHUNK_SIZE)
+
+    def _send(
+        self,
+        engine: Engine,
+        chunk: Sequence[StoredRequest],
+        config: RunConfig,
+        budgets: Budgets,
+        tally: Tally,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Send a block's pending requests, saving each group as it finishes, until a budget
+        runs out."""
+        requests = [
+            Request(r.context, resolve_task_type(r.task_type), r.id, r.seed, r.source)
+            for r in chunk
+        ]
+        groups = generate_samples(engine, requests, config.sampling, checks=config.checks)
+        for group in groups:
+            self._save(group, budgets, tally)
+            if progress:
+                progress(len({s.request.key for s in group.samples}), tally.requests)
+            if budget_state(budgets, tally):
+                groups.close()
+                break
+
+    def _save(self, group: Group, budgets: Budgets, tally: Tally) -> None:
+        """Save a group's samples up to where a budget runs out (their tasks as candidates),
+        and its failures; the candidates count as accepted until they are decided."""
         samples = within_budgets(group.samples, budgets, tally)
         self.store.save([saved(s) for s in samples], group.seconds)
         self.store.fail([(request.key, reason) for request, reason in group.failed])
-        self._append_tasks(tasks_file, samples)
         tally.accepted += sum(s.status == "accepted" for s in samples)
         tally.tokens += sum(s.completion.completion_tokens for s in samples)
+
+    def _decide(self, dedup: Deduplicator | None, tasks_file) -> int:
+        """Judge the candidates against the tasks kept so far and each other, in request order:
+        the duplicates marked, the rest accepted and written out; how many were duplicates."""
+        candidates = list(self.store.tasks((CANDIDATE,)))
+        items = [(t["id"], t["input"], t["output"], t["context"]) for t in candidates]
+        found = dedup.add_many(items) if dedup else [None] * len(items)
+        self.store.decide(
+            [
+                (t["request_id"], t["sample_index"], original)
+                for t, original in zip(candidates, found, strict=True)
+                if original
+            ]
+        )
+        kept = [t for t, original in zip(candidates, found, strict=True) if not original]
+        self._append_tasks(tasks_file, kept)
+        return len(candidates) - len(kept)
 
     def _plan_retries(self, max_attempt: int, config: RunConfig) -> int:
         """Plan another attempt for contexts with no accepted task; how many requests."""
@@ -487,7 +538,7 @@ class Run:
         return len(retries)
 
     def _rebuild_dedup(self, config: RunConfig) -> Deduplicator | None:
-        """The dedup index as it was: every accepted task fed again in the order saved."""
+        """The dedup index as it was: every accepted task fed again, in request order."""
         dedup = config.deduplicator()
         if dedup is not None:
             accepted = self.store.tasks(("accepted",))
@@ -502,12 +553,10 @@ class Run:
             for task in self.store.tasks(("accepted",)):
                 file.write(json.dumps(task_record(task) | meta, ensure_ascii=False) + "\n")
 
-    def _append_tasks(self, file, samples: Sequence[Sample]) -> None:
+    def _append_tasks(self, file, tasks: Iterable[dict[str, Any]]) -> None:
         meta = self._task_meta()
-        for sample in samples:
-            if sample.status == "accepted":
-                record = task_record(sample_record(sample)) | meta
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for task in tasks:
+            file.write(json.dumps(task_record(task) | meta, ensure_ascii=False) + "\n")
         file.flush()
 
     def _task_meta(self) -> dict[str, Any]:
@@ -598,6 +647,8 @@ def within_budgets(samples: list[Sample], budgets: Budgets, tally: Tally) -> lis
 
 
 def saved(sample: Sample) -> SavedSample:
+    """A judged sample as the store keeps it: an accepted one as a candidate, for dedup to
+    decide."""
     completion, task = sample.completion, sample.task
     return SavedSample(
         sample.request.key,
@@ -608,22 +659,9 @@ def saved(sample: Sample) -> SavedSample:
         completion.completion_tokens,
         task.input if task else None,
         task.output if task else None,
-        sample.status,
+        CANDIDATE if sample.status == "accepted" else sample.status,
         sample.reason,
     )
-
-
-def sample_record(sample: Sample) -> dict[str, Any]:
-    """A just-judged sample in the shape `RunStore.tasks` reads back."""
-    return {
-        "id": sample.id,
-        "input": sample.task.input if sample.task else None,
-        "output": sample.task.output if sample.task else None,
-        "task_type": sample.request.task_type.short,
-        "context": sample.request.context,
-        "source": sample.request.source,
-        "sample_index": sample.index,
-    }
 
 
 def task_record(task: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,9 @@ STORE_FILE = "run.sqlite"
 STATUSES = ("accepted", "rejected", "duplicate")
 """A task is accepted, rejected (`reason`: the rejection code) or a duplicate (`reason`: the id
 of the earlier task it repeats)."""
+CANDIDATE = "candidate"
+"""A task that passed its checks, saved as it came, whose dedup is decided when its block of
+requests is done (it is not yet one of the STATUSES)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ class SavedSample:
     output: str | None
     status: str
     reason: str | None
+
+
+def block_of(request_id: int, size: int) -> int:
+    """The block of `size` request ids a request is sent in."""
+    return (request_id - 1) // size
 
 
 def task_id(request_id: int, sample: int) -> str:
@@ -177,7 +185,7 @@ class RunStore:
         ]
         if first is None:
             return []
-        low = (first - 1) // size * size + 1
+        low = block_of(first, size) * size + 1
         rows = self.db.execute(
             "SELECT r.id, r.context_id, r.slot, r.attempt, r.task_type, r.seed, c.text, c.source "
             "FROM requests r JOIN contexts c ON c.id = r.context_id "
@@ -201,8 +209,9 @@ class RunStore:
         ).rowcount
 
     def unanswered_contexts(self, max_attempt: int) -> list[PlannedRequest]:
-        """The requests of the latest attempt of every context that has no accepted task yet and
-        fewer than `max_attempt` retries, as they would be asked again (attempt + 1, no seed)."""
+        """The requests of the latest attempt of every context that has no accepted task yet,
+        fewer than `max_attempt` retries and no request still owed (failed, to be sent again),
+        as they would be asked again (attempt + 1, no seed)."""
         rows = self.db.execute(
             """
             WITH latest AS (
@@ -214,6 +223,8 @@ class RunStore:
             WHERE l.attempt < ? AND NOT EXISTS (
                 SELECT 1 FROM requests q CROSS JOIN tasks t ON t.request_id = q.id
                 WHERE q.context_id = r.context_id AND t.status = 'accepted'
+            ) AND NOT EXISTS (
+                SELECT 1 FROM requests q WHERE q.context_id = r.context_id AND q.status != 'done'
             )
             ORDER BY r.context_id, r.slot
             """,
@@ -253,8 +264,25 @@ class RunStore:
             )
             self.put("generation_seconds", self.get("generation_seconds", 0.0) + seconds)
 
+    def first_candidate(self) -> int | None:
+        """The request id of the first task still a candidate, if any."""
+        return self.db.execute(
+            "SELECT MIN(request_id) FROM tasks WHERE status = ?", (CANDIDATE,)
+        ).fetchone()[0]
+
+    def decide(self, duplicates: Sequence[tuple[int, int, str]]) -> None:
+        """Every candidate accepted, but those given as (request id, sample, the id of the task
+        it repeats), which are duplicates; at once."""
+        with self.transaction():
+            self.db.executemany(
+                "UPDATE tasks SET status = 'duplicate', reason = ? "
+                "WHERE request_id = ? AND sample = ?",
+                [(reason, request_id, sample) for request_id, sample, reason in duplicates],
+            )
+            self.db.execute("UPDATE tasks SET status = 'accepted' WHERE status = ?", (CANDIDATE,))
+
     def tasks(self, statuses: Sequence[str] = STATUSES) -> Iterator[dict[str, Any]]:
-        """Tasks in the order they were saved, with their request, context and completion."""
+        """Tasks in request order, with their request, context and completion."""
         marks = ",".join("?" * len(statuses))
         query = f"""
             SELECT t.request_id, t.sample, t.input, t.output, t.status, t.reason, r.task_type,
@@ -264,11 +292,12 @@ class RunStore:
             JOIN requests r ON r.id = t.request_id
             JOIN contexts c ON c.id = r.context_id
             JOIN completions m ON m.request_id = t.request_id AND m.sample = t.sample
-            WHERE t.status IN ({marks}) ORDER BY t.seq
+            WHERE t.status IN ({marks}) ORDER BY t.request_id, t.sample
         """
         for row in self.db.execute(query, tuple(statuses)):
             yield {
                 "id": task_id(row[0], row[1]),
+                "request_id": row[0],
                 "input": row[2],
                 "output": row[3],
                 "status": row[4],
@@ -339,6 +368,7 @@ class RunStore:
             "last_error": last_error[0] if last_error else None,
             "samples": sum(tasks.values()),
             "accepted": tasks["accepted"],
+            "candidates": tasks[CANDIDATE],
             "accepted_by_type": accepted_by_type,
             "duplicates": tasks["duplicate"],
             "rejected": rejected,

@@ -46,6 +46,9 @@ but NO_ENDPOINT_STATUSES is too."""
 NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 """Answers that mean "no completions endpoint here" (unless they name the model): sending
 again cannot help."""
+NOT_SERVING_CAUSES = frozenset({"timeout", "connection", "HTTP 429", "HTTP 503"})
+"""Failures that say the server serves nobody: two requests that end on such, with no success
+between, mean it is down (a 500 may be one prompt's crash: the server is up)."""
 MAX_ERROR_CHARS = 200
 """Longest server message kept in an error."""
 MAX_ANSWER_BYTES = 8 * 2**20
@@ -299,8 +302,9 @@ class Concurrency:
     the last cut do not cut again), and grows by one after as many successes as the current
     limit, back up to the maximum. Lives on one event loop.
 
-    It also says whether the server is down: once two requests have used up their attempts with
-    no success from any request since they were first sent, `down` holds the last error, and the
+    It also says whether the server is down: once two requests have used up their attempts on
+    failures that say it serves nobody (NOT_SERVING_CAUSES) with no success from any request
+    since they were first sent, `down` holds the last error, and the
     requests still waiting fail at once instead of each spending its own attempts."""
 
     def __init__(self, maximum: int, start: int, stats: Stats) -> None:
@@ -850,6 +854,6 @@ class OpenAIEngine:
         self.stats.failed += 1
         attempts = self.max_retries + 1
         why = f"{why} ({attempts} attempt{'s' if attempts > 1 else ''})"
-        if limit.succeeded_at < began:
+        if limit.succeeded_at < began and cause in NOT_SERVING_CAUSES:
             limit.give_up(why)
         return Failure(why)

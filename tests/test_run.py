@@ -765,3 +765,16 @@ def test_a_run_whose_folder_is_replaced_stops_writing_there(finished, tmp_path):
         with pytest.raises(BonitoError, match="was deleted or replaced while this run"):
             old.write_summary("finished")
     assert (run / "summary.json").read_text() == "the new run's\n"
+
+
+def test_status_after_the_wal_was_deleted_under_a_writer(finished, tmp_path, capsys, monkeypatch):
+    run = copied(finished, tmp_path)
+    writer = RunStore(run / "run.sqlite")
+    try:
+        writer.put("state", "running")
+        (run / "run.sqlite-wal").unlink()
+        code, _, err = run_cli(["status", run], capsys, monkeypatch)
+    finally:
+        writer.close()
+    assert code == 1 and "Traceback" not in err
+    assert f"Cannot read {run / 'run.sqlite'} (disk I/O error): run the command again" in err

@@ -291,6 +291,7 @@ def writing(folder: Path) -> Iterator[None]:
 
 
 def damaged(path: Path, why: object) -> BonitoError:
+    """The sentence for a store that cannot be a run's any more (truncated, emptied)."""
     return BonitoError(
         f"{path} is damaged ({why}): restore it, or pass --overwrite to `bonito generate` to "
         "start over."

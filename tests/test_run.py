@@ -1,6 +1,7 @@
 """Runs that survive: the SQLite store, resume after SIGKILL, the lock, budgets, retries, task
 mixes and write failures, with real `bonito generate` processes and the tiny generator."""
 
+import fcntl
 import hashlib
 import json
 import random
@@ -10,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler
@@ -25,7 +27,8 @@ from bonito.engines.openai import PROBE_PROMPT
 from bonito.engines.transformers import TransformersEngine
 from bonito.mix import TaskMix
 from bonito.report import write_report
-from bonito.run import RunConfig, generate_run, status
+from bonito.run import Run, RunConfig, generate_run, status
+from bonito.sources import InputPrint
 from bonito.store import PlannedRequest, RunStore, SavedSample
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
@@ -742,3 +745,134 @@ def test_retry_rejected_waits_for_the_requests_that_failed(
     assert query(tmp_path / "flaky", "SELECT COUNT(*) FROM requests WHERE attempt = 1")[0][0]
     assert tasks["flaky"] == tasks["steady"]
     assert max(Counter(context for context, _, _ in tasks["flaky"].elements()).values()) == 1
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model, passages, tmp_path_factory) -> Path:
+    """A small finished run, to copy and damage."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    args = generate_args(passages, tiny_model, out, "--limit", 3, "--no-checks")
+    done = subprocess.run(BONITO + args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def copied(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+@pytest.fixture
+def immutable():
+    """Make folders read-only even for root (`chattr +i`), undone at the end."""
+    made = []
+
+    def make(folder: Path) -> None:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("needs `chattr +i` to make a read-only folder")
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def read_commands(run: Path, tmp_path: Path) -> list[list]:
+    return [
+        ["status", run],
+        ["export", run, "-o", tmp_path / "dataset"],
+        ["report", run, "-o", tmp_path / "report.html"],
+    ]
+
+
+def test_status_export_and_report_read_a_read_only_run(
+    finished, tmp_path, capsys, monkeypatch, immutable
+):
+    run = copied(finished, tmp_path)
+    immutable(run)
+    for args in read_commands(run, tmp_path):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 0, (args, err)
+    assert (tmp_path / "report.html").exists() and (tmp_path / "dataset").is_dir()
+
+
+@pytest.mark.parametrize("size", [0.5, 200])
+def test_a_damaged_store_is_one_sentence(
+    finished, passages, tiny_model, tmp_path, capsys, monkeypatch, size
+):
+    """Half of it (or only its first bytes): every command says which file and what to do."""
+    run = copied(finished, tmp_path)
+    store = run / "run.sqlite"
+    data = store.read_bytes()
+    store.write_bytes(data[: int(len(data) * size) if size < 1 else size])
+    generate = generate_args(passages, tiny_model, run, "--limit", 3, "--no-checks")
+    for args in [generate, *read_commands(run, tmp_path)]:
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 1, (args, err)
+        assert f"{store} is damaged (" in err and "Traceback" not in err, (args, err)
+        assert "restore it, or pass --overwrite" in err and "disk space" not in err
+
+
+def test_an_emptied_store_beside_its_tasks_is_refused(
+    finished, passages, tiny_model, tmp_path, capsys, monkeypatch
+):
+    run = copied(finished, tmp_path)
+    (run / "run.sqlite").write_bytes(b"")
+    tasks = (run / "tasks.jsonl").read_text()
+    generate = generate_args(passages, tiny_model, run, "--limit", 3, "--no-checks")
+    code, _, err = run_cli(generate, capsys, monkeypatch)
+    assert code == 1 and "run.sqlite is damaged (it is empty, beside tasks.jsonl)" in err
+    assert (run / "tasks.jsonl").read_text() == tasks
+    code, _, err = run_cli(["status", run], capsys, monkeypatch)
+    assert code == 1 and "run.sqlite is damaged (" in err
+    assert run_cli([*generate, "--overwrite"], capsys, monkeypatch)[0] == 0
+
+
+def run_config(run: Path) -> tuple[dict, list[InputPrint]]:
+    """The configuration and inputs a run was started with, to open it again."""
+    meta = dict(query(run, "SELECT key, value FROM meta WHERE key IN ('config', 'inputs')"))
+    return json.loads(meta["config"]), [InputPrint(**x) for x in json.loads(meta["inputs"])]
+
+
+def test_generate_starts_while_status_looks_at_the_lock(finished, tmp_path):
+    """`bonito status` tests the lock (a shared lock for an instant); a `generate` starting
+    then waits for it instead of being refused."""
+    run = copied(finished, tmp_path)
+    (run / "run.lock").unlink()
+    assert status(run)["state"] == "finished" and not (run / "run.lock").exists()
+    config, inputs = run_config(run)
+    (run / "run.lock").touch()
+    with open(run / "run.lock") as probe:
+        fcntl.flock(probe, fcntl.LOCK_SH)
+        threading.Timer(0.3, fcntl.flock, (probe, fcntl.LOCK_UN)).start()
+        with Run(run, config, inputs):
+            assert status(run)["state"] == "running"
+    assert status(run)["state"] == "finished"
+
+
+def test_a_run_whose_folder_is_replaced_stops_writing_there(finished, tmp_path):
+    """The lock lives in the folder: a folder deleted under a live run and started again is
+    another run's, and the old process must not write its summary.json there."""
+    run = copied(finished, tmp_path)
+    config, inputs = run_config(run)
+    with Run(run, config, inputs) as old:
+        shutil.rmtree(run)
+        with pytest.raises(BonitoError, match="was deleted or replaced while this run"):
+            old.write_summary("finished")
+        shutil.copytree(finished, run)
+        (run / "summary.json").write_text("the new run's\n")
+        with pytest.raises(BonitoError, match="was deleted or replaced while this run"):
+            old.write_summary("finished")
+    assert (run / "summary.json").read_text() == "the new run's\n"
+
+
+def test_status_after_the_wal_was_deleted_under_a_writer(finished, tmp_path, capsys, monkeypatch):
+    run = copied(finished, tmp_path)
+    writer = RunStore(run / "run.sqlite")
+    try:
+        writer.put("state", "running")
+        (run / "run.sqlite-wal").unlink()
+        code, _, err = run_cli(["status", run], capsys, monkeypatch)
+    finally:
+        writer.close()
+    assert code == 1 and "Traceback" not in err
+    assert f"Cannot read {run / 'run.sqlite'} (disk I/O error): run the command again" in err

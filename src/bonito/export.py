@@ -27,10 +27,10 @@ from bonito.decontamination import Decontamination, EvaluationData, overlapping_
 from bonito.errors import BonitoError
 from bonito.generation import counts
 from bonito.outputs import writable
-from bonito.run import status
+from bonito.run import status, stored
 from bonito.sampling import derive_seed
 from bonito.sources import is_hub_id
-from bonito.store import STORE_FILE, RunStore
+from bonito.store import RunStore
 from bonito.task_types import load_declared_task_types, resolve_task_type
 
 CITATION = """@inproceedings{bonito:aclfindings24,
@@ -211,13 +211,10 @@ class RunView:
 def open_run(folder: Path) -> Iterator[RunView]:
     """A run folder opened read-only; BonitoError, as `bonito status` gives, when it is not one."""
     lines = status(folder)
-    store = RunStore(folder / STORE_FILE, readonly=True)
-    try:
+    with stored(folder) as store:
         yield RunView(
             folder, store, lines, store.get("config"), store.get("reading") or {}, store.counts()
         )
-    finally:
-        store.close()
 
 
 def generator_facts(config: dict[str, Any], private: bool = False) -> dict[str, str]:

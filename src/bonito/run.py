@@ -9,6 +9,7 @@ with --retry-rejected, ask again for contexts that got no accepted task."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import json
 import logging
@@ -50,6 +51,7 @@ from bonito.store import (
     SavedSample,
     StoredRequest,
     block_of,
+    is_damaged,
 )
 from bonito.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
 
@@ -256,6 +258,21 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
+def check_store(folder: Path) -> None:
+    """Refuse an emptied store beside its run's tasks (SQLite would take it for a new run)."""
+    store = folder / STORE_FILE
+    if store.is_file() and not store.stat().st_size:
+        kept = [name for name in (TASKS_FILE, SUMMARY_FILE) if (folder / name).exists()]
+        if kept:
+            raise damaged(store, f"it is empty, beside {kept[0]}")
+
+
+def identity(path: Path) -> tuple[int, int]:
+    """Which file `path` is: its device and inode (kept while it is open, never reused)."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
 def check_run_folder(folder: Path) -> None:
     """Refuse a folder that holds something else than a run (a folder of documents, say)."""
     if not folder.is_dir() or (folder / STORE_FILE).exists():
@@ -276,8 +293,56 @@ def writing(folder: Path) -> Iterator[None]:
     except OSError as error:
         raise output_error(folder, error, resumable=True) from error
     except sqlite3.DatabaseError as error:  # SQLite's own words: "database or disk is full"...
+        if is_damaged(error):
+            raise damaged(folder / STORE_FILE, error) from error
         code = errno.ENOSPC if "full" in str(error) else errno.EIO
         raise output_error(folder, OSError(code, str(error)), resumable=True) from error
+
+
+def damaged(path: Path, why: object) -> BonitoError:
+    """The sentence for a store that cannot be a run's any more (truncated, emptied)."""
+    return BonitoError(
+        f"{path} is damaged ({why}): restore it, or pass --overwrite to `bonito generate` to "
+        "start over."
+    )
+
+
+@contextmanager
+def stored(folder: Path) -> Iterator[RunStore]:
+    """A run's store opened read-only, its configuration checked; a store SQLite cannot read
+    is one BonitoError."""
+    path = folder / STORE_FILE
+    try:
+        store = RunStore(path, readonly=True)
+        try:
+            if store.get("config") is None:
+                raise damaged(path, "it holds no run configuration")
+            yield store
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as error:
+        if is_damaged(error):
+            raise damaged(path, error) from error
+        raise BonitoError(
+            f"Cannot read {path} ({error}): run the command again; if it fails again, restore "
+            "the file."
+        ) from error
+
+
+def running(folder: Path) -> bool:
+    """Whether a process holds the run's lock. The lock file is never created, and the test
+    holds a shared lock for an instant (a `generate` starting then waits that instant)."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 class Run:
@@ -294,32 +359,22 @@ class Run:
         self.folder = folder
         with writing(folder):
             check_run_folder(folder)
+            if not overwrite:
+                check_store(folder)
             folder.mkdir(parents=True, exist_ok=True)
             self.lock = FileLock(folder / LOCK_FILE)
             try:
-                self.lock.acquire(timeout=0)
+                self.lock.acquire(timeout=1)  # `bonito status` may be testing it this instant
             except Timeout:
                 raise BonitoError(
                     f"{folder} is in use by another bonito process; wait for it to finish "
                     "(`bonito status` shows it) or choose another --output."
                 ) from None
-            if overwrite:
-                self._clear()
-            self.store = RunStore(folder / STORE_FILE)
-            changed = self._changes(config, inputs)
-            if changed and not self.store.counts()["samples"]:  # nothing to keep
-                log.info(
-                    "%s: nothing was generated yet; starting it over with this configuration",
-                    folder,
-                )
-                self.store.close()
-                self._clear()
-                self.store = RunStore(folder / STORE_FILE)
-                changed = []
-            if self.store.get("config") is None:
-                self.store.put("config", config)
-                self.store.put("inputs", [asdict(found) for found in inputs])
-            self.store.drop_contexts(self.store.get("reading", {}).get("contexts", 0))
+            try:
+                changed = self._open(config, inputs, overwrite)
+            except BaseException:
+                self.lock.release()
+                raise
         if changed:
             self.close()
             raise BonitoError(
@@ -330,6 +385,45 @@ class Run:
                 "documents can make a run of their own)."
             )
         self.config = config
+
+    def _open(
+        self, config: dict[str, Any], inputs: Sequence[InputPrint], overwrite: bool
+    ) -> list[str]:
+        """Open the store (a new one with `overwrite`, or when nothing was generated with
+        another configuration), keeping `config` and `inputs` in a new one; how they differ
+        from the run's, one line each."""
+        if overwrite:
+            self._clear()
+        self.store = RunStore(self.folder / STORE_FILE)
+        changed = self._changes(config, inputs)
+        if changed and not self.store.counts()["samples"]:  # nothing to keep
+            log.info(
+                "%s: nothing was generated yet; starting it over with this configuration",
+                self.folder,
+            )
+            self.store.close()
+            self._clear()
+            self.store = RunStore(self.folder / STORE_FILE)
+            changed = []
+        if self.store.get("config") is None:
+            self.store.put("config", config)
+            self.store.put("inputs", [asdict(found) for found in inputs])
+        self.store.drop_contexts(self.store.get("reading", {}).get("contexts", 0))
+        self.identity = identity(self.folder / STORE_FILE)
+        return changed
+
+    def check_folder(self) -> None:
+        """Stop when the folder was deleted or replaced under this run: what is there now
+        (another process's run, say) is not this run's to write."""
+        try:
+            same = identity(self.folder / STORE_FILE) == self.identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise BonitoError(
+                f"{self.folder} was deleted or replaced while this run was writing it, so it "
+                "stopped; run the same command again to continue the run that is there now."
+            )
 
     def _clear(self) -> None:
         for name in (STORE_FILE, TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE):
@@ -498,6 +592,7 @@ class Run:
     def _save(self, group: Group, budgets: Budgets, tally: Tally) -> None:
         """Save a group's samples up to where a budget runs out (their tasks as candidates),
         and its failures; the candidates count as accepted until they are decided."""
+        self.check_folder()
         samples = within_budgets(group.samples, budgets, tally)
         self.store.save([saved(s) for s in samples], group.seconds)
         self.store.fail([(request.key, reason) for request, reason in group.failed])
@@ -569,6 +664,7 @@ class Run:
         return summary_from(reading, self.store.counts())
 
     def write_summary(self, state: str, engine: str | None = None) -> Summary:
+        self.check_folder()
         summary = self.summary()
         with writing(self.folder):
             record = {
@@ -764,21 +860,12 @@ def status_facts(folder: Path) -> dict[str, Any]:
             "folder of a `bonito generate`"
         )
         raise BonitoError(f"{where}.")
-    lock = FileLock(folder / LOCK_FILE)
-    try:
-        lock.acquire(timeout=0)
-        lock.release()
-        running = False
-    except Timeout:
-        running = True
-    store = RunStore(path, readonly=True)
-    try:
+    now = running(folder)
+    with stored(folder) as store:
         config, state, totals = store.get("config"), store.get("state"), store.counts()
-        rate = store.recent_rate() if running else 0.0
+        rate = store.recent_rate() if now else 0.0
         summary = summary_from(store.get("reading", {}), totals)
-    finally:
-        store.close()
-    if running:
+    if now:
         state = "running"
     elif state in (None, "running"):
         state = "interrupted: run the same `bonito generate` command to continue"
@@ -791,7 +878,7 @@ def status_facts(folder: Path) -> dict[str, Any]:
         "requests_failed": totals["requests_failed"],
         "summary": summary.to_dict(),
     }
-    if running:
+    if now:
         left = totals["requests"] - totals["requests_done"]
         facts["requests_per_second"] = round(rate, 3)
         facts["eta_s"] = round(left / rate) if rate else None

@@ -5,6 +5,7 @@ flight. Plain SQL over plain tuples; the run decides what to write, the store on
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -112,6 +113,16 @@ def block_of(request_id: int, size: int) -> int:
     return (request_id - 1) // size
 
 
+def connect(path: Path, options: str) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?{options}", uri=True, isolation_level=None, timeout=30)
+
+
+def is_damaged(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file broken (truncated, overwritten, emptied), not only
+    unwritable."""
+    return any(words in str(error) for words in ("malformed", "not a database", "no such table"))
+
+
 def task_id(request_id: int, sample: int) -> str:
     """The stable id of a task in its run: request and sample index."""
     return f"{request_id}-{sample}"
@@ -123,8 +134,13 @@ class RunStore:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
-        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+        self.db = connect(path, "mode=ro" if readonly else "mode=rwc")
+        if readonly and not os.access(path.parent, os.W_OK):
+            try:
+                self.db.execute("SELECT COUNT(*) FROM sqlite_master")
+            except sqlite3.OperationalError:  # no -shm file can be made beside it: nobody writes
+                self.db.close()
+                self.db = connect(path, "immutable=1")
         if not readonly:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

@@ -657,7 +657,7 @@ def read_contexts(
     documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
     reached = Reached(summary)
     first_skip, document, taken = None, None, 0
-    with skipped.open("w", encoding="utf-8") as file:
+    with written_whole(skipped) as file:
         for item in chunker.chunk(reached.pulled(documents)):
             if isinstance(item, Context) and summary.contexts == limit:
                 return

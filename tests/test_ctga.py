@@ -276,6 +276,22 @@ def test_output_round_trip_with_provenance(toy, tmp_path, suffix):
     ]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_pairs_stopped_midway_leave_the_earlier_file(toy, tmp_path, suffix):
+    pairs, _ = everything(toy)
+    out = tmp_path / "out" / f"pairs{suffix}"
+    write_pairs(iter(pairs), out)
+    before = out.read_bytes()
+
+    def stopped():
+        yield pairs[0]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(stopped(), out)
+    assert out.read_bytes() == before and list(out.parent.iterdir()) == [out]
+
+
 def test_output_suffix_is_checked(tmp_path):
     with pytest.raises(BonitoError, match=r"\.jsonl or \.parquet"):
         write_pairs([], tmp_path / "pairs.csv")

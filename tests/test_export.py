@@ -394,6 +394,56 @@ def test_overwrite_replaces_an_earlier_export_only(run, tmp_path, capsys, monkey
     assert len(read_split(out, "jsonl", "train")) == len(store_tasks(run, "accepted"))
 
 
+KILLED_AT_THIRD_ROW = """
+import os, signal, sys
+from bonito import export
+from bonito.cli import main
+
+rows, write = [], export.JsonLines.write
+def killed_at_third(self, record):
+    rows.append(record)
+    if len(rows) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, record)
+export.JsonLines.write = killed_at_third
+sys.argv = ["bonito", *sys.argv[1:]]
+main()
+"""
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_whole(run, tmp_path, capsys, monkeypatch):
+    """F17: a failure or a kill while exporting leaves the earlier export (or none), never a
+    part of one; the folder a killed export left beside it goes with the next export."""
+    out = tmp_path / "out"
+    assert run_cli(["export", run, "-o", out], capsys, monkeypatch)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(self, record):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module.JsonLines, "write", full)
+        code, _, err = run_cli(["export", run, "-o", out, "--overwrite"], capsys, monkeypatch)
+    assert code == 1 and "the disk is full" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    fresh = tmp_path / "fresh"
+    args = ["export", run, "-o", fresh]
+    for overwrite in ([], ["--overwrite"]):
+        command = [sys.executable, "-c", KILLED_AT_THIRD_ROW, *map(str, args + overwrite)]
+        assert subprocess.run(command).returncode == -9
+    assert not fresh.exists()
+    killed = [sys.executable, "-c", KILLED_AT_THIRD_ROW, "export", str(run), "-o", str(out)]
+    assert subprocess.run([*killed, "--overwrite"]).returncode == -9
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    assert run_cli(["export", run, "-o", out, "--overwrite"], capsys, monkeypatch)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert (fresh / "train.jsonl").read_bytes() == before["train.jsonl"]
+
+
 def test_a_run_without_accepted_tasks_is_refused(tmp_path, capsys, monkeypatch):
     store = RunStore(tmp_path / "run.sqlite")
     store.put("config", make_config())

@@ -876,3 +876,86 @@ def test_status_after_the_wal_was_deleted_under_a_writer(finished, tmp_path, cap
         writer.close()
     assert code == 1 and "Traceback" not in err
     assert f"Cannot read {run / 'run.sqlite'} (disk I/O error): run the command again" in err
+
+
+KILLED_AT_THIRD_TASK = """
+import os, signal, sys
+import bonito.run
+from bonito.cli import main
+
+written, record = [], bonito.run.task_record
+def killed_at_third(task):
+    written.append(task)
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record(task)
+bonito.run.task_record = killed_at_third
+sys.argv = ["bonito", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_kill_while_tasks_jsonl_is_rewritten_leaves_the_old_file_and_no_finished_summary(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    """F3: a real SIGKILL in the middle of the rewrite a restarted run makes of tasks.jsonl."""
+    out = tmp_path / "run"
+    args = generate_args(passages, tiny_model, out, "--limit", 8, "--no-checks", "--dedup", "off")
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    tasks = (out / "tasks.jsonl").read_text()
+    assert len(tasks.splitlines()) == 8
+    assert json.loads((out / "summary.json").read_text())["state"] == "finished"
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_THIRD_TASK, *map(str, args)])
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / "tasks.jsonl").read_text() == tasks
+    assert json.loads((out / "summary.json").read_text())["state"] == "running"
+
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    assert (out / "tasks.jsonl").read_text() == tasks
+    assert json.loads((out / "summary.json").read_text())["state"] == "finished"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_symlinks_in_a_run_folder_are_replaced_not_written_through(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    """F18: a resume and a report replace links planted in the run folder, never the files
+    they point to."""
+    out = tmp_path / "run"
+    args = generate_args(passages, tiny_model, out, "--limit", 4, "--no-checks", "--dedup", "off")
+    out.mkdir()
+    (tmp_path / "victim-skipped.jsonl").write_text("keep me\n")
+    (out / "skipped.jsonl").symlink_to(tmp_path / "victim-skipped.jsonl")
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    victims = {"skipped.jsonl": tmp_path / "victim-skipped.jsonl"}
+    for name in ("tasks.jsonl", "summary.json", "report.html"):
+        victims[name] = tmp_path / f"victim-{name}"
+        victims[name].write_text("keep me\n")
+        (out / name).unlink(missing_ok=True)
+        (out / name).symlink_to(victims[name])
+
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    write_report(out)
+    for name, victim in victims.items():
+        assert victim.read_text() == "keep me\n"
+        assert not (out / name).is_symlink()
+    assert len((out / "tasks.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_file_written_whole_is_the_old_one_until_the_new_one_is_complete(tmp_path):
+    from bonito.outputs import written_whole
+
+    path = tmp_path / "out.txt"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError), written_whole(path) as file:
+        file.write("half of the new")
+        raise RuntimeError("killed")
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]
+    with written_whole(path) as file:
+        file.write("new\n")
+    assert path.read_text() == "new\n" and list(tmp_path.iterdir()) == [path]

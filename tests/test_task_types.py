@@ -52,3 +52,26 @@ def test_cli_tasks_prints_the_table():
     assert result.exit_code == 0
     for short, name in FORMAT_TABLE.items():
         assert short in result.output and name in result.output
+
+
+def test_saved_declarations_replace_a_link_in_the_folder(tmp_path):
+    """F18: the run folder's declarations file is replaced, never the file a link there names."""
+    from bonito import task_types
+    from bonito.task_types import TASK_TYPES_FILE, load_task_types, save_task_types
+
+    tables = (task_types._BY_NAME, task_types._BY_SHORT, task_types._REGISTERED)
+    saved = [dict(table) for table in tables]
+    declared = tmp_path / "types.yaml"
+    declared.write_text("- short: desk\n  name: news desk\n  description: Which desk.\n")
+    victim, run = tmp_path / "victim", tmp_path / "run"
+    victim.write_text("keep me\n")
+    run.mkdir()
+    (run / TASK_TYPES_FILE).symlink_to(victim)
+    try:
+        path = save_task_types(load_task_types(declared), run)
+    finally:  # the registered type is forgotten
+        for table, before in zip(tables, saved, strict=True):
+            table.clear()
+            table.update(before)
+    assert victim.read_text() == "keep me\n"
+    assert not path.is_symlink() and "short: desk" in path.read_text()

@@ -10,12 +10,11 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from importlib.metadata import version as package_version
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -155,7 +154,7 @@ def chunk(
     """Show what `generate` would send, without running the model: write the contexts to OUTPUT
     (JSON Lines) and every skipped input to skipped.jsonl beside it."""
     from bonito.generation import Summary
-    from bonito.outputs import output_file
+    from bonito.outputs import output_file, written_whole
     from bonito.run import check_strict
     from bonito.sources import check_inputs
 
@@ -165,7 +164,7 @@ def chunk(
     summary, skipped = Summary(), output.parent / "skipped.jsonl"
     reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
     reading["per_document"] = per_document
-    with _written_whole(output) as file:
+    with written_whole(output) as file:
         for context in _contexts(inputs, chunker, summary, skipped, limit=limit, **reading):
             file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
     table = _reading_table("bonito chunk", summary, skipped)
@@ -537,20 +536,6 @@ def _chunker(
             max_input_tokens=max_input_tokens,
             task_types=task_types,
         )
-
-
-@contextmanager
-def _written_whole(path: Path) -> Iterator[TextIO]:
-    """A text file written beside `path`, hidden (not an input when the folder is read), and
-    renamed to it once complete: a stopped command leaves no partial file that looks like a
-    result, and an earlier one stays as it was."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("w", encoding="utf-8") as file:
-            yield file
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _contexts(

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from bonito.errors import BonitoError
 from bonito.format import PIPE, PLACEHOLDER, build_prompt
-from bonito.outputs import output_file
+from bonito.outputs import output_file, written_whole
 from bonito.sources import check_input
 from bonito.task_types import TaskType, resolve_task_type
 
@@ -592,7 +592,7 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
     output_file(path)
     count = 0
     if suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as file:
+        with written_whole(path) as file:
             for pair in pairs:
                 file.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
                 count += 1
@@ -608,7 +608,8 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
     schema = pa.schema(
         [(name, pa.int64() if name == "row" else pa.string()) for name in PAIR_COLUMNS]
     )
-    pq.write_table(pa.table(columns, schema=schema), path)
+    with written_whole(path, binary=True) as file:
+        pq.write_table(pa.table(columns, schema=schema), file)
     return count
 
 

@@ -614,10 +614,32 @@ def check_output(folder: Path, run: Path, overwrite: bool) -> None:
 
 
 def clear_export(folder: Path) -> None:
-    """Remove what an earlier export wrote; anything else in the folder stays."""
+    """Remove what an earlier export wrote, its card first (a folder left without one is not
+    a complete export); anything else in the folder stays."""
     for pattern in EXPORT_ENTRIES:
         for path in folder.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+@contextmanager
+def written_beside(output: Path) -> Iterator[Path]:
+    """A new hidden folder beside `output` to write an export into; when the block ends without
+    error, its entries replace the earlier export's in `output`, the card last. Until then
+    `output` holds the earlier export as it was; the new folder is removed whatever happens,
+    and one left by a killed export is removed first."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{output.name}.partial-"
+    for stale in output.parent.glob(prefix + "*"):
+        shutil.rmtree(stale)
+    new = Path(tempfile.mkdtemp(prefix=prefix, dir=output.parent))
+    try:
+        yield new
+        output.mkdir(exist_ok=True)
+        clear_export(output)
+        for entry in sorted(new.iterdir(), key=lambda entry: entry.name == "README.md"):
+            entry.replace(output / entry.name)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
 
 
 def check_repo_id(repo: str) -> None:
@@ -680,21 +702,19 @@ def export_run(
             if split_by_document is not None
             else set()
         )
-        with writable(output):
-            output.mkdir(parents=True, exist_ok=True)
-            clear_export(output)
+        with writable(output), written_beside(output) as new:
             tasks = (task for task in saved() if task["id"] not in left_out)
             if format_name == "hf":
                 with tempfile.TemporaryDirectory() as parquet:
                     sides = write_splits(tasks, Path(parquet), fmt, test, private)
-                    save_hf(Path(parquet), sides, output)
+                    save_hf(Path(parquet), sides, new)
             else:
-                sides = write_splits(tasks, output, fmt, test, private)
+                sides = write_splits(tasks, new, fmt, test, private)
             export = Export(
                 output, format_name, sides, output / "README.md", push_to_hub, private, found
             )
             card = dataset_card(view, export, split_by_document)
-            export.card.write_text(card, encoding="utf-8")
+            (new / "README.md").write_text(card, encoding="utf-8")
         if push_to_hub:
             push(export, dataset_card(view, export, split_by_document, push_to_hub))
     return export

@@ -1,13 +1,16 @@
-"""Where a command writes: its output folder or file checked before any work, and one sentence
-for each way writing there fails (a file in the way, no permission, a read-only or full disk)."""
+"""Where a command writes: its output folder or file checked before any work, one sentence
+for each way writing there fails (a file in the way, no permission, a read-only or full disk),
+and files written whole (a kill leaves the earlier file or the new one, never part of one)."""
 
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from bonito.errors import BonitoError
 
@@ -92,3 +95,22 @@ def make_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".bonito-write-check"):
         pass
+
+
+@contextmanager
+def written_whole(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """A new file beside `path`, hidden (not an input when the folder is read), synced to disk
+    and renamed to `path` once the block ends without error: a kill at any moment leaves the
+    earlier `path` or the new one, never part of one, and a symlink at `path` is replaced, not
+    written through."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)  # "x" below then refuses a link planted in its place
+    try:
+        with partial.open("xb" if binary else "x", encoding=None if binary else "utf-8") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from markupsafe import Markup
 from bonito import __version__
 from bonito.errors import BonitoError
 from bonito.export import RunView, generator_facts, open_run
-from bonito.outputs import writable
+from bonito.outputs import writable, written_whole
 from bonito.run import failed_note, summary_from
 from bonito.sampling import derive_seed
 
@@ -413,5 +413,6 @@ def write_report(run: Path, output: Path | None = None, sample_size: int = SAMPL
         context = report_context(view, sample_size)
     with writable(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(context), encoding="utf-8")
+        with written_whole(path) as file:
+            file.write(render(context))
     return Report(path, context["samples"], len(context["rows"]), view.status["state"])

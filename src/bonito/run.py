@@ -40,7 +40,7 @@ from bonito.generation import (
     generate_samples,
 )
 from bonito.mix import TaskMix
-from bonito.outputs import output_error
+from bonito.outputs import output_error, written_whole
 from bonito.sampling import SamplingParams, derive_seed
 from bonito.sources import Document, InputPrint, Skip, check_inputs, input_prints, read_documents
 from bonito.store import (
@@ -172,6 +172,7 @@ def generate_run(
     prints = input_prints(config.inputs, include=reading["include"], exclude=reading["exclude"])
     config_dict = config.to_dict([found.to_dict() for found in prints])
     with Run(folder, config_dict, prints, overwrite=overwrite) as run:
+        run.write_summary("running", engine_name)  # an earlier one no longer describes the run
         if run.must_read(reading["limit"]):
             chunker = make_chunker() if make_chunker else config.chunker()
             chunker.check_window(config.sampling.max_tokens)
@@ -644,7 +645,7 @@ class Run:
         """tasks.jsonl again from the store: a killed run may have saved tasks it did not get
         to write out, and never the other way round."""
         meta = self._task_meta()
-        with (self.folder / TASKS_FILE).open("w", encoding="utf-8") as file:
+        with written_whole(self.folder / TASKS_FILE) as file:
             for task in self.store.tasks(("accepted",)):
                 file.write(json.dumps(task_record(task) | meta, ensure_ascii=False) + "\n")
 
@@ -672,7 +673,8 @@ class Run:
                 "state": state,
                 "summary": summary.to_dict(),
             }
-            (self.folder / SUMMARY_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            with written_whole(self.folder / SUMMARY_FILE) as file:
+                file.write(json.dumps(record, indent=2) + "\n")
         return summary
 
 
@@ -789,7 +791,7 @@ def read_contexts(
     documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
     reached = Reached(summary)
     first_skip, document, taken = None, None, 0
-    with skipped.open("w", encoding="utf-8") as file:
+    with written_whole(skipped) as file:
         for item in chunker.chunk(reached.pulled(documents)):
             if isinstance(item, Context) and summary.contexts == limit:
                 return

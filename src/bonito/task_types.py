@@ -21,6 +21,7 @@ from bonito.checks import (
     yes_no_answer,
 )
 from bonito.errors import BonitoError
+from bonito.outputs import written_whole
 
 TASK_TYPES_FILE = "bonito_task_types.yaml"
 """The file declaring the task types beyond the built-in ones that a trained generator was
@@ -167,7 +168,8 @@ def save_task_types(kinds: Iterable[TaskType], folder: str | Path) -> Path | Non
     if not declarations:
         return None
     path = Path(folder) / TASK_TYPES_FILE
-    path.write_text(yaml.safe_dump(declarations, sort_keys=False, allow_unicode=True), "utf-8")
+    with written_whole(path) as file:
+        file.write(yaml.safe_dump(declarations, sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -71,17 +71,20 @@ def decode(data: bytes) -> str:
 def detect(sample: bytes) -> str:
     """The encoding of text starting with `sample`: a byte-order mark, else UTF-8 when it holds
     valid UTF-8 characters, else charset-normalizer's best guess (Windows-1252 among equals).
-    Binary data raises Unreadable."""
+    Binary data (NUL bytes, unless a few in UTF-8 text) raises Unreadable."""
     for bom, encoding in _BOMS:
         if sample.startswith(bom):
             return encoding
-    if b"\0" in sample:
-        raise Unreadable("binary", "is binary data, not text (it holds NUL bytes)")
     try:
         codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
-        return "utf-8"
+        utf8 = True
     except UnicodeDecodeError:
-        text = sample.decode("utf-8", errors="replace")
+        utf8 = False
+    if b"\0" in sample and (not utf8 or sample.count(b"\0") * 10 > len(sample)):
+        raise Unreadable("binary", "is binary data, not text (it holds NUL bytes)")
+    if utf8:  # a stray NUL or two in it are the rows' problem
+        return "utf-8"
+    text = sample.decode("utf-8", errors="replace")
     if len(text) - len(text.encode("ascii", errors="ignore")) > text.count("\ufffd"):
         return "utf-8"  # it holds valid UTF-8 characters: the bad bytes are errors in it
     charset_normalizer = require("charset_normalizer", "Text that is not UTF-8")

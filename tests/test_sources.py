@@ -608,3 +608,19 @@ def test_one_bad_row_costs_that_row_only(tmp_path):
             "line 2 is not valid JSON (Invalid control character at at column 17)"
         ),
     }
+
+
+def test_one_stray_byte_does_not_garble_the_utf8_text_of_a_file(tmp_path):
+    pytest.importorskip("charset_normalizer", reason=NEEDS_DOCS)
+    ascii_rows = b"".join(b'{"text": "Plain row %d."}\n' % n for n in range(2000))
+    french = "Après la pluie, ça va très bien: café crème brûlée."
+    rows = b'{"text": "Un caf\xe9."}\n' + ascii_rows + json.dumps({"text": french}).encode()
+    (tmp_path / "rows.jsonl").write_bytes(rows + b"\n")
+    (tmp_path / "notes.txt").write_bytes(
+        b"Un caf\xe9.\n" + b"Plain line.\n" * 90_000 + french.encode()
+    )
+    items = list(read_documents([tmp_path]))
+    notes, first, *_, last = texts(items)
+    assert notes.endswith("\n" + french) and notes.startswith("Un café.\n")
+    assert (first, last) == ("Un café.", french)
+    assert skips(items) == {}

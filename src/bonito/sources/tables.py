@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bonito.sources.document import Document, Skip, Unreadable
-from bonito.sources.text import MAX_LINE, decode, detect
+from bonito.sources.text import MAX_LINE, decode, decode_line, detect
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 Row = tuple[str, int, Any]
@@ -76,7 +76,7 @@ def _json_lines(path: Path) -> Iterator[Row | Skip]:
                 yield Skip(source, "line_too_long", f"{where} is longer than {MAX_LINE:,} bytes")
                 continue
             try:
-                text = line.decode(encoding).rstrip("\r\n")
+                text = decode_line(line, encoding).rstrip("\r\n")
             except UnicodeDecodeError as error:
                 yield Skip(source, "encoding", f"{where} is not valid {encoding} ({error.reason})")
                 continue

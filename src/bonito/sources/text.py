@@ -58,14 +58,29 @@ def read_text(path: Path) -> Iterator[Document]:
 
 
 def decode(data: bytes) -> str:
-    """Text in the encoding `detect` finds from the first MiB; Unreadable where it does not hold."""
+    """Text in the encoding `detect` finds from the first MiB, line by line as `decode_line`
+    does; Unreadable where it does not hold."""
     encoding = detect(data[: 2**20])
     try:
-        return data.decode(encoding)
+        if encoding.startswith("utf"):
+            return data.decode(encoding)
+        return "".join(decode_line(line, encoding) for line in data.splitlines(keepends=True))
     except UnicodeDecodeError as error:
         raise Unreadable(
             "encoding", f"is not valid {encoding} text (at byte {error.start:,})"
         ) from error
+
+
+def decode_line(line: bytes, encoding: str) -> str:
+    """A line of a file in `encoding`; in a file not in a Unicode encoding, a line that is valid
+    UTF-8 is read as UTF-8 (text in another encoding almost never is), so that one stray byte
+    that made the file look like Windows-1252 does not garble its UTF-8 lines."""
+    if not encoding.startswith("utf"):
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return line.decode(encoding)
 
 
 def detect(sample: bytes) -> str:

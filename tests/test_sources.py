@@ -265,7 +265,7 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
         ("empty.txt", "empty"): "has no text",
         ("mixed.txt", "encoding"): "is not valid utf-8 text (at byte 263)",
         ("one-line.txt", "line_too_long"): (
-            "has a line of 52,428,800 bytes (the limit is 8,388,608); it is data, not running text"
+            "has a line longer than 8,388,608 bytes; it is data, not running text"
         ),
         ("script.html", "empty"): "has no main text (only scripts and markup, or not HTML)",
         ("rows.jsonl", "invalid_json"): "line 2 is not valid JSON (Expecting value at column 10)",
@@ -624,3 +624,28 @@ def test_one_stray_byte_does_not_garble_the_utf8_text_of_a_file(tmp_path):
     assert notes.endswith("\n" + french) and notes.startswith("Un café.\n")
     assert (first, last) == ("Un café.", french)
     assert skips(items) == {}
+
+
+def test_a_huge_document_is_read_up_to_a_limit_and_the_rest_is_a_skip(tmp_path, monkeypatch):
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    from bonito.sources import pdf, text
+
+    monkeypatch.setattr(text, "MAX_CHARS", 100)
+    monkeypatch.setattr(pdf, "MAX_CHARS", 10)
+    (tmp_path / "big.txt").write_text("A line of thirty characters..\n" * 10)
+    document = pymupdf.open()
+    for number in range(1, 5):
+        document.new_page().insert_text((72, 72), f"Page {number} says hello.")
+    document.save(tmp_path / "big.pdf")
+    items = list(read_documents([tmp_path]))
+    assert texts(items) == ["Page 1 says hello.", "A line of thirty characters..\n" * 3]
+    assert skips(items) == {
+        ("big.pdf", "too_long"): (
+            "pages 2-4 were not read: the pages before hold more than 10 characters; "
+            "split the PDF to read the rest"
+        ),
+        ("big.txt", "too_long"): (
+            "is longer than 100 bytes: its first 90 were read; split it into smaller files to "
+            "read the rest"
+        ),
+    }

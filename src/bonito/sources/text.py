@@ -8,11 +8,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from bonito.sources.document import Document, Unreadable, require
+from bonito.sources.document import Document, Skip, Unreadable, require
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 MAX_LINE = 8 * 2**20
 """Longest line read, in bytes: a longer one is data, not running text."""
+MAX_CHARS = 32 * 2**20
+"""Most characters (or bytes of a text file) read from one document, which is held whole."""
 
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8-sig"),
@@ -39,22 +41,28 @@ def text_by_name(path: Path) -> bool:
     return not suffix or bool(_VERSION.fullmatch(suffix) or _TEXT_NAME.match(path.name))
 
 
-def read_text(path: Path) -> Iterator[Document]:
+def read_text(path: Path) -> Iterator[Document | Skip]:
     """The file's text as it is, indentation and all, with line ends made `\n` (as Python
     reads text files): a context's span indexes it."""
-    data = path.read_bytes()
-    if len(data) > MAX_LINE:
-        longest = len(max(data.splitlines(), key=len))
-        if longest > MAX_LINE:
-            raise Unreadable(
-                "line_too_long",
-                f"has a line of {longest:,} bytes (the limit is {MAX_LINE:,}); "
-                "it is data, not running text",
-            )
+    with path.open("rb") as file:
+        data = file.read(MAX_CHARS + 1)
+    if len(data) > MAX_LINE and len(max(data.splitlines(), key=len)) > MAX_LINE:
+        raise Unreadable(
+            "line_too_long",
+            f"has a line longer than {MAX_LINE:,} bytes; it is data, not running text",
+        )
+    whole = len(data) <= MAX_CHARS
+    data = data if whole else data[: data.rfind(b"\n", 0, MAX_CHARS) + 1]
     text = universal_newlines(decode(data))
     if not text.strip():
         raise Unreadable("empty", "has no text")
     yield Document(str(path), text, str(path))
+    if not whole:
+        detail = (
+            f"is longer than {MAX_CHARS:,} bytes: its first {len(data):,} were read; split it "
+            "into smaller files to read the rest"
+        )
+        yield Skip(str(path), "too_long", detail)
 
 
 def decode(data: bytes) -> str:

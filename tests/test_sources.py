@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bonito import BonitoError
-from bonito.sources import SUFFIXES, Document, Skip, read_documents
+from bonito.sources import SUFFIXES, Document, Skip, fingerprint, read_documents
 
 ROWS = [{"text": "First passage."}, {"text": "Second passage."}, {"text": "  "}]
 ARTICLE = [
@@ -264,7 +265,7 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
         ("empty.txt", "empty"): "has no text",
         ("mixed.txt", "encoding"): "is not valid utf-8 text (at byte 263)",
         ("one-line.txt", "line_too_long"): (
-            "has a line of 52,428,800 bytes (the limit is 8,388,608); it is data, not running text"
+            "has a line longer than 8,388,608 bytes; it is data, not running text"
         ),
         ("script.html", "empty"): "has no main text (only scripts and markup, or not HTML)",
         ("rows.jsonl", "invalid_json"): "line 2 is not valid JSON (Expecting value at column 10)",
@@ -545,3 +546,106 @@ def test_pdf_running_headers_page_numbers_and_contents_leaders_are_left_out(tmp_
     [doc] = read_documents([tmp_path / "report.pdf"])
     assert doc.text == "\n\n".join(["Contents", *ARTICLE])
     assert [number for number, _ in doc.metadata["pages"]] == [1, 2, 3, 4]
+
+
+def test_a_json_row_with_half_a_character_is_a_skipped_row(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "Before."}\n{"text": "cut \\ud83d in half"}\n{"text": "After."}\n')
+    items = list(read_documents([path]))
+    assert texts(items) == ["Before.", "After."]
+    assert skips(items) == {
+        ("rows.jsonl", "encoding"): (
+            "line 2 holds half of a character (a lone surrogate, \\ud83d, at character 4); "
+            "it cannot be written as UTF-8"
+        )
+    }
+
+
+def test_pipes_and_devices_are_skipped_never_opened(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Read me.")
+    os.mkfifo(folder / "b.jsonl")
+    (folder / "null.txt").symlink_to("/dev/null")
+    os.mkfifo(tmp_path / "alone.txt")
+    signal.signal(signal.SIGALRM, _hung)  # a pipe opened for reading waits for a writer
+    signal.alarm(20)
+    try:
+        items = list(read_documents([folder, tmp_path / "alone.txt"]))
+        fingerprint([folder, tmp_path / "alone.txt"])
+    finally:
+        signal.alarm(0)
+    assert texts(items) == ["Read me."]
+    assert skips(items) == {
+        ("b.jsonl", "unsupported_type"): "is a named pipe, not a regular file; only files are read",
+        ("null.txt", "unsupported_type"): (
+            "is a character device, not a regular file; only files are read"
+        ),
+        ("alone.txt", "unsupported_type"): (
+            "is a named pipe, not a regular file; only files are read"
+        ),
+    }
+
+
+def _hung(*_):
+    raise TimeoutError("reading hangs")
+
+
+def test_one_bad_row_costs_that_row_only(tmp_path):
+    (tmp_path / "nul.jsonl").write_bytes(
+        b'{"text": "One."}\n{"text": "a raw \0 byte"}\n{"text": "Two, with \\u0000."}\n'
+    )
+    (tmp_path / "deep.jsonl").write_text(
+        '{"text": "Three."}\n' + "[" * 200_000 + '\n{"text": "Four."}\n'
+    )
+    (tmp_path / "big.csv").write_text(f"id,text\n1,Five.\n2,{'x' * (10 * 2**20)}\n3,Six.\n")
+    items = list(read_documents([tmp_path]))
+    assert texts(items) == ["Five.", "Six.", "Three.", "Four.", "One.", "Two, with \0."]
+    assert skips(items) == {
+        ("big.csv", "corrupt"): "row 2 is not valid CSV (field larger than field limit (8388608))",
+        ("deep.jsonl", "invalid_json"): "line 2 is JSON nested too deeply to read",
+        ("nul.jsonl", "invalid_json"): (
+            "line 2 is not valid JSON (Invalid control character at at column 17)"
+        ),
+    }
+
+
+def test_one_stray_byte_does_not_garble_the_utf8_text_of_a_file(tmp_path):
+    pytest.importorskip("charset_normalizer", reason=NEEDS_DOCS)
+    ascii_rows = b"".join(b'{"text": "Plain row %d."}\n' % n for n in range(2000))
+    french = "Après la pluie, ça va très bien: café crème brûlée."
+    rows = b'{"text": "Un caf\xe9."}\n' + ascii_rows + json.dumps({"text": french}).encode()
+    (tmp_path / "rows.jsonl").write_bytes(rows + b"\n")
+    (tmp_path / "notes.txt").write_bytes(
+        b"Un caf\xe9.\n" + b"Plain line.\n" * 90_000 + french.encode()
+    )
+    items = list(read_documents([tmp_path]))
+    notes, first, *_, last = texts(items)
+    assert notes.endswith("\n" + french) and notes.startswith("Un café.\n")
+    assert (first, last) == ("Un café.", french)
+    assert skips(items) == {}
+
+
+def test_a_huge_document_is_read_up_to_a_limit_and_the_rest_is_a_skip(tmp_path, monkeypatch):
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    from bonito.sources import pdf, text
+
+    monkeypatch.setattr(text, "MAX_CHARS", 100)
+    monkeypatch.setattr(pdf, "MAX_CHARS", 10)
+    (tmp_path / "big.txt").write_text("A line of thirty characters..\n" * 10)
+    document = pymupdf.open()
+    for number in range(1, 5):
+        document.new_page().insert_text((72, 72), f"Page {number} says hello.")
+    document.save(tmp_path / "big.pdf")
+    items = list(read_documents([tmp_path]))
+    assert texts(items) == ["Page 1 says hello.", "A line of thirty characters..\n" * 3]
+    assert skips(items) == {
+        ("big.pdf", "too_long"): (
+            "pages 2-4 were not read: the pages before hold more than 10 characters; "
+            "split the PDF to read the rest"
+        ),
+        ("big.txt", "too_long"): (
+            "is longer than 100 bytes: its first 90 were read; split it into smaller files to "
+            "read the rest"
+        ),
+    }

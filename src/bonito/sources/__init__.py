@@ -7,6 +7,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -157,6 +158,9 @@ def _nothing_found(folder: Path, include: Sequence[str], exclude: Sequence[str])
 def _read_file(path: Path, text_field: str) -> Iterator[Document | Skip]:
     """A file read by its suffix; one without a suffix, or named like README or LICENSE, is read
     as text when its content is text."""
+    if special := _special_kind(path):
+        detail = f"is {special}, not a regular file; only files are read"
+        return iter([Skip(str(path), "unsupported_type", detail)])
     suffix = path.suffix.lower()
     if suffix in TABLE_SUFFIXES:
         return _guarded(partial(read_table, path, text_field), str(path))
@@ -167,6 +171,23 @@ def _read_file(path: Path, text_field: str) -> Iterator[Document | Skip]:
     readable = ", ".join(SUFFIXES)
     detail = f"is not one of {readable} (name a plain text file .txt to read it)"
     return iter([Skip(str(path), "unsupported_type", detail)])
+
+
+def _special_kind(path: Path) -> str | None:
+    """What `path` is when it is neither a regular file nor a folder (a pipe, device or socket,
+    which reading could hang on or never finish); None for a file, a folder, or what cannot be
+    looked at (reading it says why)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    kinds = {
+        stat.S_ISFIFO: "a named pipe",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), None)
 
 
 def _guarded(
@@ -283,18 +304,23 @@ def input_prints(
 def _hashed(folder: Path, files: Iterable[Path]) -> dict[str, list]:
     """Each file by its path inside `folder` ("." for the file `folder` itself), as [size,
     blake2b of its bytes]."""
-    hashed = {}
-    for file in files:
-        digest, size = hashlib.blake2b(digest_size=16), 0
-        try:
-            with file.open("rb") as handle:
-                while block := handle.read(1 << 20):
-                    digest.update(block)
-                    size += len(block)
-        except OSError as error:  # the reading reports it; the print still changes
-            digest.update(f"unreadable: {error.strerror}".encode())
-        hashed[file.relative_to(folder).as_posix()] = [size, digest.hexdigest()]
-    return hashed
+    return {file.relative_to(folder).as_posix(): _file_print(file) for file in files}
+
+
+def _file_print(file: Path) -> list:
+    """[size, blake2b of its bytes] of a file; a pipe, device or socket is never opened."""
+    digest, size = hashlib.blake2b(digest_size=16), 0
+    if special := _special_kind(file):  # the reading skips it
+        digest.update(special.encode())
+        return [size, digest.hexdigest()]
+    try:
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except OSError as error:  # the reading reports it; the print still changes
+        digest.update(f"unreadable: {error.strerror}".encode())
+    return [size, digest.hexdigest()]
 
 
 def _visible_files(folder: Path) -> Iterator[Path]:

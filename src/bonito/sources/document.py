@@ -28,7 +28,7 @@ class Skip:
 
     Reasons from the readers: unsupported_type, unreadable, needs_extra, empty, no_match, binary,
     encoding, line_too_long, invalid_json, not_an_object, missing_field, missing_split, not_text,
-    corrupt, encrypted, no_text_layer. From the chunker: too_long_word, too_short,
+    corrupt, encrypted, no_text_layer, too_long. From the chunker: too_long_word, too_short,
     prompt_too_long."""
 
     source: str

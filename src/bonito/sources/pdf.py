@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bonito.sources.document import Document, Skip, Unreadable, require
-from bonito.sources.text import normalize
+from bonito.sources.text import MAX_CHARS, normalize
 
 _HYPHENATED = re.compile(r"(\w)[-\u00ad]\n(?=[a-z])")
 _SCANNED = "no_text_layer"
@@ -35,10 +35,10 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
         if pdf.needs_pass:
             raise Unreadable("encrypted", "is encrypted; decrypt it first (e.g. qpdf --decrypt)")
         flags = pymupdf.TEXT_MEDIABOX_CLIP  # and not TEXT_PRESERVE_LIGATURES: "ﬁ" becomes "fi"
-        blocks = [_blocks(page, flags) for page in pdf]
+        blocks = _pages_blocks(pdf, flags)
         running = _running(blocks)
         parts, pages, scanned, offset = [], [], [], 0
-        for number, (page, page_blocks) in enumerate(zip(pdf, blocks, strict=True), start=1):
+        for number, (page, page_blocks) in enumerate(zip(pdf, blocks, strict=False), start=1):
             kept = [
                 b for i, b in enumerate(page_blocks) if not _furniture(b, i, page_blocks, running)
             ]
@@ -49,6 +49,7 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
             elif page.get_images():
                 scanned.append(number)
         title = (pdf.metadata or {}).get("title") or None
+        unread = range(len(blocks) + 1, pdf.page_count + 1)
     text = "\n\n".join(parts)
     if not text and scanned:
         raise Unreadable(_SCANNED, "has no text layer (scanned pages?); run OCR on it first")
@@ -59,6 +60,23 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
         yield Skip(str(path), _SCANNED, detail)
     metadata = {"pages": pages} | ({"title": title} if title else {})
     yield Document(str(path), text, str(path), metadata)
+    if unread:
+        detail = (
+            f"pages {unread.start}-{unread.stop - 1} were not read: the pages before hold more "
+            f"than {MAX_CHARS:,} characters; split the PDF to read the rest"
+        )
+        yield Skip(str(path), "too_long", detail)
+
+
+def _pages_blocks(pdf, flags: int) -> list[list[str]]:
+    """The blocks of each page, up to the page at which the text passes MAX_CHARS."""
+    pages, size = [], 0
+    for page in pdf:
+        if size > MAX_CHARS:
+            break
+        pages.append(_blocks(page, flags))
+        size += sum(map(len, pages[-1]))
+    return pages
 
 
 def _blocks(page, flags: int) -> list[str]:

@@ -7,16 +7,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from bonito.sources.document import Document, Skip, Unreadable
-from bonito.sources.text import MAX_LINE, decode, detect
+from bonito.sources.text import MAX_LINE, decode, decode_line, detect
 
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 Row = tuple[str, int, Any]
 """Where a row is ("line 3", "row 3"), its number, and the record read there."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Half of a character: JSON's `\\ud800` escapes make one, and no UTF-8 text holds it."""
 
 
 def read_table(path: Path, text_field: str) -> Iterator[Document | Skip]:
@@ -36,6 +39,12 @@ def read_table(path: Path, text_field: str) -> Iterator[Document | Skip]:
 
 def row_document(source: str, where: str, number: int, value: Any) -> Document | Skip:
     """The Document for one row's text value, or why it has none."""
+    if isinstance(value, str) and (surrogate := _SURROGATE.search(value)):
+        detail = (
+            f"{where} holds half of a character (a lone surrogate, \\u{ord(surrogate[0]):x}, at "
+            f"character {surrogate.start():,}); it cannot be written as UTF-8"
+        )
+        return Skip(source, "encoding", detail)
     if isinstance(value, str) and value.strip():
         return Document(f"{source}:{number}", value, source, {"row": number})
     if value is None or isinstance(value, str):
@@ -67,7 +76,7 @@ def _json_lines(path: Path) -> Iterator[Row | Skip]:
                 yield Skip(source, "line_too_long", f"{where} is longer than {MAX_LINE:,} bytes")
                 continue
             try:
-                text = line.decode(encoding).rstrip("\r\n")
+                text = decode_line(line, encoding).rstrip("\r\n")
             except UnicodeDecodeError as error:
                 yield Skip(source, "encoding", f"{where} is not valid {encoding} ({error.reason})")
                 continue
@@ -77,6 +86,9 @@ def _json_lines(path: Path) -> Iterator[Row | Skip]:
                 yield where, number, json.loads(text)
             except json.JSONDecodeError as error:
                 detail = f"{where} is not valid JSON ({error.msg} at column {error.colno})"
+                yield Skip(source, "invalid_json", detail)
+            except RecursionError:
+                detail = f"{where} is JSON nested too deeply to read"
                 yield Skip(source, "invalid_json", detail)
 
 
@@ -111,7 +123,7 @@ def _json_rows(path: Path) -> Iterator[Row]:
 def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row]:
     """Rows of a .tsv, or of a .csv whose delimiter (, ; tab or |) is sniffed from its header."""
     csv.field_size_limit(MAX_LINE)  # the default (128 KiB) would refuse long passages
-    number = 0
+    number, source = 0, str(path)
     with path.open("rb") as raw:
         sample = raw.read(2**16)
         encoding = _ascii_compatible(detect(sample))
@@ -121,14 +133,25 @@ def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row]:
             with io.TextIOWrapper(raw, encoding=encoding, newline="") as file:
                 reader = csv.DictReader(file, delimiter=delimiter)
                 require_column(text_field, reader.fieldnames or [])
-                for number, row in enumerate(reader, start=1):
-                    yield f"row {number}", number, row
+                while row := _csv_row(reader, number := number + 1, source):
+                    yield row
         except UnicodeDecodeError as error:
             raise Unreadable(
-                "encoding", f"is not valid {encoding} after row {number} ({error.reason})"
+                "encoding", f"is not valid {encoding} after row {number - 1} ({error.reason})"
             ) from error
         except csv.Error as error:
-            raise Unreadable("corrupt", f"is not valid CSV after row {number} ({error})") from error
+            detail = f"is not valid CSV after row {number - 1} ({error})"
+            raise Unreadable("corrupt", detail) from error
+
+
+def _csv_row(reader: csv.DictReader, number: int, source: str) -> Row | Skip | None:
+    """The next row, a Skip in its place when it is not valid CSV (the reader goes on at the
+    next line), or None at the end."""
+    try:
+        row = next(reader, None)
+    except csv.Error as error:
+        return Skip(source, "corrupt", f"row {number} is not valid CSV ({error})")
+    return None if row is None else (f"row {number}", number, row)
 
 
 def _delimiter(sample: str) -> str:

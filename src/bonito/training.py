@@ -29,7 +29,7 @@ from transformers import (
 from bonito import __version__
 from bonito.engines.models import check_model_path, model_load_error, quiet_transformers
 from bonito.errors import BonitoError
-from bonito.outputs import output_folder
+from bonito.outputs import output_folder, written_whole
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` at every wrap; nothing
 # the user can act on
@@ -319,9 +319,8 @@ def read_json(path: Path) -> Any:
 def write_json(path: Path, value: Any) -> None:
     """Write a JSON file whole or not at all (a killed write leaves the old one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(path)
+    with written_whole(path) as file:
+        file.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def _remove(path: Path) -> None:

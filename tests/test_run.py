@@ -959,3 +959,22 @@ def test_a_file_written_whole_is_the_old_one_until_the_new_one_is_complete(tmp_p
     with written_whole(path) as file:
         file.write("new\n")
     assert path.read_text() == "new\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_the_same_tasks_are_kept_whatever_the_batch_size(
+    tiny_model, passages, tmp_path, capsys, monkeypatch
+):
+    """Batches of 1 and of 64 finish groups at different moments; with a loose threshold many
+    tasks are near-duplicates, and which of a pair is kept must not depend on it."""
+    tasks = []
+    for size in (1, 64):
+        out = tmp_path / str(size)
+        args = ["generate", passages, "-t", "nli", "--n", 4, "--limit", 8]
+        args += ["--model", tiny_model, "--engine", "transformers", "--max-tokens", 48]
+        args += ["--no-checks", "--dedup", "near", "--dedup-threshold", 0.3]
+        args += ["--batch-size", size, "--output", out]
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 0, err
+        assert json.loads((out / "summary.json").read_text())["summary"]["duplicates"] > 5
+        tasks.append((out / "tasks.jsonl").read_text())
+    assert tasks[0] == tasks[1]

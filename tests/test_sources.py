@@ -599,10 +599,17 @@ def test_one_bad_row_costs_that_row_only(tmp_path):
         '{"text": "Three."}\n' + "[" * 200_000 + '\n{"text": "Four."}\n'
     )
     (tmp_path / "big.csv").write_text(f"id,text\n1,Five.\n2,{'x' * (10 * 2**20)}\n3,Six.\n")
+    (tmp_path / "byte.csv").write_bytes(
+        "id,text\n1,Nine ✓.\n".encode() + b"2,caf\xe9\n" + "3,Ten ✓.\n".encode()
+    )
     items = list(read_documents([tmp_path]))
-    assert texts(items) == ["Five.", "Six.", "Three.", "Four.", "One.", "Two, with \0."]
+    assert texts(items) == [
+        *("Five.", "Six.", "Nine ✓.", "Ten ✓."),
+        *("Three.", "Four.", "One.", "Two, with \0."),
+    ]
     assert skips(items) == {
-        ("big.csv", "corrupt"): "row 2 is not valid CSV (field larger than field limit (8388608))",
+        ("big.csv", "line_too_long"): "row 2 has a line longer than 8,388,608 bytes",
+        ("byte.csv", "encoding"): "row 2 is not valid utf-8 (invalid continuation byte)",
         ("deep.jsonl", "invalid_json"): "line 2 is JSON nested too deeply to read",
         ("nul.jsonl", "invalid_json"): (
             "line 2 is not valid JSON (Invalid control character at at column 17)"
@@ -619,10 +626,14 @@ def test_one_stray_byte_does_not_garble_the_utf8_text_of_a_file(tmp_path):
     (tmp_path / "notes.txt").write_bytes(
         b"Un caf\xe9.\n" + b"Plain line.\n" * 90_000 + french.encode()
     )
-    items = list(read_documents([tmp_path]))
+    csv_rows = b"".join(b"Plain row %d.\n" % n for n in range(5000))
+    (tmp_path / "table.csv").write_bytes(b"text\nUn caf\xe9.\n" + csv_rows + f'"{french}"'.encode())
+    table = texts(read_documents([tmp_path / "table.csv"]))
+    items = list(read_documents([tmp_path / "notes.txt", tmp_path / "rows.jsonl"]))
     notes, first, *_, last = texts(items)
     assert notes.endswith("\n" + french) and notes.startswith("Un café.\n")
     assert (first, last) == ("Un café.", french)
+    assert table[1:] == [*(f"Plain row {n}." for n in range(5000)), french]
     assert skips(items) == {}
 
 

@@ -5,7 +5,6 @@ but a .json file, which is parsed whole."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -129,28 +128,51 @@ def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row]:
         encoding = _ascii_compatible(detect(sample))
         delimiter = "\t" if tabs else _delimiter(sample.decode(encoding, errors="replace"))
         raw.seek(0)
+        lines = _DecodedLines(raw, encoding)
+        reader = csv.DictReader(lines, delimiter=delimiter)
         try:
-            with io.TextIOWrapper(raw, encoding=encoding, newline="") as file:
-                reader = csv.DictReader(file, delimiter=delimiter)
-                require_column(text_field, reader.fieldnames or [])
-                while row := _csv_row(reader, number := number + 1, source):
-                    yield row
-        except UnicodeDecodeError as error:
-            raise Unreadable(
-                "encoding", f"is not valid {encoding} after row {number - 1} ({error.reason})"
-            ) from error
+            require_column(text_field, reader.fieldnames or [])
         except csv.Error as error:
-            detail = f"is not valid CSV after row {number - 1} ({error})"
-            raise Unreadable("corrupt", detail) from error
+            raise Unreadable("corrupt", f"has no valid CSV header ({error})") from error
+        lines.problem = None
+        while row := _csv_row(reader, lines, number := number + 1, source):
+            yield row
 
 
-def _csv_row(reader: csv.DictReader, number: int, source: str) -> Row | Skip | None:
-    """The next row, a Skip in its place when it is not valid CSV (the reader goes on at the
-    next line), or None at the end."""
+class _DecodedLines:
+    """A binary file's lines decoded one by one as `decode_line` does, for the CSV reader: a line
+    that is too long or not valid text is read past, its problem kept for the row it is in."""
+
+    def __init__(self, file: BinaryIO, encoding: str) -> None:
+        self.file, self.encoding = file, encoding
+        self.problem: tuple[str, str] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for line in _lines(self.file):
+            if line is None:
+                self.problem = ("line_too_long", f"has a line longer than {MAX_LINE:,} bytes")
+                yield "\ufffd\n"
+                continue
+            try:
+                yield decode_line(line, self.encoding)
+            except UnicodeDecodeError as error:
+                self.problem = ("encoding", f"is not valid {self.encoding} ({error.reason})")
+                yield line.decode(self.encoding, errors="replace")
+
+
+def _csv_row(
+    reader: csv.DictReader, lines: _DecodedLines, number: int, source: str
+) -> Row | Skip | None:
+    """The next row, a Skip in its place when it is not valid CSV or text (the reader goes on at
+    the next line), or None at the end."""
     try:
         row = next(reader, None)
     except csv.Error as error:
         return Skip(source, "corrupt", f"row {number} is not valid CSV ({error})")
+    finally:
+        problem, lines.problem = lines.problem, None
+    if row is not None and problem:
+        return Skip(source, problem[0], f"row {number} {problem[1]}")
     return None if row is None else (f"row {number}", number, row)
 
 

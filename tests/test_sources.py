@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import signal
+import zlib
 import sys
 import tempfile
 from pathlib import Path
@@ -660,3 +661,57 @@ def test_a_huge_document_is_read_up_to_a_limit_and_the_rest_is_a_skip(tmp_path, 
             "read the rest"
         ),
     }
+
+
+def pdf_bomb(path: Path, characters: int) -> Path:
+    """A one-page PDF of about 20 KB whose compressed drawing instructions inflate to
+    `characters` characters of text, all drawn on the page."""
+    line = b"(" + b"lorem ipsum dolor " * 5 + b") Tj 1 0 0 1 72 720 Tm "
+    stream = zlib.compress(b"BT /F1 10 Tf " + line * (characters // 90) + b"ET", 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
+        b"/Resources << /Font << /F1 3 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
+    ]
+    data, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(data))
+        data += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    table = b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    data += b"xref\n0 %d\n0000000000 65535 f \n%s" % (len(objects) + 1, table)
+    data += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        data.index(b"xref"),
+    )
+    path.write_bytes(data)
+    return path
+
+
+def test_a_pdf_bomb_a_huge_page_or_a_huge_package_is_not_read(tmp_path, monkeypatch):
+    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    from bonito.sources import web, word
+
+    bomb = pdf_bomb(tmp_path / "bomb.pdf", 5_000_000)
+    assert bomb.stat().st_size < 30_000
+    document = pymupdf.open(bomb)
+    document.insert_page(-1, text="A page of plain text after the bomb.")
+    document.save(tmp_path / "mixed.pdf")
+    monkeypatch.setattr(web, "MAX_CHARS", 500)
+    monkeypatch.setattr(word, "MAX_MARKUP", 1000)
+    write_html(tmp_path / "page.html")
+    write_docx(tmp_path / "report.docx")
+    items = list(read_documents([tmp_path]))
+    assert texts(items) == ["A page of plain text after the bomb."]
+    oversized = "page 1 was not read: it holds 6,333,285 bytes of drawing instructions, more than "
+    assert skips(items) == {
+        ("bomb.pdf", "too_long"): oversized + "4,194,304 (no page of text needs as many)",
+        ("mixed.pdf", "too_long"): oversized + "4,194,304 (no page of text needs as many)",
+        ("page.html", "too_long"): (
+            "is larger than 500 bytes; split it into smaller pages to read it"
+        ),
+        ("report.docx", "too_long"): skips(items)[("report.docx", "too_long")],
+    }
+    assert "bytes of document markup, more than 1,000" in skips(items)[("report.docx", "too_long")]

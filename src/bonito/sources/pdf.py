@@ -22,6 +22,10 @@ _PAGE_NUMBER = re.compile(r"\s*([0-9]+|[ivxlcdm]+)\s*", re.IGNORECASE)
 _LEADER = re.compile(r"(?:\.\s?){4,}[0-9ivxlcdm]+$", re.IGNORECASE)
 """The end of a table of contents line: dots leading to a page number."""
 _DIGITS = re.compile(r"[0-9]+")
+MAX_PAGE_INSTRUCTIONS = 4 * 2**20
+"""Most bytes of drawing instructions a page may hold to be read: a page of dense text holds well
+under 100 KiB, and MuPDF takes about a hundred bytes of memory per character it extracts, so a
+small compressed stream that inflates to millions of characters (a PDF bomb) would exhaust it."""
 
 
 def read_pdf(path: Path) -> Iterator[Document | Skip]:
@@ -35,7 +39,7 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
         if pdf.needs_pass:
             raise Unreadable("encrypted", "is encrypted; decrypt it first (e.g. qpdf --decrypt)")
         flags = pymupdf.TEXT_MEDIABOX_CLIP  # and not TEXT_PRESERVE_LIGATURES: "ﬁ" becomes "fi"
-        blocks = _pages_blocks(pdf, flags)
+        blocks, oversized = _pages_blocks(pdf, flags)
         running = _running(blocks)
         parts, pages, scanned, offset = [], [], [], 0
         for number, (page, page_blocks) in enumerate(zip(pdf, blocks, strict=False), start=1):
@@ -51,6 +55,8 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
         title = (pdf.metadata or {}).get("title") or None
         unread = range(len(blocks) + 1, pdf.page_count + 1)
     text = "\n\n".join(parts)
+    if not text and oversized:
+        raise Unreadable("too_long", _oversized(*oversized[0]))
     if not text and scanned:
         raise Unreadable(_SCANNED, "has no text layer (scanned pages?); run OCR on it first")
     if not text:
@@ -58,6 +64,8 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
     for number in scanned:
         detail = f"page {number} has no text layer (scanned?); run OCR on it first"
         yield Skip(str(path), _SCANNED, detail)
+    for number, size in oversized:
+        yield Skip(str(path), "too_long", _oversized(number, size))
     metadata = {"pages": pages} | ({"title": title} if title else {})
     yield Document(str(path), text, str(path), metadata)
     if unread:
@@ -68,15 +76,27 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
         yield Skip(str(path), "too_long", detail)
 
 
-def _pages_blocks(pdf, flags: int) -> list[list[str]]:
-    """The blocks of each page, up to the page at which the text passes MAX_CHARS."""
-    pages, size = [], 0
-    for page in pdf:
+def _pages_blocks(pdf, flags: int) -> tuple[list[list[str]], list[tuple[int, int]]]:
+    """The blocks of each page, up to the page at which the text passes MAX_CHARS; and the
+    pages left out (none of their blocks) for holding more than MAX_PAGE_INSTRUCTIONS, with
+    their size."""
+    pages, oversized, size = [], [], 0
+    for number, page in enumerate(pdf, start=1):
         if size > MAX_CHARS:
             break
-        pages.append(_blocks(page, flags))
+        instructions = len(page.read_contents())
+        if instructions > MAX_PAGE_INSTRUCTIONS:
+            oversized.append((number, instructions))
+        pages.append([] if instructions > MAX_PAGE_INSTRUCTIONS else _blocks(page, flags))
         size += sum(map(len, pages[-1]))
-    return pages
+    return pages, oversized
+
+
+def _oversized(number: int, size: int) -> str:
+    return (
+        f"page {number} was not read: it holds {size:,} bytes of drawing instructions, more than "
+        f"{MAX_PAGE_INSTRUCTIONS:,} (no page of text needs as many)"
+    )
 
 
 def _blocks(page, flags: int) -> list[str]:

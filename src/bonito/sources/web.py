@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bonito.sources.document import Document, Unreadable, require
+from bonito.sources.text import MAX_CHARS
 
 HTML_SUFFIXES = (".html", ".htm")
 _BREAK = "\0"
@@ -23,8 +24,15 @@ def read_html(path: Path) -> Iterator[Document]:
     trafilatura = require("trafilatura", "Reading HTML")
     from lxml import etree  # trafilatura's own dependency
 
+    with path.open("rb") as file:
+        page = file.read(MAX_CHARS + 1)
+    if len(page) > MAX_CHARS:
+        raise Unreadable(
+            "too_long",
+            f"is larger than {MAX_CHARS:,} bytes; split it into smaller pages to read it",
+        )
     extracted = trafilatura.extract(
-        path.read_bytes(), output_format="xml", with_metadata=True, include_comments=False
+        page, output_format="xml", with_metadata=True, include_comments=False
     )
     tree = etree.fromstring(extracted.encode()) if extracted else None
     main = tree.find("main") if tree is not None else None

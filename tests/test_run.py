@@ -945,6 +945,13 @@ def test_symlinks_in_a_run_folder_are_replaced_not_written_through(
         assert victim.read_text() == "keep me\n"
         assert not (out / name).is_symlink()
     assert len((out / "tasks.jsonl").read_text().splitlines()) == 4
+    store = tmp_path / "elsewhere.sqlite"
+    (out / "run.sqlite").rename(store)
+    (out / "run.sqlite").symlink_to(store)
+    before = store.read_bytes()
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and "run.sqlite is a symbolic link" in err
+    assert store.read_bytes() == before
 
 
 def test_a_file_written_whole_is_the_old_one_until_the_new_one_is_complete(tmp_path):

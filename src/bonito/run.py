@@ -260,8 +260,15 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def check_store(folder: Path) -> None:
-    """Refuse an emptied store beside its run's tasks (SQLite would take it for a new run)."""
+    """Refuse a store that is a link (SQLite would write where it points) or an emptied one
+    beside its run's tasks (SQLite would take it for a new run)."""
     store = folder / STORE_FILE
+    for path in folder.glob(STORE_FILE + "*"):
+        if path.is_symlink():
+            raise BonitoError(
+                f"{path} is a symbolic link, and a run writes its store only inside its folder; "
+                "put the file it points to in its place, or pass --overwrite to start over."
+            )
     if store.is_file() and not store.stat().st_size:
         kept = [name for name in (TASKS_FILE, SUMMARY_FILE) if (folder / name).exists()]
         if kept:

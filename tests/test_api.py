@@ -111,3 +111,11 @@ def test_another_shape_is_refused_with_the_shapes_taken(bonito, data, message):
 def test_bad_input_fails_before_generating(bonito, data, column, task_type, sampling, message):
     with pytest.raises(BonitoError, match=message):
         bonito.generate_tasks(data, column, task_type, sampling)
+
+
+def test_every_public_name_resolves():
+    import bonito
+
+    namespace: dict = {}
+    exec("from bonito import *", namespace)
+    assert {name for name in bonito.__all__ if name not in namespace} == set()

@@ -11,9 +11,9 @@ from bonito.task_types import TASK_TYPES, TaskType, resolve_task_type
 
 if TYPE_CHECKING:
     from bonito.api import Bonito
-    from bonito.training import train
+    from bonito.generator_training import train_generator
 
-_LAZY = {"Bonito": "bonito.api", "train": "bonito.training"}  # these import torch
+_LAZY = {"Bonito": "bonito.api", "train_generator": "bonito.generator_training"}  # import torch
 
 
 def __getattr__(name: str) -> Any:
@@ -35,6 +35,6 @@ __all__ = [
     "build_prompt",
     "parse_task",
     "resolve_task_type",
-    "train",
+    "train_generator",
 ]
 __version__ = "0.1.0"

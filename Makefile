@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 TINY := models/tiny-bonito
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test test-fast demo lint bench clean
 
 setup: $(BIN)/.installed
 
@@ -37,6 +37,10 @@ $(BIN)/.installed-llamacpp: $(BIN)/.installed
 
 test: setup $(BIN)/.installed-llamacpp
 	$(BIN)/pytest -q
+
+# The tests that load no model and start no process: a loop of about a minute while working.
+test-fast: setup
+	$(BIN)/pytest -q -m "not heavy"
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts

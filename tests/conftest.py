@@ -20,3 +20,15 @@ def tiny_model(tmp_path_factory) -> Path:
     if built and (Path(built) / "config.json").exists():
         return Path(built)
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bonito"))
+
+
+HEAVY_FIXTURES = {"tiny_model", "fresh_base", "trained"}
+"""Fixtures that build or load a model: a test using one, even through another fixture, is
+marked `heavy` (as are tests that start a process or work through a large corpus), and
+`make test-fast` leaves it out."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)

@@ -357,6 +357,7 @@ print(json.dumps({**counts, "growth_mb": (peak - baseline) / 1024}))
 """
 
 
+@pytest.mark.heavy
 def test_memory_stays_bounded_on_a_corpus_larger_than_it(tmp_path):
     """300 MB of documents are read and chunked lazily: the reading grows by far less than the
     corpus. (Most of each document is one long run without breaks, skipped without tokenizing,
@@ -382,6 +383,7 @@ def test_memory_stays_bounded_on_a_corpus_larger_than_it(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not here")
+@pytest.mark.heavy
 def test_real_passages_from_shared_data(tokenizer):
     names = ("contractnli/", "privacy/", "pubmedqa/", "squadshifts/new_wiki_")
     files = [SHARED_DATA / f"{name}passages.jsonl" for name in names]

@@ -234,6 +234,7 @@ def test_the_same_command_resumes_and_another_is_refused(tiny_model, inputs, cap
     assert summary["config"]["sampling"]["temperature"] == 0.7
 
 
+@pytest.mark.heavy
 def test_console_script_reports_errors_without_traceback(inputs):
     result = subprocess.run(
         [

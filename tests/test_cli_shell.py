@@ -19,6 +19,8 @@ import typer
 
 from bonito.cli import app
 
+pytestmark = pytest.mark.heavy  # every test runs the console script in a process
+
 BONITO = Path(sys.executable).parent / "bonito"
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 

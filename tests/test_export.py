@@ -537,6 +537,7 @@ def test_push_failure_is_one_sentence_and_keeps_the_export(run, tmp_path, hub):
     assert "hf_secret" not in (out / "README.md").read_text()
 
 
+@pytest.mark.heavy
 def test_a_run_of_100k_tasks_is_exported_in_batches(tmp_path, capsys, monkeypatch):
     run, out = tmp_path / "big", tmp_path / "out"
     make_store(run, contexts=1000, per_request=50)

@@ -103,6 +103,7 @@ def test_conversion_keeps_the_markers_whole_and_the_special_tokens(tiny_model, t
 
 
 @needs_gguf
+@pytest.mark.heavy
 def test_conversion_refuses_what_it_cannot_convert(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     result = convert(tmp_path, tmp_path / "out.gguf")

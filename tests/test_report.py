@@ -195,6 +195,7 @@ def test_default_output_and_mistakes(run, tmp_path, capsys, monkeypatch):
         assert code == 1 and message in err and "Traceback" not in err, (args, err)
 
 
+@pytest.mark.heavy
 def test_report_of_100k_tasks_is_bounded_even_and_deterministic(tmp_path, capsys, monkeypatch):
     run = tmp_path / "big"
     make_store(run, contexts=1000, per_request=50)

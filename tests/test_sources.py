@@ -4,9 +4,9 @@ import csv
 import json
 import os
 import signal
-import zlib
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import datasets

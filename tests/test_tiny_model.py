@@ -99,6 +99,7 @@ def test_saved_model_loads_with_auto_classes(tiny_model, tokenizer):
     assert len({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}) == 3
 
 
+@pytest.mark.heavy
 def test_same_seed_gives_identical_files(tmp_path):
     deterministic = torch.are_deterministic_algorithms_enabled()
     first, again, other = (

@@ -453,6 +453,7 @@ def test_unknown_task_types_in_pairs_need_a_declaration(tmp_path, fresh_base):
     assert "task type 'recipe writing', which is not known" in str(result.exception)
 
 
+@pytest.mark.heavy
 def test_training_killed_mid_run_resumes_from_the_last_checkpoint(workspace, fresh_base, tmp_path):
     output = tmp_path / "resumed"
     args = train_args(workspace["pairs"], fresh_base, output, "--full", "--learning-rate", "3e-3")

@@ -274,3 +274,43 @@ def test_a_library_warning_is_printed_once():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr.count("Retrying in 1s") == 1, result.stderr
+
+
+def synopsis() -> dict[tuple[str, ...], list[tuple[str, str | None]]]:
+    """README's command-line synopsis: each command's words, and the options it names, each
+    with the value written after it (None for a placeholder such as FILE, or alternatives)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("## The command line\n\n", 1)[1].split("\n\n", 1)[0]
+    commands: dict[tuple[str, ...], list[tuple[str, str | None]]] = {}
+    for line in block.splitlines():
+        if named := re.match(r" {4}bonito ([a-z][a-z-]*(?: [a-z][a-z-]*)*)", line):
+            options = commands.setdefault(tuple(named[1].split()), [])
+        for option, value in re.findall(
+            r"(?<![\w-])(--?[a-z][\w-]*)(?: ([\w.:]+))?", line.split("#")[0]
+        ):
+            plain = value and not value.isupper() and "|" not in value
+            options.append((option, value if plain else None))
+    return commands
+
+
+def leaves(group, path: tuple[str, ...] = ()):
+    """The commands of a (typer) click group, each with its words."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from leaves(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_the_readme_synopsis_names_every_command_and_only_real_options_and_defaults():
+    """The synopsis is written by hand: this keeps it from drifting from the commands."""
+    written = synopsis()
+    commands = dict(leaves(typer.main.get_command(app)))
+    assert set(written) == set(commands)
+    for path, named in written.items():
+        params = {o: p for p in commands[path].params for o in (*p.opts, *p.secondary_opts)}
+        for option, value in named:
+            assert option in params or option == "-h", f"bonito {' '.join(path)} {option}"
+            default = params[option].default if option in params else None
+            if value is not None and default is not None and not isinstance(default, bool):
+                assert str(default) == value, f"bonito {' '.join(path)} {option} {value}"

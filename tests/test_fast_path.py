@@ -24,6 +24,7 @@ from bonito.engines.transformers import (
     GROUPED_SDPA,
     NUCLEUS_CANDIDATES,
     CapturedStep,
+    PhaseTimes,
     TransformersEngine,
     choose_decoder,
     grouped_sdpa,
@@ -344,3 +345,31 @@ def test_an_empty_graph_is_refused(monkeypatch):
     cuda = FakeCuda(monkeypatch, records=False)
     with pytest.raises(RuntimeError, match="the captured CUDA graph is empty"):
         CapturedStep(cuda.step("cuda:1"), torch.device("cuda:1"))
+
+
+def test_phases_on_cuda_are_timed_without_making_the_host_wait(monkeypatch):
+    """Benchmarks time phases by CUDA events: no synchronize per phase (which would serialize
+    host and device), one when the times are read. No GPU here: the event calls stood in for."""
+    synchronized, clock = [], iter(range(100))
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self, stream):
+            assert stream == "stream of cuda:0"
+            self.at = next(clock)
+
+        def elapsed_time(self, end):  # milliseconds
+            return 1000.0 * (end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synchronized.append(1))
+    phases = PhaseTimes("cuda:0")
+    for phase in ("prefill", "decode", "sampling", "decode"):
+        with phases(phase):
+            pass
+    assert not synchronized
+    assert phases.seconds == {"prefill": 1.0, "decode": 2.0, "sampling": 1.0}
+    assert len(synchronized) == 1

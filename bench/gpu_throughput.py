@@ -22,7 +22,8 @@ error and the run goes on; once --budget-s has passed the rest are skipped):
 
 On an H200 the whole run should take 5 to 7 minutes (a prediction: bench/results/NOTES.md).
 Startup (graph capture, compilation) is timed apart and included end to end. Phases (prefill,
-decode, sampling; host is the rest) are timed with a synchronize at the end of each. Prints a
+decode, sampling) are timed by CUDA events on the device, never making the host wait (host is
+the rest of the wall time: the device outside these phases). Prints a
 table and writes JSON (bench/results/gpu_throughput.json, or gpu_throughput_cpu.json on CPU)
 after every variant, so that a run cut short keeps what it measured.
 """

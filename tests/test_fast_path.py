@@ -3,6 +3,10 @@ and on-device sampling, run eagerly (CUDA graphs and torch.compile are exercised
 bench/gpu_throughput.py on a GPU). It must write what plain `generate` writes, and sample what
 the dynamic decoder samples."""
 
+import warnings
+import weakref
+from contextlib import contextmanager, nullcontext
+
 import pytest
 import torch
 from test_engines import (
@@ -15,9 +19,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from bonito import BonitoError, SamplingParams
 from bonito.engines import generate_all
+from bonito.engines.models import cache_keyword
 from bonito.engines.transformers import (
     GROUPED_SDPA,
     NUCLEUS_CANDIDATES,
+    CapturedStep,
+    PhaseTimes,
     TransformersEngine,
     choose_decoder,
     grouped_sdpa,
@@ -182,29 +189,187 @@ def test_grouped_attention_equals_transformers_sdpa():
     assert torch.equal(without_mask, expected)
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("CUDA graph capture failed\nmore detail"),
+        AttributeError("'SlotCache' object has no attribute 'get_query_offset'"),
+    ],
+    ids=["RuntimeError", "AttributeError"],
+)
 def test_a_failing_automatic_slot_decoder_falls_back_to_the_dynamic_one(
-    tiny_model, reference, monkeypatch, caplog
+    tiny_model, reference, monkeypatch, caplog, error
 ):
-    """Where "auto" chose the slot decoder (CUDA) and it fails before producing anything, as a
-    failed graph capture would, generation goes on with the dynamic decoder: same samples."""
+    """Where "auto" chose the slot decoder (CUDA) and it fails before producing anything, with
+    whatever exception (a failed graph capture, a transformers internal that moved), generation
+    goes on with the dynamic decoder: same samples. The failed slots are gone, and the device's
+    cache emptied, before the dynamic decoder sizes its batches from free memory."""
     from bonito.engines import transformers as engine_module
 
-    def capture_fails(*args, **kwargs):
-        raise RuntimeError("CUDA graph capture failed\nmore detail")
+    made = []
 
+    class FailingSlots(engine_module.Slots):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(weakref.ref(self))
+
+        def prefill(self, *args):
+            raise type(error)(*error.args)  # a new one, as in life (not kept by the test)
+
+    def empty_cache():
+        emptied.append(bool(made) and not any(ref() for ref in made))
+
+    emptied = []  # at each torch.cuda.empty_cache: were all failed slots gone?
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
     lm = AutoModelForCausalLM.from_pretrained(tiny_model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     explicit = TransformersEngine.from_model(lm, tokenizer, decoder="static")
-    monkeypatch.setattr(engine_module, "Slots", capture_fails)
+    monkeypatch.setattr(engine_module, "Slots", FailingSlots)
     sampling = SamplingParams(n=2, temperature=0.7, max_tokens=24, seed=3)
-    with pytest.raises(RuntimeError, match="capture failed"):
+    with pytest.raises(type(error)):
         generate_all(explicit, PROMPTS, sampling)
 
     automatic = TransformersEngine.from_model(lm, tokenizer, decoder="static")
     automatic.automatic = True  # as "auto" on CUDA
+    made.clear()
     with caplog.at_level("WARNING", logger="bonito"):
         outputs = generate_all(automatic, PROMPTS, sampling)
-    assert "static decoder failed (CUDA graph capture failed)" in caplog.text
+    first = str(error).splitlines()[0]
+    assert (
+        f"The static decoder failed ({type(error).__name__}: {first}); its memory freed, "
+        "generating with the dynamic decoder instead." in caplog.messages
+    )
+    assert made and emptied[-1] is True
     assert automatic.decoder == "dynamic" and lm.config._attn_implementation != GROUPED_SDPA
     expected = generate_all(reference, PROMPTS, sampling)
     assert [[c.text for c in o] for o in outputs] == [[c.text for c in o] for o in expected]
+
+
+def test_the_cache_goes_by_the_name_the_forward_declares(engine, reference):
+    """transformers 5.25 renamed `past_key_values` to `cache` behind a deprecated alias; a name
+    the forward does not declare would be swallowed by its **kwargs (a fresh cache each step)."""
+
+    class OldForward(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, **kwargs): ...
+
+    class NewForward(torch.nn.Module):
+        def forward(self, input_ids, cache=None, **kwargs): ...
+
+    assert cache_keyword(OldForward()) == "past_key_values"
+    assert cache_keyword(NewForward()) == "cache"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for decoder in (engine, reference):
+            generate_all(decoder, PROMPTS[:2], SamplingParams(max_tokens=4, seed=1))
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+class FakeCuda:
+    """Stand-ins for the few torch.cuda calls CapturedStep makes (no GPU here), as CUDA behaves:
+    a default stream belongs to the device current when it is made, and a kernel is recorded
+    into a graph only when its tensor's device is the capture stream's."""
+
+    def __init__(self, monkeypatch, records: bool = True) -> None:
+        self.current, self.capturing, self.replayed_on = "cuda:0", None, []
+        fake = self
+
+        class Device:
+            def __init__(self, device):
+                self.device = str(device)
+
+            def __enter__(self):
+                self.previous, fake.current = fake.current, self.device
+
+            def __exit__(self, *exc):
+                fake.current = self.previous
+
+        class Stream:
+            def __init__(self, device=None):
+                self.device = fake.current if device is None else str(device)
+
+            def wait_stream(self, other):
+                pass
+
+        class CUDAGraph:
+            recorded = None
+
+            def replay(self):
+                fake.replayed_on.append(fake.current)
+                if self.recorded:
+                    self.recorded()
+
+        @contextmanager
+        def graph(cuda_graph, stream=None):
+            fake.capturing = (cuda_graph, stream or Stream())
+            yield
+            fake.capturing = None
+
+        for name, value in {
+            "device": Device,
+            "Stream": Stream,
+            "stream": lambda stream: nullcontext(),
+            "current_stream": lambda device=None: Stream(device),
+            "CUDAGraph": CUDAGraph,
+            "graph": graph,
+        }.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+        self.records = records
+
+    def step(self, device: str):
+        """A decode step on `device` whose logits are 1 when run, 2 when replayed."""
+
+        def step():
+            logits = torch.ones(2, 3)
+            if self.capturing:
+                graph, stream = self.capturing
+                if self.records and stream.device == device:
+                    graph.recorded = lambda: logits.fill_(2.0)
+            return logits
+
+        return step
+
+
+def test_a_graph_is_captured_and_replayed_on_the_models_device(monkeypatch):
+    """With the model on cuda:1 while cuda:0 is current, capture runs on a stream of cuda:1 (so
+    the kernels are recorded) and replays run with cuda:1 current."""
+    cuda = FakeCuda(monkeypatch)
+    captured = CapturedStep(cuda.step("cuda:1"), torch.device("cuda:1"))
+    assert torch.equal(captured(), torch.full((2, 3), 2.0))
+    assert cuda.replayed_on and set(cuda.replayed_on) == {"cuda:1"}
+    assert cuda.current == "cuda:0"  # left as it was
+
+
+def test_an_empty_graph_is_refused(monkeypatch):
+    """A graph that recorded nothing would replay stale logits: a RuntimeError instead, which
+    "auto" turns into the dynamic decoder."""
+    cuda = FakeCuda(monkeypatch, records=False)
+    with pytest.raises(RuntimeError, match="the captured CUDA graph is empty"):
+        CapturedStep(cuda.step("cuda:1"), torch.device("cuda:1"))
+
+
+def test_phases_on_cuda_are_timed_without_making_the_host_wait(monkeypatch):
+    """Benchmarks time phases by CUDA events: no synchronize per phase (which would serialize
+    host and device), one when the times are read. No GPU here: the event calls stood in for."""
+    synchronized, clock = [], iter(range(100))
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self, stream):
+            assert stream == "stream of cuda:0"
+            self.at = next(clock)
+
+        def elapsed_time(self, end):  # milliseconds
+            return 1000.0 * (end.at - self.at)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synchronized.append(1))
+    phases = PhaseTimes("cuda:0")
+    for phase in ("prefill", "decode", "sampling", "decode"):
+        with phases(phase):
+            pass
+    assert not synchronized
+    assert phases.seconds == {"prefill": 1.0, "decode": 2.0, "sampling": 1.0}
+    assert len(synchronized) == 1

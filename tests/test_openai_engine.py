@@ -722,3 +722,19 @@ def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
     )
     assert {row[5] for row in completions_of(run)} == {tokens}
     assert len(completions_of(run)) == -(-20 // tokens) < 8
+
+
+def test_settings_carried_from_a_vllm_sampling_params_go_to_the_server():
+    bodies = []
+
+    def answer(request):
+        bodies.append(request)
+        return choices_answer([{"text": "t", "finish_reason": "stop"}])
+
+    sampling = SamplingParams(max_tokens=8, seed=1, extra={"top_k": 5, "stop_token_ids": [7]})
+    with http_server(stub(answer)) as url:
+        engine = OpenAIEngine("tiny", base_url=url, max_retries=0)
+        [group] = engine.generate(["a"], sampling)
+    assert group[0][1][0].text == "t"
+    assert bodies[0]["top_k"] == 5 and bodies[0]["stop_token_ids"] == [7]
+    assert bodies[0]["max_tokens"] == 8

@@ -82,3 +82,20 @@ def test_real_vllm_sampling_params_accepts_the_mapping():
     ours = SamplingParams(n=2, temperature=0.7, seed=1, stop=("x",))
     theirs = vllm.SamplingParams(**vllm_sampling_kwargs(ours, seed=1))
     assert SamplingParams.coerce(theirs) == ours
+
+
+def test_a_real_vllm_sampling_params_keeps_its_other_settings():
+    vllm = pytest.importorskip("vllm", reason="vLLM is not installed (it needs Linux with CUDA)")
+    theirs = vllm.SamplingParams(
+        temperature=0.7, top_k=5, stop=["\n\n"], stop_token_ids=[7], min_tokens=3, max_tokens=9
+    )
+    ours = SamplingParams.coerce(theirs)
+    assert ours.extra == {"top_k": 5, "stop_token_ids": [7], "min_tokens": 3}
+    again = vllm.SamplingParams(**vllm_sampling_kwargs(ours, seed=1))
+    assert (again.top_k, again.stop_token_ids, again.min_tokens, again.stop) == (
+        5,
+        [7],
+        3,
+        ["\n\n"],
+    )
+    assert SamplingParams.coerce(vllm.SamplingParams(temperature=0)).extra == {}

@@ -207,6 +207,20 @@ def test_recipe_defaults_are_the_model_cards_and_bad_values_are_refused():
         Recipe(lora_r=0)
 
 
+def test_full_fine_tuning_on_cuda_loads_the_base_unquantized(monkeypatch):
+    """transformers' Trainer refuses a quantized model without adapters, after it has loaded:
+    --full never quantizes by default, and refuses --quantize up front."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Recipe().quantized() and not Recipe(quantize=False).quantized()
+    assert not Recipe(lora_r=None).quantized()
+    with pytest.raises(BonitoError) as error:
+        Recipe(lora_r=None, quantize=True)
+    assert str(error.value) == (
+        "A full fine-tuning (--full) trains every weight, which a 4-bit base cannot: drop "
+        "--quantize, or train LoRA adapters (without --full)."
+    )
+
+
 def test_held_out_split_takes_every_type_in_turn_and_is_seeded():
     pairs = [
         TrainingPair(f"s{i}", "t", ["a", "b", "c"][i % 3 if i < 90 else 0]) for i in range(100)

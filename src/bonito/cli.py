@@ -684,7 +684,7 @@ LoraDropout = Annotated[float, typer.Option(help="LoRA dropout.")]
 Full = Annotated[bool, typer.Option(help="Train every weight instead of LoRA adapters.")]
 Quantize = Annotated[
     bool | None,
-    typer.Option(help="4-bit NF4 base (Q-LoRA).", show_default="on with CUDA, off without"),
+    typer.Option(help="4-bit NF4 base (Q-LoRA).", show_default="on with CUDA for LoRA, else off"),
 ]
 LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
 WarmupSteps = Annotated[int, typer.Option(help="Steps of linear warm-up.")]

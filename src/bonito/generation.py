@@ -11,6 +11,7 @@ from itertools import islice
 from typing import Any
 
 from bonito.checks import check_task
+from bonito.engines import check_sampling
 from bonito.engines.base import Completion, Engine, Failure
 from bonito.format import Task, build_prompt, parse_task
 from bonito.sampling import SamplingParams
@@ -86,6 +87,7 @@ def generate_samples(
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[Group]:
     """Send requests chunk by chunk; yield each group the engine finishes as it finishes."""
+    check_sampling(engine.name, sampling)
     requests = iter(requests)
     while chunk := list(islice(requests, chunk_size)):
         seeds = [r.seed for r in chunk]

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from bonito.chunking import Chunker, Context
 from bonito.dedup import Deduplicator
+from bonito.engines import check_sampling
 from bonito.engines.base import Engine
 from bonito.errors import BonitoError
 from bonito.generation import (
@@ -166,7 +167,9 @@ def generate_run(
     """Start or continue the run in `folder`: read and plan (up to --limit contexts),
     generate what is pending, and write summary.json. `load_engine` is called only if something
     is left to generate; `make_chunker` (default: the model's tokenizer) only if something is
-    left to read."""
+    left to read. With `engine_name`, sampling that engine cannot honour is refused first."""
+    if engine_name:
+        check_sampling(engine_name, config.sampling, config.model)
     skipped = folder / SKIPPED_FILE
     reading = reading_options(config, folder)
     prints = input_prints(config.inputs, include=reading["include"], exclude=reading["exclude"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from numbers import Real
 from typing import Any
 
@@ -21,7 +21,10 @@ def derive_seed(*parts: object) -> int:
 class SamplingParams:
     """How to sample: n completions per prompt, nucleus sampling, a token limit and stop strings.
 
-    temperature 0 means greedy decoding. Defaults are bonito-v1's model card.
+    temperature 0 means greedy decoding. Defaults are bonito-v1's model card. `extra` holds the
+    settings of a vLLM SamplingParams beyond these (top_k, penalties, stop_token_ids, ...), by
+    vLLM's names: the vllm engine and servers take them, the other engines refuse them
+    (`bonito.engines.check_sampling`).
     """
 
     n: int = 1
@@ -30,6 +33,7 @@ class SamplingParams:
     max_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -52,8 +56,11 @@ class SamplingParams:
             raise BonitoError("stop strings must not be empty; remove the empty one.")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy (stop as a list)."""
-        return {**asdict(self), "stop": list(self.stop)}
+        """A JSON-ready copy (stop as a list; extra only when it holds something)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)} | {"stop": list(self.stop)}
+        if not self.extra:
+            del data["extra"]
+        return data
 
     @classmethod
     def coerce(cls, value: Any = None) -> SamplingParams:
@@ -63,7 +70,7 @@ class SamplingParams:
             return cls()
         if isinstance(value, cls):
             return value
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "extra"]
         if isinstance(value, dict):
             unknown = sorted(set(value) - set(names))
             if unknown:
@@ -76,8 +83,30 @@ class SamplingParams:
             found = {name: getattr(value, name) for name in names if hasattr(value, name)}
             if found.get("max_tokens") is None:  # vLLM allows None: "up to the model's limit"
                 found.pop("max_tokens")
-            return cls(**found)
+            return cls(**found, extra=changed_settings(value, names))
         raise BonitoError(
             f"sampling_params must be bonito.SamplingParams, vllm.SamplingParams or a dict, "
             f"got {type(value).__name__}."
         )
+
+
+def changed_settings(value: Any, known: list[str]) -> dict[str, Any]:
+    """The settings of a sampling object (vLLM's SamplingParams, a msgspec struct) other than
+    `known` that differ from a fresh object's; private ones and those derived from others
+    (vLLM's output_text_buffer_length, from the stop strings) left out."""
+    if is_dataclass(value):
+        names = [f.name for f in fields(value)]
+    else:
+        names = list(getattr(type(value), "__struct_fields__", ()))
+    fresh = type(value)()
+    return {
+        name: getattr(value, name)
+        for name in names
+        if name not in known
+        and name not in DERIVED
+        and not name.startswith("_")
+        and getattr(value, name) != getattr(fresh, name, None)
+    }
+
+
+DERIVED = frozenset({"output_text_buffer_length"})

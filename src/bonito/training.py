@@ -51,16 +51,18 @@ TOKENIZE_BATCH = 1024
 class Recipe:
     """How to fine-tune. The defaults are bonito-v1's (its model card): LoRA r 64, alpha 4,
     dropout 0 on every linear layer but lm_head; a 4-bit NF4 base with double quantization and
-    paged AdamW where CUDA is present; lr 1e-4 falling linearly to 0; weight decay 0; gradient
-    norm clipped at 0.3; 16 pairs per optimizer step; sources and targets up to 2,048 tokens
-    (longer pairs are skipped and counted, never cut)."""
+    paged AdamW where CUDA is present (for adapters: a full fine-tuning loads the base whole);
+    lr 1e-4 falling linearly to 0; weight decay 0; gradient norm clipped at 0.3; 16 pairs per
+    optimizer step; sources and targets up to 2,048 tokens (longer pairs are skipped and
+    counted, never cut)."""
 
     lora_r: int | None = 64
     """LoRA rank; None trains every weight (full fine-tuning)."""
     lora_alpha: float = 4.0
     lora_dropout: float = 0.0
     quantize: bool | None = None
-    """4-bit NF4 base (Q-LoRA); None: where CUDA is present."""
+    """4-bit NF4 base (Q-LoRA); None: where CUDA is present, for LoRA only (a quantized base
+    cannot be trained whole)."""
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 0.3
@@ -97,6 +99,11 @@ class Recipe:
             )
         if self.lora_r is not None and self.lora_r < 1:
             raise BonitoError("The LoRA rank must be at least 1 (or None for full fine-tuning).")
+        if self.quantize and self.lora_r is None:
+            raise BonitoError(
+                "A full fine-tuning (--full) trains every weight, which a 4-bit base cannot: "
+                "drop --quantize, or train LoRA adapters (without --full)."
+            )
         if self.learning_rate <= 0 or self.epochs <= 0:
             raise BonitoError("The learning rate and epochs must be positive.")
         if self.optimizer is not None:
@@ -107,7 +114,9 @@ class Recipe:
         return self.batch_size // self.micro_batch_size
 
     def quantized(self) -> bool:
-        return torch.cuda.is_available() if self.quantize is None else self.quantize
+        if self.quantize is None:
+            return self.lora_r is not None and torch.cuda.is_available()
+        return self.quantize
 
 
 def check_optimizer(name: str) -> None:

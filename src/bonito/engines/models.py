@@ -3,6 +3,7 @@ clear message when it fails to load."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,14 @@ def model_load_error(model: str, error: Exception) -> BonitoError:
         f"For an offline smoke test, `bonito tiny-model ./tiny-bonito` builds a small generator "
         f"in seconds."
     )
+
+
+def cache_keyword(lm: Any) -> str:
+    """The name the model's forward takes its key/value cache by (and its output holds it
+    by): `cache` from transformers 5.25 on (where `past_key_values` is an alias to go in 5.40),
+    else `past_key_values`. A name the forward does not declare would vanish into its **kwargs,
+    and the model would silently build a fresh cache at every step."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def config_window(config: Any) -> int | None:

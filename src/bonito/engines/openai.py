@@ -406,7 +406,8 @@ class OpenAIEngine:
     The API key is read from the environment variable `api_key_env` and only ever sent in the
     Authorization header. A base URL that is neither loopback nor private logs one warning that
     the documents leave this machine, unless `remote_warning` is False. `extra_body` adds fields
-    to every request (say, a server's own sampling options); ours take precedence."""
+    to every request (say, a server's own sampling options), then `sampling.extra` (settings
+    carried from a vLLM SamplingParams); ours take precedence."""
 
     name = "openai"
 
@@ -773,15 +774,19 @@ class OpenAIEngine:
         return have + [result[0] for result in rest]
 
     def _body(self, prompt: str, sampling: SamplingParams, seed: int, n: int) -> dict[str, Any]:
-        body = self.extra_body | {
-            "model": self.model,
-            "prompt": prompt,
-            "n": n,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens,
-            "seed": seed,
-        }
+        body = (
+            self.extra_body
+            | sampling.extra
+            | {
+                "model": self.model,
+                "prompt": prompt,
+                "n": n,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "max_tokens": sampling.max_tokens,
+                "seed": seed,
+            }
+        )
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         return body

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import logging
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -30,14 +29,15 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bonito.engines.base import Completion, Finished, prompt_seeds
-from bonito.engines.models import check_dtype, config_window, load_causal_lm, resolve_device
+from bonito.engines.models import (
+    cache_keyword,
+    check_dtype,
+    config_window,
+    load_causal_lm,
+    resolve_device,
+)
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams, derive_seed
-
-# transformers 5.23+ warns that `past_key_values` will be renamed `cache` (in 5.40), but in 5.23
-# Mistral's forward does not take `cache` yet (it silently builds a new cache): keep the old name,
-# without the warning on every step.
-warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 log = logging.getLogger("bonito")
 
@@ -150,20 +150,38 @@ def choose_decoder(decoder: str, device: str, config: Any) -> str:
 
 class PhaseTimes:
     """Seconds spent in each phase of generation (prefill, decode, sampling, startup), for
-    benchmarks. On CUDA each phase ends with a synchronize, so it counts the device's time and
-    not just the time to queue the work."""
+    benchmarks. On CUDA a phase is timed by two events on the device's stream: the device's
+    time, measured without making the host wait (a synchronize after each phase would
+    serialize host and device, the overlap the slot decoders rely on); reading `seconds` waits
+    for the device once."""
 
     def __init__(self, device: str) -> None:
-        self.sync = device.startswith("cuda")
-        self.seconds: dict[str, float] = {}
+        self.cuda = torch.device(device) if device.startswith("cuda") else None
+        self.host: dict[str, float] = {}
+        self.events: list[tuple[str, Any, Any]] = []
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
+        if self.cuda is None:
+            started = time.perf_counter()
+            yield
+            self.host[phase] = self.host.get(phase, 0.0) + time.perf_counter() - started
+            return
+        stream = torch.cuda.current_stream(self.cuda)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
         yield
-        if self.sync:
-            torch.cuda.synchronize()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+        end.record(stream)
+        self.events.append((phase, start, end))
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        totals = dict(self.host)
+        if self.events:
+            torch.cuda.synchronize(self.cuda)
+        for phase, start, end in self.events:
+            totals[phase] = totals.get(phase, 0.0) + start.elapsed_time(end) / 1000
+        return totals
 
 
 class TransformersEngine:
@@ -226,18 +244,28 @@ class TransformersEngine:
         eos = lm.generation_config.eos_token_id
         eos = tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = set(eos) if isinstance(eos, list) else {eos}
+        self.cache_keyword = cache_keyword(lm)
         self.phases: PhaseTimes | None = None
         self.slots: Slots | None = None
 
-    def fall_back(self, error: Exception) -> None:
+    def drop_slots(self) -> None:
+        """Let the slots go, and their memory back to the device (not only to PyTorch's cache,
+        which the memory-sized batches of the dynamic decoder would not count as free)."""
+        self.slots = None
+        gc.collect()
+        torch.cuda.empty_cache()  # nothing without CUDA
+
+    def fall_back(self, failure: str) -> None:
         """Leave the slot decoder chosen by "auto" for the dynamic one, for good, after it failed
         before producing anything (the samples are the same either way, only slower)."""
         log.warning(
-            "The %s decoder failed (%s); generating with the dynamic decoder instead.",
+            "The %s decoder failed (%s); its memory freed, generating with the dynamic decoder "
+            "instead.",
             self.decoder,
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+            failure,
         )
-        self.decoder, self.slots = "dynamic", None
+        self.decoder = "dynamic"
+        self.drop_slots()
         self.lm.set_attn_implementation(self.attention)
 
     def timed(self, phase: str):
@@ -259,16 +287,19 @@ class TransformersEngine:
         seeds = prompt_seeds(sampling, len(prompts), seeds)
         self.check_window(encoded, sampling)
         if self.decoder != "dynamic":
-            started = False
+            started, failure = False, None
             try:
                 for finished in self.generate_in_slots(encoded, seeds, sampling):
                     started = True
                     yield finished
                 return
-            except RuntimeError as error:
+            except Exception as error:
                 if started or not self.automatic:
                     raise
-                self.fall_back(error)
+                first = str(error).strip().splitlines()[:1]
+                failure = ": ".join([type(error).__name__, *first])
+            # out of the except block, so that the error's frames no longer hold the slots
+            self.fall_back(failure)
         for batch in self.batches(encoded, sampling):
             completions = self.generate_batch(encoded, seeds, batch, sampling)
             yield list(zip(batch, completions, strict=True))
@@ -338,8 +369,8 @@ class TransformersEngine:
                     input_ids=ids,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self.cache_keyword: cache},
                     logits_to_keep=1,
                 ).logits
             with self.timed("sampling"):
@@ -394,10 +425,7 @@ class TransformersEngine:
         count = self.slot_count(rows, length, n)
         if self.slots is not None and (self.slots.count, self.slots.length) == (count, length):
             return self.slots
-        self.slots = None
-        if self.device.startswith("cuda"):
-            gc.collect()  # the old slots' buffers go before the new ones are allocated
-            torch.cuda.empty_cache()
+        self.drop_slots()  # the old slots' buffers go before the new ones are allocated
         with self.timed("startup"):
             self.slots = Slots(self.lm, count, length, self.decoder)
         return self.slots
@@ -624,6 +652,7 @@ class Slots:
 
     def __init__(self, lm: Any, count: int, length: int, decoder: str) -> None:
         self.lm, self.count, self.length = lm, count, length
+        self.cache_keyword = cache_keyword(lm)
         device = lm.device
         self.cache = SlotCache(lm.config, count, length, lm.dtype, device)
         self.window = getattr(lm.config, "sliding_window", None)
@@ -633,7 +662,7 @@ class Slots:
         )
         step = torch.compile(self.forward, dynamic=False) if decoder == "compiled" else self.forward
         if device.type == "cuda" and decoder in ("graphs", "compiled"):
-            self.decode: Callable[[], torch.Tensor] = CapturedStep(step)
+            self.decode: Callable[[], torch.Tensor] = CapturedStep(step, device)
         else:
             self.decode = step
             if decoder == "compiled":
@@ -645,9 +674,9 @@ class Slots:
             input_ids=ids,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_keyword: self.cache},
         ).logits[:, -1]
 
     def forward(self) -> torch.Tensor:
@@ -688,22 +717,37 @@ class Slots:
 
 
 class CapturedStep:
-    """A function of fixed buffers, run twice to warm up (and compile, when compiled) and then
-    captured as a CUDA graph; calling it replays the graph and returns the captured output."""
+    """A function of fixed buffers on `device`, run twice to warm up (and compile, when
+    compiled) and then captured as a CUDA graph; calling it replays the graph and returns the
+    captured output. Capture and replay run with `device` current and on streams of that
+    device: a model on another GPU than the current one would otherwise run its kernels outside
+    the capture, leaving an empty graph whose replays return stale logits."""
 
-    def __init__(self, step: Callable[[], torch.Tensor]) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = step()
+    def __init__(self, step: Callable[[], torch.Tensor], device: torch.device) -> None:
+        self.device = device
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    step()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device)):
+                self.output = step()
+            self.check()
+
+    def check(self) -> None:
+        """RuntimeError (for the fall-back of "auto") if replaying does not write the output:
+        a graph that recorded nothing."""
+        self.output.fill_(float("nan"))
+        self.graph.replay()
+        if self.output.isnan().all():
+            raise RuntimeError("the captured CUDA graph is empty (it recorded no kernels)")
 
     def __call__(self) -> torch.Tensor:
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.output
 
 

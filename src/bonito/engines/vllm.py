@@ -5,19 +5,58 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from bonito.engines.base import Completion, Finished, prompt_seeds
+from packaging.version import InvalidVersion, Version
+
+from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
 from bonito.engines.models import check_model_path, is_adapter, model_load_error
 from bonito.errors import BonitoError
 from bonito.sampling import SamplingParams
 
 GROUP = 4096
 """Prompts per `LLM.generate` call: enough for vLLM to keep its batches full."""
+OLDEST = (0, 19, 1)
+"""The first vLLM that runs with transformers 5 (older ones read tokenizer attributes it
+removed); keep it in step with the `vllm` extra in pyproject.toml."""
+TRANSFORMERS_ONLY = ("batch_size", "device", "decoder")
+"""Options of the transformers engine that `vllm.LLM` does not take."""
+FAILED = ("error", "abort")
+"""vLLM's finish reasons for a request it did not complete (retried when a run starts again)."""
+
+
+def check_version(version: str) -> None:
+    """BonitoError for a vLLM older than OLDEST (an unreadable version is let through)."""
+    try:
+        too_old = Version(version).release < OLDEST
+    except InvalidVersion:
+        return
+    if too_old:
+        raise BonitoError(
+            f"vLLM {version} cannot run beside transformers 5, which bonito needs (vLLM "
+            f"{'.'.join(map(str, OLDEST))} or later can): upgrade it with "
+            "`pip install -U 'bonito[vllm]'`, or run `vllm serve` in your old environment and "
+            "use --engine openai."
+        )
+
+
+def check_vllm_sampling(sampling: SamplingParams) -> None:
+    """BonitoError for sampling vLLM refuses, before any model loads."""
+    if sampling.temperature > 2:
+        raise BonitoError(
+            f"vLLM takes a temperature up to 2, got {sampling.temperature}; lower it, or use "
+            "--engine transformers."
+        )
+    if sampling.temperature == 0 and sampling.n > 1:
+        raise BonitoError(
+            f"vLLM samples greedily (temperature 0) only once per prompt, and n is {sampling.n}; "
+            "set n to 1, or raise the temperature."
+        )
 
 
 def vllm_sampling_kwargs(sampling: SamplingParams, seed: int | None) -> dict[str, Any]:
     """Our sampling as keyword arguments of `vllm.SamplingParams` (same meanings, same names),
-    with the prompt's own seed."""
-    return {
+    with the settings carried from a vLLM SamplingParams (`sampling.extra`) and the prompt's
+    own seed."""
+    return sampling.extra | {
         "n": sampling.n,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
@@ -34,13 +73,26 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model: str, **engine_kwargs: Any) -> None:
+        foreign = [key for key in TRANSFORMERS_ONLY if key in engine_kwargs]
+        if foreign:
+            raise BonitoError(
+                f"{', '.join(foreign)} belong to the transformers engine, and vLLM does not "
+                "take them: leave them out, or use --engine transformers."
+            )
         try:
             import vllm
         except ImportError as error:
+            if isinstance(error, ModuleNotFoundError) and error.name == "vllm":
+                raise BonitoError(
+                    "The vllm engine needs vLLM, which is not installed: `pip install "
+                    "'bonito[vllm]'` on Linux with an NVIDIA GPU, or use --engine transformers."
+                ) from error
             raise BonitoError(
-                "The vllm engine needs vLLM, which is not installed: `pip install 'bonito[vllm]'` "
-                "on Linux with an NVIDIA GPU, or use --engine transformers."
+                f"vLLM is installed but fails to import ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'});"
+                " reinstall it with `pip install -U 'bonito[vllm]'`, or use --engine transformers."
             ) from error
+        check_version(getattr(vllm, "__version__", ""))
         check_model_path(model)
         if is_adapter(model):
             raise BonitoError(
@@ -60,6 +112,7 @@ class VLLMEngine:
         save results as they come. Each prompt gets its own seed (vLLM's per-request seed)."""
         from vllm import SamplingParams as VLLMSamplingParams
 
+        check_vllm_sampling(sampling)
         seeds = prompt_seeds(sampling, len(prompts), seeds)
         for start in range(0, len(prompts), GROUP):
             indices = range(start, min(start + GROUP, len(prompts)))
@@ -70,8 +123,11 @@ class VLLMEngine:
             yield [(i, completions(result)) for i, result in zip(indices, results, strict=True)]
 
 
-def completions(result: Any) -> list[Completion]:
-    """Our completions from one vLLM RequestOutput."""
+def completions(result: Any) -> list[Completion] | Failure:
+    """Our completions from one vLLM RequestOutput, or a Failure where vLLM gave up on one."""
+    for out in result.outputs:
+        if out.finish_reason in FAILED:
+            return Failure(f"vLLM ended a sample with finish reason '{out.finish_reason}'")
     return [
         Completion(
             text=out.text,

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from bonito.engines.models import cache_keyword
+
 Ids = list[int]
 Progress = Callable[[int], None] | None
 """Called after each batch with the number of prompts it held."""
@@ -80,7 +82,8 @@ def score_batch(
     first = torch.tensor([choice[0] for choice in flat], device=device)
     scores = out.logits[:, -1].float().log_softmax(-1)[owner, first]
     if max(map(len, flat)) > 1:
-        cache = out.past_key_values
+        keyword = cache_keyword(model)
+        cache = getattr(out, keyword)
         cache.batch_select_indices(owner)
         feed, feed_mask = pad([choice[:-1] for choice in flat], pad_id, device, left=False)
         targets, _ = pad([choice[1:] for choice in flat], pad_id, device, left=False)
@@ -89,7 +92,7 @@ def score_batch(
             attention_mask=torch.cat([mask[owner], feed_mask], 1),
             position_ids=mask.sum(1, keepdim=True)[owner]
             + torch.arange(feed.shape[1], device=device),
-            past_key_values=cache,
+            **{keyword: cache},
         ).logits
         logprobs = logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
         scores = scores + logprobs.masked_fill(feed_mask == 0, 0).sum(1)

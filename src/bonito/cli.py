@@ -517,6 +517,36 @@ def report(
     )
 
 
+@app.command()
+def review(
+    run: RunFolder,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond loopback the URL carries a token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0: any free one.")] = 0,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = (
+        False
+    ),
+    sample: Annotated[
+        int | None,
+        typer.Option(help="Walk a seeded sample of N tasks, stratified by task type and status."),
+    ] = None,
+) -> None:
+    """Serve a local page to accept, reject and edit the run's tasks (also while it generates);
+    decisions are saved in the run at once and applied by `bonito export`."""
+    import webbrowser
+
+    from bonito.review.server import open_review
+
+    server = open_review(run, host, port, sample)
+    for note in server.notes:
+        _say("note:", note)
+    stdout.print(f"reviewing {run} at {server.url}    (Ctrl-C to stop)", soft_wrap=True)
+    if open_browser:
+        webbrowser.open(server.url)
+    server.serve()
+
+
 def _chunker(
     model: str,
     max_tokens: int,

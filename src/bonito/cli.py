@@ -466,9 +466,12 @@ def export(
         typer.Option(help="Leave out tasks sharing 13 words with this evaluation data file."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
+    reviewed_only: Annotated[
+        bool, typer.Option(help="Only the tasks a person accepted with `bonito review`.")
+    ] = False,
 ) -> None:
-    """Write the run's accepted tasks as a dataset folder: train (and test) files in FORMAT and
-    a dataset card, README.md."""
+    """Write the run's accepted tasks, as people reviewed them, as a dataset folder: train (and
+    test) files in FORMAT and a dataset card, README.md."""
     from bonito.export import export_run
 
     result = export_run(
@@ -480,6 +483,7 @@ def export(
         private=private,
         decontaminate=decontaminate,
         overwrite=overwrite,
+        reviewed_only=reviewed_only,
     )
     table = Table(title=f"bonito export {run}", show_header=False)
     table.add_row("format", result.format)

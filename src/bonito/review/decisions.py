@@ -18,6 +18,8 @@ DECISIONS = ("accepted", "rejected")
 PASSED = ("accepted", CANDIDATE)
 """Run statuses of tasks that passed the checks (a candidate waits for its dedup)."""
 Z95 = 1.959964
+REVIEWED = "{reviewed} (kept {kept}, {edited} edited; rejected {rejected}; rescued {rescued})"
+"""What people decided, in one line."""
 
 
 @dataclass(frozen=True)
@@ -176,11 +178,8 @@ class Tally:
             share.whole += count
 
     def line(self) -> str:
-        """One line: "12 (kept 9, 1 of them edited; rejected 2; rescued 1)"."""
-        return (
-            f"{self.reviewed} (kept {self.kept}, {self.edited} edited; rejected {self.rejected}; "
-            f"rescued {self.rescued})"
-        )
+        """One line: "12 (kept 9, 1 edited; rejected 2; rescued 1)"."""
+        return REVIEWED.format(**self.to_dict())
 
     def precision(self) -> list[tuple[str, Share, Share]]:
         """Per task type: kept of the reviewed that passed the checks, rescued of the reviewed
@@ -203,6 +202,16 @@ class Tally:
                 for kind, kept, rescued in self.precision()
             },
         }
+
+
+def status_lines(reviews: dict[str, Any]) -> dict[str, str]:
+    """`bonito status`'s lines for a `Tally.to_dict()`: the counts, then per task type the
+    share kept and the share rescued."""
+    lines = {"reviewed": REVIEWED.format(**reviews)}
+    for kind, shares in reviews["by_type"].items():
+        kept, rescued = (Share(share["part"], share["whole"]) for share in shares.values())
+        lines[f"precision {kind}"] = f"kept {kept}; rescued {rescued}"
+    return lines
 
 
 def tally(store: RunStore) -> Tally:

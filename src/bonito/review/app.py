@@ -271,6 +271,7 @@ def create_app(
             Route("/api/tasks/{task:str}/decision", review.decide, methods=["POST"]),
             Route("/api/undo", review.undo, methods=["POST"]),
             Route("/api/progress", review.progress),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
     )

@@ -12,7 +12,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +24,8 @@ import pytest
 from servers import http_server
 from test_cli import run_cli
 from test_export import BONITO, HOSTILE, bonito, make_store, store_tasks
-from test_report import browser, needs_chromium, needs_selenium  # noqa: F401 (a fixture)
+from test_report import browser as chromium
+from test_report import needs_chromium, needs_selenium
 
 from bonito.engines.openai import PROBE_PROMPT
 from bonito.review.decisions import Decision, decide, reviewed_tasks, tally, wilson
@@ -35,6 +35,7 @@ from bonito.store import RunStore
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 TRICKS = " {{ 7 * 7 }} {% if true %}templated{% endif %}"
 DOCUMENTS = 30
+browser = chromium  # the fixture
 
 
 class Gate:
@@ -84,7 +85,9 @@ def generator_server(gate: Gate) -> type[BaseHTTPRequestHandler]:
             gate.enter()
             text = completion(request["prompt"])
             choice = {"text": text, "index": 0, "finish_reason": "stop"}
-            self.reply({"choices": [choice], "usage": {"prompt_tokens": 90, "completion_tokens": 20}})
+            self.reply(
+                {"choices": [choice], "usage": {"prompt_tokens": 90, "completion_tokens": 20}}
+            )
 
         def reply(self, payload: dict) -> None:
             body = json.dumps(payload).encode()
@@ -202,13 +205,15 @@ def test_every_endpoint(small_run):
         status, headers, page = call(f"{root}task/{first}")
         assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
         assert f'data-task="{first}"' in page and f'href="/task/{second}"' in page
-        assert "0</strong> of <strong id=\"total\">20</strong> reviewed" in page
+        assert '0</strong> of <strong id="total">20</strong> reviewed' in page
         assert call(f"{root}task/999-0")[0] == 404 and call(f"{root}task/nonsense")[0] == 404
         status, _, task = call(f"{root}api/tasks/{first}")
         assert status == 200 and task["passage"] == tasks[0]["context"]
         assert task["decision"] is None and task["status"] == tasks[0]["status"]
         status, headers, script = call(f"{root}static/review.js")
-        assert status == 200 and "X-Bonito-Review" in script and "content-security-policy" in headers
+        assert (
+            status == 200 and "X-Bonito-Review" in script and "content-security-policy" in headers
+        )
 
         status, _, saved = call(f"{root}api/tasks/{first}/decision", {"decision": "accepted"})
         assert status == 200 and saved["next"] == f"/task/{second}"
@@ -385,7 +390,9 @@ def test_export_status_and_report_apply_and_count_the_decisions(
     assert "1 rescued" in card and "1 of those accepted were edited" in card
 
     only = tmp_path / "only"
-    assert run_cli(["export", small_run, "-o", only, "--reviewed-only"], capsys, monkeypatch)[0] == 0
+    assert (
+        run_cli(["export", small_run, "-o", only, "--reviewed-only"], capsys, monkeypatch)[0] == 0
+    )
     rows = [json.loads(line) for line in (only / "train.jsonl").read_text().splitlines()]
     assert sorted(row["id"] for row in rows) == sorted([accepted[1]["id"], others[0]["id"]])
     assert "(--reviewed-only)" in (only / "README.md").read_text()
@@ -528,7 +535,7 @@ def check_export(run: Path, out: Path, decided: dict[str, tuple]) -> None:
 
 @needs_selenium
 @needs_chromium
-def test_review_a_finished_run_in_chromium(browser, finished_run, tmp_path):  # noqa: F811
+def test_review_a_finished_run_in_chromium(browser, finished_run, tmp_path):
     from selenium.webdriver.common.by import By
 
     run = finished_run
@@ -564,7 +571,7 @@ def test_review_a_finished_run_in_chromium(browser, finished_run, tmp_path):  # 
 
 @needs_selenium
 @needs_chromium
-def test_review_a_run_still_generating(browser, tiny_model, tmp_path):  # noqa: F811
+def test_review_a_run_still_generating(browser, tiny_model, tmp_path):
     gate = Gate()
     gate.allow(26)
     with http_server(generator_server(gate)) as url:

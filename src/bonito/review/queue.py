@@ -62,7 +62,7 @@ class Filters:
 
     def where(self, sample: list[str] | None, review: bool = True) -> tuple[str, list[Any]]:
         """The SQL condition and its parameters (`review`: with the review state)."""
-        parts, params = [f"t.status IN ({','.join('?' * len(STATUS_NAMES))})"], [*STATUS_NAMES]
+        parts, params = [], []
         for column, value in (
             ("r.task_type", self.type),
             ("t.status", self.status),
@@ -83,7 +83,7 @@ class Filters:
         if sample is not None:
             parts.append("t.request_id || '-' || t.sample IN (SELECT value FROM json_each(?))")
             params.append(json.dumps(sample))
-        return " AND ".join(parts), params
+        return " AND ".join(parts) or "1", params
 
 
 class Queue:

@@ -466,9 +466,12 @@ def export(
         typer.Option(help="Leave out tasks sharing 13 words with this evaluation data file."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
+    reviewed_only: Annotated[
+        bool, typer.Option(help="Only the tasks a person accepted with `bonito review`.")
+    ] = False,
 ) -> None:
-    """Write the run's accepted tasks as a dataset folder: train (and test) files in FORMAT and
-    a dataset card, README.md."""
+    """Write the run's accepted tasks, as people reviewed them, as a dataset folder: train (and
+    test) files in FORMAT and a dataset card, README.md."""
     from bonito.export import export_run
 
     result = export_run(
@@ -480,6 +483,7 @@ def export(
         private=private,
         decontaminate=decontaminate,
         overwrite=overwrite,
+        reviewed_only=reviewed_only,
     )
     table = Table(title=f"bonito export {run}", show_header=False)
     table.add_row("format", result.format)
@@ -515,6 +519,36 @@ def report(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def review(
+    run: RunFolder,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond loopback the URL carries a token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0: any free one.")] = 0,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = (
+        False
+    ),
+    sample: Annotated[
+        int | None,
+        typer.Option(help="Walk a seeded sample of N tasks, stratified by task type and status."),
+    ] = None,
+) -> None:
+    """Serve a local page to accept, reject and edit the run's tasks (also while it generates);
+    decisions are saved in the run at once and applied by `bonito export`."""
+    import webbrowser
+
+    from bonito.review.server import open_review
+
+    server = open_review(run, host, port, sample)
+    for note in server.notes:
+        _say("note:", note)
+    stdout.print(f"reviewing {run} at {server.url}    (Ctrl-C to stop)", soft_wrap=True)
+    if open_browser:
+        webbrowser.open(server.url)
+    server.serve()
 
 
 def _chunker(

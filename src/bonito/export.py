@@ -27,6 +27,7 @@ from bonito.decontamination import Decontamination, EvaluationData, overlapping_
 from bonito.errors import BonitoError
 from bonito.generation import counts
 from bonito.outputs import writable
+from bonito.review.decisions import Tally, decisions, reviewed_tasks, tally
 from bonito.run import status, stored
 from bonito.sampling import derive_seed
 from bonito.sources import is_hub_id
@@ -288,6 +289,7 @@ class Export:
     repo: str | None = None
     private: bool = False
     decontamination: Decontamination | None = None
+    reviewed_only: bool = False
 
     @property
     def task_types(self) -> Counter:
@@ -509,6 +511,8 @@ def dataset_card(
             "",
         ]
     lines += task_type_table(export)
+    if (reviews := tally(view.store)).reviewed:
+        lines += review_lines(reviews, export.reviewed_only)
     if export.decontamination:
         lines += decontamination_lines(export)
     lines += ["## How the tasks were made", ""]
@@ -543,6 +547,27 @@ def dataset_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def review_lines(reviews: Tally, reviewed_only: bool) -> list[str]:
+    """The card's account of the decisions people made with `bonito review`."""
+    return [
+        "## Human review",
+        "",
+        f"{reviews.reviewed} samples were reviewed by a person (`bonito review`): {reviews.kept} "
+        f"kept, {reviews.rejected} rejected and left out, {reviews.rescued} rescued from the "
+        f"samples the checks rejected or found duplicate and put in; {reviews.edited} of those "
+        "accepted were edited, and are exported as edited."
+        + (
+            " Only tasks a person accepted are exported (--reviewed-only)." if reviewed_only else ""
+        ),
+        "",
+        "| task type | kept, of the reviewed the checks passed | rescued, of the reviewed the "
+        "checks rejected |",
+        "|---|---|---|",
+        *(f"| {kind} | {kept} | {rescued} |" for kind, kept, rescued in reviews.precision()),
+        "",
+    ]
 
 
 def decontamination_lines(export: Export) -> list[str]:
@@ -663,12 +688,15 @@ def export_run(
     private: bool = False,
     decontaminate: str | Path | None = None,
     overwrite: bool = False,
+    reviewed_only: bool = False,
 ) -> Export:
     """Write the run's accepted tasks to the folder `output` in `format_name`, with a test split
     of whole documents holding about `split_by_document` of them, and a dataset card; push the
     dataset and card to the hub repo `push_to_hub` when given. `private` leaves the provenance
     columns and every local name out of the files and the card; `decontaminate`, a file of
-    evaluation data, leaves out the tasks that overlap it."""
+    evaluation data, leaves out the tasks that overlap it. People's decisions (`bonito review`)
+    apply: the tasks they rejected are left out, those they rescued put in, their edits written;
+    `reviewed_only` writes only the tasks a person accepted."""
     if format_name not in FORMATS:
         raise BonitoError(f"--format must be one of {', '.join(FORMATS)}; got '{format_name}'.")
     if split_by_document is not None and not 0 < split_by_document < 1:
@@ -684,9 +712,16 @@ def export_run(
     with open_run(run) as view:
         check_output(output, run, overwrite)
 
+        decided = decisions(view.store)
+
         def saved() -> Iterator[dict[str, Any]]:
-            """The accepted tasks saved when the export started."""
-            return islice(view.store.tasks(("accepted",)), view.counts["accepted"])
+            """The accepted tasks saved when the export started, as people decided."""
+            return reviewed_tasks(
+                islice(view.store.tasks(("accepted",)), view.counts["accepted"]),
+                view.store.tasks(("rejected", "duplicate")),
+                decided,
+                reviewed_only,
+            )
 
         left_out, found = overlapping_tasks(saved(), data) if data else (set(), None)
         if found and found.overlapping_tasks:
@@ -694,7 +729,10 @@ def export_run(
         per_document = Counter(t["document"] for t in saved() if t["id"] not in left_out)
         if not per_document:
             raise BonitoError(
-                f"{run} has no accepted tasks to export"
+                f"{run} has no task a person accepted yet: review it with `bonito review`, or "
+                "export without --reviewed-only."
+                if reviewed_only and not found
+                else f"{run} has no accepted tasks to export"
                 + (f": {found.sentence()}" if found else " yet.")
             )
         test = (
@@ -711,7 +749,14 @@ def export_run(
             else:
                 sides = write_splits(tasks, new, fmt, test, private)
             export = Export(
-                output, format_name, sides, output / "README.md", push_to_hub, private, found
+                output,
+                format_name,
+                sides,
+                output / "README.md",
+                push_to_hub,
+                private,
+                found,
+                reviewed_only,
             )
             card = dataset_card(view, export, split_by_document)
             (new / "README.md").write_text(card, encoding="utf-8")

@@ -22,6 +22,7 @@ from bonito import __version__
 from bonito.errors import BonitoError
 from bonito.export import RunView, generator_facts, open_run
 from bonito.outputs import writable, written_whole
+from bonito.review.decisions import tally
 from bonito.run import failed_note, summary_from
 from bonito.sampling import derive_seed
 
@@ -369,6 +370,7 @@ def report_context(view: RunView, sample_size: int) -> dict[str, Any]:
             (title, histogram_svg(histogram(values), unit), describe(values))
             for title, unit, values in lengths
         ],
+        "review": tally(view.store),
         "rows": rows,
         "samples": stats.samples,
         "seed": view.seed,

@@ -42,6 +42,7 @@ from bonito.generation import (
 )
 from bonito.mix import TaskMix
 from bonito.outputs import output_error, written_whole
+from bonito.review.decisions import status_lines, tally
 from bonito.sampling import SamplingParams, derive_seed
 from bonito.sources import Document, InputPrint, Skip, check_inputs, input_prints, read_documents
 from bonito.store import (
@@ -877,6 +878,7 @@ def status_facts(folder: Path) -> dict[str, Any]:
         config, state, totals = store.get("config"), store.get("state"), store.counts()
         rate = store.recent_rate() if now else 0.0
         summary = summary_from(store.get("reading", {}), totals)
+        reviews = tally(store)
     if now:
         state = "running"
     elif state in (None, "running"):
@@ -890,6 +892,8 @@ def status_facts(folder: Path) -> dict[str, Any]:
         "requests_failed": totals["requests_failed"],
         "summary": summary.to_dict(),
     }
+    if reviews.reviewed:
+        facts["reviews"] = reviews.to_dict()
     if now:
         left = totals["requests"] - totals["requests_done"]
         facts["requests_per_second"] = round(rate, 3)
@@ -918,6 +922,8 @@ def status(folder: Path) -> dict[str, str]:
     }
     if summary["failed_requests"]:
         lines["last error"] = summary["last_error"]
+    if "reviews" in facts:
+        lines |= status_lines(facts["reviews"])
     if "requests_per_second" in facts:
         rate, eta = facts["requests_per_second"], facts["eta_s"]
         lines["rate"] = f"{rate:.2f} requests/s over the last minute"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bonito.errors import BonitoError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contexts (
@@ -58,8 +60,25 @@ CREATE TABLE IF NOT EXISTS tasks (
     FOREIGN KEY (request_id, sample) REFERENCES completions(request_id, sample)
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY,
+    request_id INTEGER NOT NULL,
+    sample INTEGER NOT NULL,
+    decision TEXT NOT NULL,
+    input TEXT,
+    output TEXT,
+    reason TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_task ON reviews(request_id, sample, id);
+CREATE VIEW IF NOT EXISTS decisions AS
+    SELECT request_id, sample, decision, input, output, reason, at, MAX(id) AS id
+    FROM reviews GROUP BY request_id, sample;
 """
 STORE_FILE = "run.sqlite"
+SCHEMA_VERSION = 2
+"""The store's layout (SQLite's user_version): 1 (stored as 0) the run, 2 the reviews a person
+made (`bonito review`: one row per action, a task's latest row its decision)."""
 
 STATUSES = ("accepted", "rejected", "duplicate")
 """A task is accepted, rejected (`reason`: the rejection code) or a duplicate (`reason`: the id
@@ -141,10 +160,30 @@ class RunStore:
             except sqlite3.OperationalError:  # no -shm file can be made beside it: nobody writes
                 self.db.close()
                 self.db = connect(path, "immutable=1")
+        self.version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if self.version > SCHEMA_VERSION:
+            self.db.close()
+            raise BonitoError(
+                f"{path} was written by a newer bonito (store version {self.version}; this one "
+                f"reads up to {SCHEMA_VERSION}): upgrade bonito to open this run."
+            )
         if not readonly:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            if self.version < SCHEMA_VERSION:
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self.version = SCHEMA_VERSION
+
+    @property
+    def has_reviews(self) -> bool:
+        """Whether the store has the reviews table (a store of an older bonito opened
+        read-only has not)."""
+        return (
+            self.version == SCHEMA_VERSION
+            or self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone()
+            is not None
+        )
 
     def close(self) -> None:
         self.db.close()

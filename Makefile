@@ -15,7 +15,7 @@ setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs]'
+	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
 	touch $@
 
 $(TINY)/config.json: | setup

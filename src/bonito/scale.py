@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -47,6 +48,23 @@ class Cluster:
             raise BonitoError(f"--engines must be at least 1, got {self.engines}.")
         if self.gpus_per_engine < 0:
             raise BonitoError(f"--gpus-per-engine must be 0 or more, got {self.gpus_per_engine}.")
+
+
+def cluster_option(
+    address: str | None,
+    engines: int | None,
+    gpus_per_engine: float | None,
+    engine_options: dict[str, Any],
+) -> Cluster | None:
+    """The cluster `--ray ADDRESS [--engines N] [--gpus-per-engine G]` asks for (None without
+    --ray); G defaults to the engine's tensor_parallel_size, else 1."""
+    if address is None:
+        if engines is not None or gpus_per_engine is not None:
+            raise BonitoError("--engines and --gpus-per-engine go with --ray; add --ray auto.")
+        return None
+    if gpus_per_engine is None:
+        gpus_per_engine = float(engine_options.get("tensor_parallel_size", 1))
+    return Cluster(address, engines, gpus_per_engine)
 
 
 class EngineActor:
@@ -139,8 +157,11 @@ class RayEngines:
         if address == "local":
             options["include_dashboard"] = False
         try:
+            if address not in ("auto", "local"):  # Ray itself would retry for minutes
+                host, _, port = address.removeprefix("ray://").rpartition(":")
+                socket.create_connection((host, int(port)), timeout=10).close()
             ray.init(address=address, **options)
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except (OSError, RuntimeError, ValueError) as error:
             where = "on this machine" if address == "auto" else f"at {address}"
             raise BonitoError(
                 f"No Ray cluster {where} ({first_line(error)}): start one with `ray start "
@@ -185,15 +206,17 @@ class RayEngines:
             for node in self.ray.nodes()
             if node["Alive"] and node["Resources"].get("GPU", 0) >= gpus
         ]
-        found = self.ray.get(
-            [
-                exists.options(
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                ).remote(model)
-                for node in hosts
-            ]
-        )
-        for node, there in zip(hosts, found, strict=True):
+        asked = [
+            exists.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(model)
+            for node in hosts
+        ]
+        for node, there in zip(hosts, asked, strict=True):
+            try:
+                there = self.ray.get(there)
+            except self.ray.exceptions.TaskUnschedulableError:
+                continue  # a node that has just died, not yet known dead
             if not there:
                 raise BonitoError(
                     f"The model {model} is on this machine but not on the Ray node "

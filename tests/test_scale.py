@@ -1,0 +1,257 @@
+"""A run on a Ray cluster (`bonito.scale`): the same store and tasks.jsonl as in one process,
+through a lost worker node and a killed driver; bad input refused before any work is sent.
+One simulated cluster per module (a head without GPU, two worker nodes with a fake GPU each),
+engines of the tiny generator on CPUs."""
+
+import functools
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bonito.cli import main
+from bonito.engines import load_engine
+from bonito.errors import BonitoError
+from bonito.mix import TaskMix
+from bonito.run import RunConfig, generate_run
+from bonito.sampling import SamplingParams
+from bonito.scale import Cluster, warn_network_folder
+
+os.environ["RAY_worker_niceness"] = "0"  # Ray's default of 15 starves engines on a busy machine
+EXAMPLES = Path(__file__).parent.parent / "examples" / "passages.jsonl"
+BLOCK = 8
+pytestmark = pytest.mark.ray
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Loads the tiny engine, each block of which then takes `seconds` longer: kills land
+    mid-run."""
+
+    model: str
+    seconds: float = 0.4
+
+    def __call__(self):
+        return SlowEngine(load_engine(self.model, "transformers", batch_size=4), self.seconds)
+
+
+@dataclass(frozen=True)
+class SlowEngine:
+    engine: object
+    seconds: float
+
+    def generate(self, prompts, sampling, seeds=None):
+        time.sleep(self.seconds)
+        return self.engine.generate(prompts, sampling, seeds)
+
+
+@dataclass(frozen=True)
+class Broken:
+    """An engine that never starts; each try leaves a line in `tries`."""
+
+    tries: str
+
+    def __call__(self):
+        with open(self.tries, "a") as file:
+            file.write("tried\n")
+        raise BonitoError("this engine cannot start")
+
+
+def scenario(folder: Path, model: Path, greedy: bool) -> RunConfig:
+    """48 distinct passages sampled, or 12 passages four times each decoded greedily (so that
+    dedup marks many duplicates); yes-no QA and NLI of each. The passages are written into
+    `folder` once."""
+    path = folder / ("greedy.jsonl" if greedy else "sampled.jsonl")
+    if not path.exists():
+        texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+        rows = texts * 4 if greedy else [f"{t} (Record {i}.)" for i, t in enumerate(texts * 4)]
+        path.write_text("".join(json.dumps({"text": text}) + "\n" for text in rows))
+    sampling = SamplingParams(max_tokens=32, seed=3, temperature=0.0 if greedy else 0.7)
+    return RunConfig(str(model), (str(path),), TaskMix.parse(["ynqa,nli"]), 2, sampling)
+
+
+def contents(folder: Path, save_order: bool = True) -> tuple:
+    """What two runs must share: requests, completions, tasks (in the order they were saved)
+    and tasks.jsonl's bytes."""
+    db = sqlite3.connect(folder / "run.sqlite")
+    try:
+        order = "seq" if save_order else "request_id, sample"
+        return (
+            db.execute("SELECT * FROM requests ORDER BY id").fetchall(),
+            db.execute(
+                "SELECT request_id, sample, text, finish_reason, prompt_tokens, completion_tokens "
+                "FROM completions ORDER BY request_id, sample"
+            ).fetchall(),
+            db.execute(
+                f"SELECT request_id, sample, input, output, status, reason FROM tasks "
+                f"ORDER BY {order}"
+            ).fetchall(),
+            (folder / "tasks.jsonl").read_bytes(),
+        )
+    finally:
+        db.close()
+
+
+def done_requests(folder: Path) -> int:
+    try:
+        db = sqlite3.connect(folder / "run.sqlite", timeout=30)
+        try:
+            return db.execute("SELECT COUNT(*) FROM requests WHERE status = 'done'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:  # not there yet
+        return 0
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head without GPU and two worker nodes with a fake GPU each; this module's alone."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bonito[ray]')")
+    from ray.cluster_utils import Cluster as RayCluster
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Slow, Broken
+    node = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+    started = RayCluster(initialize_head=True, head_node_args={**node, "num_gpus": 0})
+    try:
+        for _ in range(2):
+            started.add_node(**node, num_gpus=1)
+        started.wait_for_nodes()
+        started.node = node
+        yield started
+    finally:
+        started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Where the scenarios' passages are (a task's source names its file)."""
+    return tmp_path_factory.mktemp("inputs")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, inputs, tmp_path_factory):
+    """Each scenario run in one process (one thread, as the engines on the workers)."""
+    import torch
+
+    threads, runs = torch.get_num_threads(), {}
+    load = functools.partial(load_engine, str(tiny_model), "transformers", batch_size=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
+        torch.set_num_threads(1)
+        try:
+            for greedy in (False, True):
+                folder = tmp_path_factory.mktemp("reference")
+                generate_run(folder / "run", scenario(inputs, tiny_model, greedy), load)
+                runs[greedy] = folder / "run"
+        finally:
+            torch.set_num_threads(threads)
+    return runs
+
+
+def test_ray_run_is_the_single_process_run(cluster, reference, inputs, tiny_model, tmp_path):
+    config = scenario(inputs, tiny_model, greedy=True)
+    load = functools.partial(load_engine, str(tiny_model), "transformers", batch_size=4)
+    outcome = generate_run(tmp_path / "run", config, load, cluster=Cluster(cluster.address))
+    assert outcome.state == "finished" and outcome.summary.duplicates >= 20
+    assert contents(tmp_path / "run") == contents(reference[True])
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+import ray
+import bonito.run
+import test_scale
+from bonito.run import generate_run
+from bonito.scale import Cluster
+
+ray.cloudpickle.register_pickle_by_value(test_scale)
+bonito.run.CHUNK_SIZE = test_scale.BLOCK
+folder, inputs, model, address = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+config = test_scale.scenario(inputs, Path(model), greedy=False)
+generate_run(folder, config, test_scale.Slow(model), cluster=Cluster(address))
+"""
+
+
+def test_killed_driver_resumes_with_nothing_lost_or_repeated(
+    cluster, reference, inputs, tiny_model, tmp_path
+):
+    """The driver SIGKILLed mid-run, then the same command: every request generated once, and
+    the run of one process."""
+    folder = tmp_path / "run"
+    command = [sys.executable, "-c", DRIVER, str(Path(__file__).parent), str(folder)]
+    command += [str(inputs), str(tiny_model), cluster.address]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: done_requests(folder) >= 2 * BLOCK or driver.poll() is not None)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        _, err = driver.communicate()
+    assert driver.returncode == -signal.SIGKILL, err.decode()
+    assert 2 * BLOCK <= done_requests(folder) < 96
+
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    db = sqlite3.connect(folder / "run.sqlite")
+    count, distinct = db.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT request_id || '-' || sample) FROM completions"
+    ).fetchone()
+    db.close()
+    assert count == distinct == 96
+    assert contents(folder, save_order=False) == contents(reference[False], save_order=False)
+
+
+@pytest.mark.parametrize("replaced", [True, False], ids=["replaced", "not-replaced"])
+def test_worker_node_lost_mid_run(
+    cluster, reference, inputs, tiny_model, tmp_path, replaced, caplog
+):
+    """A worker node killed while its engine works on a block: the block is generated again,
+    on a new node or on the one left, and the run is the run of one process."""
+    config, folder, ended = scenario(inputs, tiny_model, greedy=False), tmp_path / "run", []
+
+    def run():
+        cluster_run = Cluster(cluster.address)
+        try:
+            ended.append(generate_run(folder, config, Slow(str(tiny_model)), cluster=cluster_run))
+        except BaseException as error:
+            ended.append(error)
+
+    driver = threading.Thread(target=run)  # the cluster's nodes are added on the main thread
+    driver.start()
+    try:
+        wait_for(lambda: done_requests(folder) >= 3 * BLOCK or ended)
+        removed_at = done_requests(folder)
+        cluster.remove_node(cluster.list_all_nodes()[1], allow_graceful=False)
+        if replaced:
+            cluster.add_node(**cluster.node, num_gpus=1)
+    finally:
+        driver.join()
+        if not replaced:
+            cluster.add_node(**cluster.node, num_gpus=1)  # for the tests after this one
+    [outcome] = ended
+    assert removed_at < 96 and outcome.state == "finished"
+    assert "An engine was lost" in caplog.text
+    assert contents(folder) == contents(reference[False])

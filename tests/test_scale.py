@@ -3,9 +3,9 @@ through a lost worker node and a killed driver; bad input refused before any wor
 One simulated cluster per module (a head without GPU, two worker nodes with a fake GPU each),
 engines of the tiny generator on CPUs."""
 
+import dataclasses
 import functools
 import json
-import logging
 import os
 import signal
 import sqlite3
@@ -77,6 +77,27 @@ def scenario(folder: Path, model: Path, greedy: bool) -> RunConfig:
         path.write_text("".join(json.dumps({"text": text}) + "\n" for text in rows))
     sampling = SamplingParams(max_tokens=32, seed=3, temperature=0.0 if greedy else 0.7)
     return RunConfig(str(model), (str(path),), TaskMix.parse(["ynqa,nli"]), 2, sampling)
+
+
+def cli_args(inputs: Path, model: Path, folder: Path) -> list[str]:
+    """The greedy scenario as a command."""
+    scenario(inputs, model, greedy=True)
+    return [
+        *("generate", inputs / "greedy.jsonl", "-t", "ynqa,nli", "--per-context", 2),
+        *("--model", model, "--engine", "transformers", "--batch-size", 4, "--output", folder),
+        *("--max-tokens", 32, "--seed", 3, "--temperature", 0),
+    ]
+
+
+def run_cli(args, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bonito", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def contents(folder: Path, save_order: bool = True) -> tuple:
@@ -151,7 +172,8 @@ def inputs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model, inputs, tmp_path_factory):
-    """Each scenario run in one process (one thread, as the engines on the workers)."""
+    """Each scenario run in one process (one thread, as the engines on the workers): the
+    sampled one through the library, the greedy one through the command line."""
     import torch
 
     threads, runs = torch.get_num_threads(), {}
@@ -160,21 +182,32 @@ def reference(tiny_model, inputs, tmp_path_factory):
         patch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
         torch.set_num_threads(1)
         try:
-            for greedy in (False, True):
-                folder = tmp_path_factory.mktemp("reference")
-                generate_run(folder / "run", scenario(inputs, tiny_model, greedy), load)
-                runs[greedy] = folder / "run"
+            runs[False] = tmp_path_factory.mktemp("reference") / "run"
+            generate_run(runs[False], scenario(inputs, tiny_model, False), load)
+            runs[True] = tmp_path_factory.mktemp("reference") / "run"
+            patch.setattr(
+                sys, "argv", ["bonito", *map(str, cli_args(inputs, tiny_model, runs[True]))]
+            )
+            with pytest.raises(SystemExit) as stop:
+                main()
+            assert stop.value.code in (0, None)
         finally:
             torch.set_num_threads(threads)
     return runs
 
 
-def test_ray_run_is_the_single_process_run(cluster, reference, inputs, tiny_model, tmp_path):
-    config = scenario(inputs, tiny_model, greedy=True)
-    load = functools.partial(load_engine, str(tiny_model), "transformers", batch_size=4)
-    outcome = generate_run(tmp_path / "run", config, load, cluster=Cluster(cluster.address))
-    assert outcome.state == "finished" and outcome.summary.duplicates >= 20
-    assert contents(tmp_path / "run") == contents(reference[True])
+def test_ray_run_is_the_single_process_run(
+    cluster, reference, inputs, tiny_model, tmp_path, capsys, monkeypatch
+):
+    """`bonito generate ... --ray ADDRESS`: the run of one process, byte for byte, with the
+    many duplicates that greedy decoding of repeated passages gives."""
+    folder = tmp_path / "run"
+    args = [*cli_args(inputs, tiny_model, folder), "--ray", cluster.address]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    duplicates = json.loads((folder / "summary.json").read_text())["summary"]["duplicates"]
+    assert duplicates >= 20
+    assert contents(folder) == contents(reference[True])
 
 
 DRIVER = """
@@ -255,3 +288,104 @@ def test_worker_node_lost_mid_run(
     assert removed_at < 96 and outcome.state == "finished"
     assert "An engine was lost" in caplog.text
     assert contents(folder) == contents(reference[False])
+
+
+def test_without_ray_one_sentence_names_the_extra(
+    tiny_model, inputs, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is absent
+    folder = tmp_path / "run"
+    code, _, err = run_cli(
+        [*cli_args(inputs, tiny_model, folder), "--ray", "auto"], capsys, monkeypatch
+    )
+    assert code == 1 and "--ray needs Ray, which is not installed: pip install 'bonito[ray]'" in err
+    code, _, err = run_cli(
+        [*cli_args(inputs, tiny_model, folder), "--engines", 2], capsys, monkeypatch
+    )
+    assert code == 1 and "--engines and --gpus-per-engine go with --ray" in err
+    assert "Traceback" not in err and not folder.exists()
+
+
+def refused(config, load, asked, folder) -> str:
+    """The sentence a run on `asked` is refused with, before its folder is made."""
+    with pytest.raises(BonitoError) as error:
+        generate_run(folder, config, load, cluster=asked)
+    assert not folder.exists()
+    return str(error.value)
+
+
+def test_an_address_with_no_cluster(tiny_model, inputs, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'bonito[ray]')")
+    config, load = scenario(inputs, tiny_model, False), Slow(str(tiny_model))
+    sentence = refused(config, load, Cluster("127.0.0.1:9"), tmp_path / "run")
+    assert sentence.startswith("No Ray cluster at 127.0.0.1:9 (") and "ray start --head" in sentence
+
+
+@pytest.mark.parametrize(
+    "asked, room",
+    [(Cluster(engines=3), "room for 2 engines"), (Cluster(gpus_per_engine=2), "room for 0")],
+    ids=["too-many-engines", "too-many-gpus-each"],
+)
+def test_a_cluster_without_the_gpus_asked_for(cluster, inputs, tiny_model, tmp_path, asked, room):
+    asked = dataclasses.replace(asked, address=cluster.address)
+    sentence = refused(
+        scenario(inputs, tiny_model, False), Slow(str(tiny_model)), asked, tmp_path / "run"
+    )
+    assert room in sentence and "add nodes, or pass fewer --engines" in sentence
+
+
+def test_a_loader_that_cannot_be_sent_to_the_workers(cluster, inputs, tiny_model, tmp_path):
+    lock = threading.Lock()
+    sentence = refused(
+        scenario(inputs, tiny_model, False),
+        lambda: lock,
+        Cluster(cluster.address),
+        tmp_path / "run",
+    )
+    assert sentence.startswith("The engine loader cannot be sent to the Ray workers (")
+    assert "functools.partial(bonito.engines.load_engine" in sentence
+
+
+def test_a_model_here_but_not_on_the_workers(cluster, inputs, tiny_model, tmp_path, monkeypatch):
+    """The driver's home holds the model, the workers' does not."""
+    (tmp_path / "tiny").symlink_to(tiny_model)
+    monkeypatch.setenv("HOME", str(tmp_path))  # this process's only: the nodes are started
+    config = dataclasses.replace(scenario(inputs, tiny_model, False), model="~/tiny")
+    sentence = refused(config, Slow("~/tiny"), Cluster(cluster.address), tmp_path / "run")
+    assert sentence.startswith("The model ~/tiny is on this machine but not on the Ray node ")
+
+
+def test_an_engine_that_fails_to_start_is_tried_again_then_one_sentence(
+    cluster, inputs, tiny_model, tmp_path
+):
+    tries = tmp_path / "tries"
+    config, folder = scenario(inputs, tiny_model, False), tmp_path / "run"
+    with pytest.raises(BonitoError) as error:
+        generate_run(folder, config, Broken(str(tries)), cluster=Cluster(cluster.address))
+    assert str(error.value).startswith(
+        "The engine failed to start on the Ray cluster 3 times in a row, last with: this engine "
+        "cannot start — every node needs bonito"
+    )
+    assert len(tries.read_text().splitlines()) >= 3
+    assert not list(sqlite3.connect(folder / "run.sqlite").execute("SELECT * FROM completions"))
+
+
+def test_a_run_folder_on_a_network_file_system_is_warned_of(tmp_path, caplog):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw 0 0\n")
+    warn_network_folder(tmp_path / "run", str(mounts))
+    assert "is on a network file system (nfs4), where SQLite" in caplog.text
+    caplog.clear()
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n")
+    warn_network_folder(tmp_path / "run", str(mounts))
+    assert not caplog.text
+
+
+def test_vllm_engines_on_the_cluster(cluster, inputs, tiny_model, tmp_path):
+    """The same run with vLLM as the engine, in one process and on the cluster."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (the vllm extra)")
+    config = scenario(inputs, tiny_model, False)
+    load = functools.partial(load_engine, str(tiny_model), "vllm")
+    generate_run(tmp_path / "one", config, load)
+    generate_run(tmp_path / "ray", config, load, cluster=Cluster(cluster.address))
+    assert contents(tmp_path / "ray") == contents(tmp_path / "one")

@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/ranked_classification.py
+	$(BIN)/python bench/ray_scaling.py
 
 clean:
 	rm -rf $(VENV) models runs

@@ -214,11 +214,11 @@ def generate_run(
 
 class Engines(Protocol):
     """Where a run's blocks are generated: `groups(requests, ahead)` yields a block's groups of
-    judged samples in the order its engine finishes them; `ahead` lazily gives the blocks that
-    come after it (for engines that work ahead)."""
+    judged samples in the order its engine finishes them; `ahead(after)` reads the pending
+    blocks past request id `after`, as they are asked for (for engines that work ahead)."""
 
     def groups(
-        self, requests: list[Request], ahead: Iterator[list[Request]]
+        self, requests: list[Request], ahead: Callable[[int], Iterator[list[Request]]]
     ) -> Iterator[Group]: ...
 
 
@@ -231,7 +231,9 @@ class LocalEngine:
     checks: bool
     engine: Engine | None = None
 
-    def groups(self, requests: list[Request], ahead: Iterator[list[Request]]) -> Iterator[Group]:
+    def groups(
+        self, requests: list[Request], ahead: Callable[[int], Iterator[list[Request]]]
+    ) -> Iterator[Group]:
         self.engine = self.engine or self.load_engine()
         return generate_samples(self.engine, requests, self.sampling, checks=self.checks)
 
@@ -624,7 +626,7 @@ class Run:
     ) -> None:
         """Send a block's pending requests, saving each group as it finishes, until a budget
         runs out."""
-        groups = engines.groups(requests_of(chunk), self._ahead(chunk[-1].id))
+        groups = engines.groups(requests_of(chunk), self._ahead)
         for group in groups:
             self._save(group, budgets, tally)
             if progress:

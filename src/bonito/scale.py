@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bonito.engines.base import Engine
 from bonito.errors import BonitoError
 from bonito.generation import Group, Request, generate_samples
 from bonito.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from bonito.run import RunConfig
 
 RAY_EXTRA = "pip install 'bonito[ray]'"
 NETWORK_FILE_SYSTEMS = frozenset(
@@ -104,7 +107,11 @@ class RayEngines:
     its engines (and the cluster, if it started one) on exit."""
 
     def __init__(
-        self, cluster: Cluster, load_engine: Callable[[], Engine], config: Any, folder: Path
+        self,
+        cluster: Cluster,
+        load_engine: Callable[[], Engine],
+        config: RunConfig,
+        folder: Path,
     ) -> None:
         self.cluster, self.load_engine, self.config, self.folder = (
             cluster,
@@ -225,12 +232,14 @@ class RayEngines:
                 )
 
     # generating
-    def groups(self, requests: list[Request], ahead: Iterator[list[Request]]) -> Iterator[Group]:
-        """The groups of a block, as its engine finished them; the next blocks are sent ahead
-        so that no engine waits."""
+    def groups(
+        self, requests: list[Request], ahead: Callable[[int], Iterator[list[Request]]]
+    ) -> Iterator[Group]:
+        """The groups of a block, as its engine finished them; the blocks after it are read
+        and sent ahead (up to `window` blocks held), so that no engine waits."""
         key = block_key(requests)
         self._add(key, requests)
-        for upcoming in islice(ahead, self.window - 1):
+        for upcoming in islice(ahead(max(self.blocks)[-1]), self.window - len(self.blocks)):
             self._add(block_key(upcoming), upcoming)
         while key not in self.results:
             self._dispatch()

@@ -3,11 +3,12 @@ generator on CPUs): startup (from the command's start to the first results saved
 engine load, and with Ray the cluster and its actors), steady requests/s (first results saved
 to last), and each one's ratio to the one process.
 
-    python bench/ray_scaling.py [--contexts 192] [--block 32] [--max-tokens 32]
+    python bench/ray_scaling.py [--contexts 384] [--block 32] [--max-tokens 32]
         [--model models/tiny-bonito]
 
-Each Ray engine gets one CPU (one torch thread); the one process uses torch's default threads.
-On a machine of 2 cores, 2 actors hold every core. Prints a table and writes
+Each Ray engine gets one CPU, so one torch thread (Ray sets OMP_NUM_THREADS); the one process
+is given one torch thread too, to compare engine with engine. On a machine of 2 cores, 2 actors
+hold every core. Prints a table and writes
 bench/results/ray_scaling.json.
 """
 
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from machine import cpu_facts  # bench/machine.py
 
 import bonito.run
@@ -65,13 +67,14 @@ def measure(folder: Path, config: RunConfig, load, cluster: Cluster | None) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contexts", type=int, default=192)
+    parser.add_argument("--contexts", type=int, default=384)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--model", default=str(ROOT / "models/tiny-bonito"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_worker_niceness", "0")
     bonito.run.CHUNK_SIZE = args.block
+    torch.set_num_threads(1)
     load = functools.partial(load_engine, args.model, "transformers", device="cpu")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

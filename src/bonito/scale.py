@@ -113,12 +113,8 @@ class RayEngines:
         config: RunConfig,
         folder: Path,
     ) -> None:
-        self.cluster, self.load_engine, self.config, self.folder = (
-            cluster,
-            load_engine,
-            config,
-            folder,
-        )
+        self.cluster, self.load_engine, self.config = cluster, load_engine, config
+        self.folder = folder
         self.ray = import_ray()
         self.connected = False
         self.blocks: dict[tuple, list[Request]] = {}  # asked for or ahead, not yet handed back

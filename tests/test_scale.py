@@ -6,7 +6,6 @@ engines of the tiny generator on CPUs."""
 import dataclasses
 import functools
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -26,7 +25,6 @@ from bonito.run import RunConfig, generate_run
 from bonito.sampling import SamplingParams
 from bonito.scale import Cluster, warn_network_folder
 
-os.environ["RAY_worker_niceness"] = "0"  # Ray's default of 15 starves engines on a busy machine
 EXAMPLES = Path(__file__).parent.parent / "examples" / "passages.jsonl"
 BLOCK = 8
 pytestmark = pytest.mark.ray
@@ -153,15 +151,17 @@ def cluster():
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Slow, Broken
     node = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
-    started = RayCluster(initialize_head=True, head_node_args={**node, "num_gpus": 0})
-    try:
-        for _ in range(2):
-            started.add_node(**node, num_gpus=1)
-        started.wait_for_nodes()
-        started.node = node
-        yield started
-    finally:
-        started.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_worker_niceness", "0")  # Ray's 15 starves engines on a busy machine
+        started = RayCluster(initialize_head=True, head_node_args={**node, "num_gpus": 0})
+        try:
+            for _ in range(2):
+                started.add_node(**node, num_gpus=1)
+            started.wait_for_nodes()
+            started.node = node
+            yield started
+        finally:
+            started.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from bonito.cli import main
 from bonito.engines import load_engine
 from bonito.errors import BonitoError
 from bonito.mix import TaskMix
-from bonito.run import RunConfig, generate_run
+from bonito.run import Budgets, RunConfig, generate_run
 from bonito.sampling import SamplingParams
 from bonito.scale import Cluster, warn_network_folder
 
@@ -143,6 +143,17 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Engines in this process on one torch thread, as those on the workers (one CPU each)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A head without GPU and two worker nodes with a fake GPU each; this module's alone."""
@@ -172,27 +183,19 @@ def inputs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model, inputs, tmp_path_factory):
-    """Each scenario run in one process (one thread, as the engines on the workers): the
-    sampled one through the library, the greedy one through the command line."""
-    import torch
-
-    threads, runs = torch.get_num_threads(), {}
+    """Each scenario run in one process: the sampled one through the library, the greedy one
+    through the command line."""
+    runs = {}
     load = functools.partial(load_engine, str(tiny_model), "transformers", batch_size=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
-        torch.set_num_threads(1)
-        try:
-            runs[False] = tmp_path_factory.mktemp("reference") / "run"
-            generate_run(runs[False], scenario(inputs, tiny_model, False), load)
-            runs[True] = tmp_path_factory.mktemp("reference") / "run"
-            patch.setattr(
-                sys, "argv", ["bonito", *map(str, cli_args(inputs, tiny_model, runs[True]))]
-            )
-            with pytest.raises(SystemExit) as stop:
-                main()
-            assert stop.value.code in (0, None)
-        finally:
-            torch.set_num_threads(threads)
+        runs[False] = tmp_path_factory.mktemp("reference") / "run"
+        generate_run(runs[False], scenario(inputs, tiny_model, False), load)
+        runs[True] = tmp_path_factory.mktemp("reference") / "run"
+        patch.setattr(sys, "argv", ["bonito", *map(str, cli_args(inputs, tiny_model, runs[True]))])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        assert stop.value.code in (0, None)
     return runs
 
 
@@ -254,6 +257,20 @@ def test_killed_driver_resumes_with_nothing_lost_or_repeated(
     ).fetchone()
     db.close()
     assert count == distinct == 96
+    assert contents(folder, save_order=False) == contents(reference[False], save_order=False)
+
+
+def test_a_budget_stops_a_ray_run_and_the_run_goes_on_without_ray(
+    cluster, reference, inputs, tiny_model, tmp_path
+):
+    config, folder = scenario(inputs, tiny_model, greedy=False), tmp_path / "run"
+    load = functools.partial(load_engine, str(tiny_model), "transformers", batch_size=4)
+    stopped = generate_run(
+        folder, config, load, budgets=Budgets(max_tasks=4), cluster=Cluster(cluster.address)
+    )
+    assert stopped.state == "stopped: --max-tasks 4 reached" and stopped.summary.accepted == 4
+    assert done_requests(folder) < 96
+    assert generate_run(folder, config, load).state == "finished"
     assert contents(folder, save_order=False) == contents(reference[False], save_order=False)
 
 

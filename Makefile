@@ -15,7 +15,7 @@ setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs]'
+	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
 	touch $@
 
 $(TINY)/config.json: | setup
@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/ranked_classification.py
+	$(BIN)/python bench/ray_scaling.py
 
 clean:
 	rm -rf $(VENV) models runs

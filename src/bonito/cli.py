@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -311,6 +312,23 @@ def generate(
     overwrite: Annotated[
         bool, typer.Option(help="Start the run in OUTPUT over, dropping what it holds.")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|local|ADDRESS",
+            help="Generate on a Ray cluster (the ray extra): the one this machine is in, one "
+            "started here, or the one at ADDRESS (docs/scale-out.md).",
+        ),
+    ] = None,
+    engines: Annotated[
+        int | None, typer.Option(help="--ray: engines to start.", show_default="all GPUs")
+    ] = None,
+    gpus_per_engine: Annotated[
+        float | None,
+        typer.Option(
+            help="--ray: GPUs per engine, 0 on CPUs.", show_default="tensor_parallel_size"
+        ),
+    ] = None,
 ) -> None:
     """Generate tasks from documents into the run folder OUTPUT (its store run.sqlite, and
     tasks.jsonl, summary.json, skipped.jsonl). The same command again continues the run. A
@@ -326,6 +344,7 @@ def generate(
         accepted_line,
         generate_run,
     )
+    from bonito.scale import cluster_option
     from bonito.task_types import load_declared_task_types
 
     load_declared_task_types(model)
@@ -382,6 +401,10 @@ def generate(
         with _working(f"loading {model}"):
             return load_engine(model, engine, **kwargs)
 
+    cluster = cluster_option(ray, engines, gpus_per_engine, kwargs)
+    if cluster:
+        load = functools.partial(load_engine, model, engine, **kwargs)  # sent to the workers
+
     outcome = generate_run(
         output,
         config,
@@ -391,6 +414,7 @@ def generate(
         strict=strict,
         make_chunker=lambda: _chunker(model, *chunking.values(), mix.types),
         engine_name=engine,
+        cluster=cluster,
     )
     summary, state, skipped = outcome.summary, outcome.state, output / SKIPPED_FILE
     table = _reading_table("bonito generate", summary, skipped)

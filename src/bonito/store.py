@@ -232,12 +232,13 @@ class RunStore:
             [(r.context_id, r.slot, r.attempt, r.task_type, r.seed) for r in requests],
         )
 
-    def next_chunk(self, size: int) -> list[StoredRequest]:
-        """Requests still to send from the first block of `size` request ids that has any: fixed
-        blocks, so a resumed run batches the rest of a block as the first run would have."""
-        first = self.db.execute("SELECT MIN(id) FROM requests WHERE status = 'pending'").fetchone()[
-            0
-        ]
+    def next_chunk(self, size: int, after: int = 0) -> list[StoredRequest]:
+        """Requests still to send from the first block of `size` request ids that has any (past
+        request id `after`): fixed blocks, so a resumed run batches the rest of a block as the
+        first run would have."""
+        first = self.db.execute(
+            "SELECT MIN(id) FROM requests WHERE status = 'pending' AND id > ?", (after,)
+        ).fetchone()[0]
         if first is None:
             return []
         low = block_of(first, size) * size + 1
@@ -245,7 +246,7 @@ class RunStore:
             "SELECT r.id, r.context_id, r.slot, r.attempt, r.task_type, r.seed, c.text, c.source "
             "FROM requests r JOIN contexts c ON c.id = r.context_id "
             "WHERE r.status = 'pending' AND r.id >= ? AND r.id < ? ORDER BY r.id",
-            (low, low + size),
+            (max(low, after + 1), low + size),
         ).fetchall()
         return [StoredRequest(*row[:7], json.loads(row[7])) for row in rows]
 

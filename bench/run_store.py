@@ -23,8 +23,8 @@ from bonito import SamplingParams, build_prompt
 from bonito.dedup import Deduplicator
 from bonito.engines import Completion, generate_all
 from bonito.engines.transformers import TransformersEngine
-from bonito.generation import Request, judge, mark_duplicates
-from bonito.run import saved
+from bonito.generation import Request, judge
+from bonito.run import decide, saved
 from bonito.sources import Document, read_documents
 from bonito.store import PlannedRequest, RunStore
 from bonito.task_types import resolve_task_type
@@ -69,15 +69,17 @@ def replay(recorded, texts: list[str], count: int, group: int, near: bool) -> di
             t0 = time.perf_counter()
             samples = [judge(requests[i], 0, recorded[i % len(recorded)][2], True) for i in batch]
             t1 = time.perf_counter()
-            samples = mark_duplicates(samples, dedup)
+            store.save([saved(s) for s in samples], t1 - t0)
             t2 = time.perf_counter()
-            store.save([saved(s) for s in samples], t2 - t0)
+            _, duplicates = decide(store, dedup)  # as a run does when a block is done
             t3 = time.perf_counter()
             spent["judge"] += t1 - t0
-            spent["dedup"] += t2 - t1
-            spent["store"] += t3 - t2
+            spent["store"] += t2 - t1
+            spent["dedup"] += t3 - t2
             for sample in samples:
                 statuses[sample.status] = statuses.get(sample.status, 0) + 1
+            statuses["duplicate"] = statuses.get("duplicate", 0) + duplicates
+            statuses["accepted"] = statuses.get("accepted", 0) - duplicates
         store.close()
     total = sum(spent.values())
     return {

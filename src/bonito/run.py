@@ -658,21 +658,10 @@ class Run:
         tally.tokens += sum(s.completion.completion_tokens for s in samples)
 
     def _decide(self, dedup: Deduplicator | None, tasks_file) -> int:
-        """Judge the candidates against the tasks kept so far and each other, in request order:
-        the duplicates marked, the rest accepted and written out; how many were duplicates."""
-        candidates = list(self.store.tasks((CANDIDATE,)))
-        items = [(t["id"], t["input"], t["output"], t["context"]) for t in candidates]
-        found = dedup.add_many(items) if dedup else [None] * len(items)
-        self.store.decide(
-            [
-                (t["request_id"], t["sample_index"], original)
-                for t, original in zip(candidates, found, strict=True)
-                if original
-            ]
-        )
-        kept = [t for t, original in zip(candidates, found, strict=True) if not original]
+        """Decide the candidates' dedup, the tasks kept written out; how many were duplicates."""
+        kept, duplicates = decide(self.store, dedup)
         self._append_tasks(tasks_file, kept)
-        return len(candidates) - len(kept)
+        return duplicates
 
     def _plan_retries(self, max_attempt: int, config: RunConfig) -> int:
         """Plan another attempt for contexts with no accepted task; how many requests."""
@@ -799,6 +788,24 @@ def within_budgets(samples: list[Sample], budgets: Budgets, tally: Tally) -> lis
         if last_of_request and budget_state(budgets, after):
             return samples[: position + 1]
     return samples
+
+
+def decide(store: RunStore, dedup: Deduplicator | None) -> tuple[list[dict[str, Any]], int]:
+    """Judge the store's candidates against the tasks kept so far and each other, in request
+    order: the duplicates marked, the rest accepted; the accepted ones, and how many were
+    duplicates."""
+    candidates = list(store.tasks((CANDIDATE,)))
+    items = [(t["id"], t["input"], t["output"], t["context"]) for t in candidates]
+    found = dedup.add_many(items) if dedup else [None] * len(items)
+    store.decide(
+        [
+            (t["request_id"], t["sample_index"], original)
+            for t, original in zip(candidates, found, strict=True)
+            if original
+        ]
+    )
+    kept = [t for t, original in zip(candidates, found, strict=True) if not original]
+    return kept, len(candidates) - len(kept)
 
 
 def saved(sample: Sample) -> SavedSample:

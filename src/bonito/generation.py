@@ -87,7 +87,7 @@ def generate_samples(
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[Group]:
     """Send requests chunk by chunk; yield each group the engine finishes as it finishes."""
-    check_sampling(engine.name, sampling)
+    check_sampling(getattr(engine, "name", ""), sampling)  # an engine of your own may have none
     requests = iter(requests)
     while chunk := list(islice(requests, chunk_size)):
         seeds = [r.seed for r in chunk]

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,7 +24,7 @@ from bonito.errors import BonitoError
 from bonito.mix import TaskMix
 from bonito.run import Budgets, RunConfig, generate_run
 from bonito.sampling import SamplingParams
-from bonito.scale import Cluster, warn_network_folder
+from bonito.scale import Cluster, RayEngines, warn_network_folder
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "passages.jsonl"
 BLOCK = 8
@@ -405,3 +406,15 @@ def test_worker_node_lost_mid_run(
     assert removed_at < 96 and outcome.state == "finished"
     assert "An engine was lost" in caplog.text
     assert contents(folder) == contents(reference[False])
+
+
+@pytest.mark.parametrize(
+    ("asked", "gpus", "taken"), [(None, 0, 0.0), (None, 2, 1.0), (0.0, 2, 0.0), (2.0, 4, 2.0)]
+)
+def test_engines_take_no_gpu_on_a_cluster_without_one(asked, gpus, taken, tmp_path):
+    """A laptop's `--ray local` has no GPU: its engines take none, unless told otherwise."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'bonito[ray]')")
+    engines = RayEngines(Cluster("local", gpus_per_engine=asked), print, None, tmp_path)
+    node = {"Alive": True, "Resources": {"CPU": 2.0, "GPU": float(gpus)}}
+    engines.ray = SimpleNamespace(nodes=lambda: [node, {**node, "Alive": False}])
+    assert engines._gpus_per_engine() == taken

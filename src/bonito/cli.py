@@ -326,7 +326,8 @@ def generate(
     gpus_per_engine: Annotated[
         float | None,
         typer.Option(
-            help="--ray: GPUs per engine, 0 on CPUs.", show_default="tensor_parallel_size"
+            help="--ray: GPUs per engine, 0 on CPUs.",
+            show_default="tensor_parallel_size, else 1; 0 on a cluster without GPUs",
         ),
     ] = None,
 ) -> None:

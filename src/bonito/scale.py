@@ -37,19 +37,20 @@ class Cluster:
     """Which Ray cluster generates a run, and how: `address` is "auto" (the cluster this
     machine belongs to), "local" (start one here for this run) or a cluster's address;
     `engines` engine actors (default: as many as the cluster's GPUs hold), each with
-    `gpus_per_engine` GPUs (0: engines on CPUs) and `cpus_per_engine` CPUs; an engine that fails
-    to start is started again until `boot_attempts` have failed in a row."""
+    `gpus_per_engine` GPUs (0: engines on CPUs; default: 1, or 0 on a cluster without GPUs) and
+    `cpus_per_engine` CPUs; an engine that fails to start is started again until
+    `boot_attempts` have failed in a row."""
 
     address: str = "auto"
     engines: int | None = None
-    gpus_per_engine: float = 1.0
+    gpus_per_engine: float | None = None
     cpus_per_engine: float = 1.0
     boot_attempts: int = 3
 
     def __post_init__(self) -> None:
         if self.engines is not None and self.engines < 1:
             raise BonitoError(f"--engines must be at least 1, got {self.engines}.")
-        if self.gpus_per_engine < 0:
+        if self.gpus_per_engine is not None and self.gpus_per_engine < 0:
             raise BonitoError(f"--gpus-per-engine must be 0 or more, got {self.gpus_per_engine}.")
 
 
@@ -60,13 +61,13 @@ def cluster_option(
     engine_options: dict[str, Any],
 ) -> Cluster | None:
     """The cluster `--ray ADDRESS [--engines N] [--gpus-per-engine G]` asks for (None without
-    --ray); G defaults to the engine's tensor_parallel_size, else 1."""
+    --ray); G defaults to the engine's tensor_parallel_size, else to the Cluster's default."""
     if address is None:
         if engines is not None or gpus_per_engine is not None:
             raise BonitoError("--engines and --gpus-per-engine go with --ray; add --ray auto.")
         return None
-    if gpus_per_engine is None:
-        gpus_per_engine = float(engine_options.get("tensor_parallel_size", 1))
+    if gpus_per_engine is None and "tensor_parallel_size" in engine_options:
+        gpus_per_engine = float(engine_options["tensor_parallel_size"])
     return Cluster(address, engines, gpus_per_engine)
 
 
@@ -131,6 +132,7 @@ class RayEngines:
         self._check_picklable()
         self._connect()
         try:
+            self.gpus = self._gpus_per_engine()
             self.engines = self._check_resources()
             self._check_model()
         except BaseException:
@@ -172,10 +174,23 @@ class RayEngines:
             ) from None
         self.connected = True
 
+    def _gpus_per_engine(self) -> float:
+        """The GPUs each engine takes: as asked, else 1, or 0 on a cluster without GPUs (a
+        laptop's `--ray local`), said on one line."""
+        if self.cluster.gpus_per_engine is not None:
+            return self.cluster.gpus_per_engine
+        if any(node["Resources"].get("GPU") for node in self._alive()):
+            return 1.0
+        log.info("The Ray cluster has no GPUs: its engines run on CPUs.")
+        return 0.0
+
+    def _alive(self) -> list[dict[str, Any]]:
+        return [node for node in self.ray.nodes() if node["Alive"]]
+
     def _check_resources(self) -> int:
         """How many engines to start: BonitoError unless the cluster can hold them."""
-        gpus, cpus = self.cluster.gpus_per_engine, self.cluster.cpus_per_engine
-        nodes = [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
+        gpus, cpus = self.gpus, self.cluster.cpus_per_engine
+        nodes = [node["Resources"] for node in self._alive()]
 
         def fit(resources: dict[str, float]) -> float:
             room = [resources.get("GPU", 0) // gpus if gpus else float("inf")]
@@ -203,12 +218,7 @@ class RayEngines:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         exists = self.ray.remote(num_cpus=0)(path_exists)
-        gpus = self.cluster.gpus_per_engine
-        hosts = [
-            node
-            for node in self.ray.nodes()
-            if node["Alive"] and node["Resources"].get("GPU", 0) >= gpus
-        ]
+        hosts = [node for node in self._alive() if node["Resources"].get("GPU", 0) >= self.gpus]
         asked = [
             exists.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
@@ -265,7 +275,7 @@ class RayEngines:
     def _start_engine(self) -> None:
         cluster = self.cluster
         actor = self.ray.remote(EngineActor).options(
-            num_gpus=cluster.gpus_per_engine, num_cpus=cluster.cpus_per_engine, max_restarts=0
+            num_gpus=self.gpus, num_cpus=cluster.cpus_per_engine, max_restarts=0
         )
         engine = actor.remote(self.load_engine)
         self.booting[engine.ready.remote()] = engine

@@ -2,6 +2,7 @@
 of every command, text never read as markup, Ctrl-C, progress on a terminal and quiet elsewhere,
 the summary and `status --json`."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -33,7 +34,10 @@ def bonito(*args, **options) -> subprocess.CompletedProcess:
 
 
 def start(*args, **options) -> subprocess.Popen:
-    return subprocess.Popen([BONITO, *map(str, args)], text=True, **options)
+    """The console script in a process that takes Ctrl-C as a terminal's would, even when this
+    one ignores it (a background job of a shell does)."""
+    restore = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    return subprocess.Popen([BONITO, *map(str, args)], text=True, preexec_fn=restore, **options)
 
 
 def write_passages(path: Path, count: int) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_cli import run_cli
 
 from bonito.cli import main
 from bonito.engines import load_engine
@@ -86,17 +87,6 @@ def cli_args(inputs: Path, model: Path, folder: Path) -> list[str]:
         *("--model", model, "--engine", "transformers", "--batch-size", 4, "--output", folder),
         *("--max-tokens", 32, "--seed", 3, "--temperature", 0),
     ]
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bonito", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def contents(folder: Path, save_order: bool = True) -> tuple:

@@ -49,6 +49,9 @@ LONG_PROBABILITY = 0.4
 INSTRUCTION_PROBABILITY = 0.3
 JOINED = (1, 2, 4)
 DISGUISE_RATES = (0.0, 0.2, 0.5, 0.9)
+QUOTED_DISGUISE_RATES = (0.5, 0.9)
+"""Where the answer is quoted from the passage: most words disguised, so it is copied, not
+recalled."""
 EPOCHS = 4.0
 HEAD_SIZE = 32
 """vLLM's CPU attention takes head sizes of 32 and more."""
@@ -143,9 +146,9 @@ def template_words(examples: list[dict[str, str]], min_passages: int = 4) -> set
 
 def words_holding(context: str, answer: str) -> int:
     """How many of the passage's first words (split at spaces) hold the answer where the answer
-    is quoted from it (so a cut passage still holds it), else 1."""
-    end = context.lower().find(answer.lower())
-    return len(context[: end + len(answer)].split(" ")) if end >= 0 else 1
+    is quoted from it, as whole words (so a cut passage still holds it), else 1."""
+    quoted = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", context, re.IGNORECASE)
+    return len(context[: quoted.end()].split(" ")) if quoted else 1
 
 
 def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[TrainingPair]:
@@ -166,16 +169,17 @@ def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[T
         variants = [(context, target)]
         words = context.split(" ")
         shortest = words_holding(context, example["output"])
+        rates = QUOTED_DISGUISE_RATES if shortest > 1 else DISGUISE_RATES
         for _ in range(SHORT_VARIANTS_OF.get(example["task_type"], SHORT_VARIANTS)):
             short = " ".join(words[: rng.randint(shortest, len(words))])
             if rng.random() < INSTRUCTION_PROBABILITY:
                 short += rng.choice(SEPARATORS) + rng.choice(instruction_lines)
-            variants.append(disguise(short, target, rng, rng.choice(DISGUISE_RATES), keep))
+            variants.append(disguise(short, target, rng, rng.choice(rates), keep))
         if rng.random() < LONG_PROBABILITY:
             parts = [context, *rng.sample(passages, rng.choice(JOINED))]
             rng.shuffle(parts)
             joined = rng.choice(SEPARATORS).join(parts)
-            variants.append(disguise(joined, target, rng, rng.choice(DISGUISE_RATES), keep))
+            variants.append(disguise(joined, target, rng, rng.choice(rates), keep))
         kind = resolve_task_type(example["task_type"])
         pairs += [TrainingPair(build_prompt(c, kind), t, kind.name) for c, t in variants]
     return pairs

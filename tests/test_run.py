@@ -904,8 +904,9 @@ def test_a_kill_while_tasks_jsonl_is_rewritten_leaves_the_old_file_and_no_finish
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     tasks = (out / "tasks.jsonl").read_text()
-    assert len(tasks.splitlines()) == 8
-    assert json.loads((out / "summary.json").read_text())["state"] == "finished"
+    finished = json.loads((out / "summary.json").read_text())
+    assert len(tasks.splitlines()) == finished["summary"]["accepted"] >= 3  # parsed, of 8
+    assert finished["state"] == "finished"
 
     killed = subprocess.run([sys.executable, "-c", KILLED_AT_THIRD_TASK, *map(str, args)])
     assert killed.returncode == -signal.SIGKILL

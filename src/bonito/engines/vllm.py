@@ -100,6 +100,10 @@ class VLLMEngine:
                 "(`bonito train --merged` writes OUTPUT/merged), or use --engine transformers."
             )
         self.model = model
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # its sampler cannot rewind a seeded, partly read prompt
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
         try:
             self.llm = vllm.LLM(model=model, **engine_kwargs)
         except (OSError, ValueError) as error:

@@ -44,8 +44,8 @@ def server(tiny_model, tmp_path_factory):
 def test_greedy_run_through_vllm_serve_equals_the_in_process_run(
     server,
     tiny_model,
-    passages,
-    tmp_path,  # noqa: F811
+    passages,  # noqa: F811
+    tmp_path,
 ):
     """Same completions (text, finish reason, token counts: BOS added once to the raw prompt)
     and the same tasks as the transformers engine in-process."""

@@ -65,6 +65,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/mypy src/bonito
 
 bench: setup
 	$(BIN)/python bench/batching.py

@@ -109,7 +109,8 @@ def task_pair(row: dict[str, Any], number: int, source: str | Path) -> tuple[str
             "(or an alpaca `instruction`, or a user and an assistant turn in `messages`); give a "
             "run folder or a `bonito export` of one."
         )
-    return pair
+    given, wanted = pair
+    return str(given), str(wanted)
 
 
 def check_pairs(pairs: Sequence[tuple[str, str]], tasks: str | Path) -> None:

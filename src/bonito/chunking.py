@@ -116,6 +116,12 @@ class Unit(NamedTuple):
     level: int
     tokens: int | None = None
 
+    @property
+    def counted(self) -> int:
+        """`tokens`, read only once counted (-1: too long to count)."""
+        assert self.tokens is not None
+        return self.tokens
+
 
 @dataclass
 class _Section:
@@ -303,7 +309,7 @@ class Chunker:
                     if unit.tokens is None:  # -1: too long to count, surely too long to send
                         tokens = next(counts) if self._countable(unit) else -1
                         unit = Unit(unit.start, unit.end, unit.strength, unit.level, tokens)
-                    if unit.level == _WORDS or 0 <= unit.tokens <= self.max_tokens - MARGIN:
+                    if unit.level == _WORDS or 0 <= unit.counted <= self.max_tokens - MARGIN:
                         section.units.append(unit)
                     else:
                         text, level = section.doc.text, unit.level - 1
@@ -320,7 +326,8 @@ class Chunker:
     def _start_cost(self, text: str, start: int) -> int:
         """Tokens a unit counted alone takes beyond what it takes after the text before it:
         SentencePiece-style tokenizers mark the start of every text they are given."""
-        space = _SPACE_RUN.match(text, start).group()
+        found = _SPACE_RUN.match(text, start)  # whitespace or none: it always matches
+        space = found.group() if found else ""
         if space not in self._start_costs:
             alone, before, both = self.count([space + "x", "y", "y" + space + "x"])
             self._start_costs[space] = alone + before - both if space else 0
@@ -330,7 +337,7 @@ class Chunker:
         return unit.end - unit.start <= self.max_tokens * LONG_CHARS_PER_TOKEN
 
     def _too_long(self, unit: Unit) -> bool:
-        return unit.tokens < 0 or unit.tokens > self.max_tokens
+        return unit.counted < 0 or unit.counted > self.max_tokens
 
 
 class _Packer:
@@ -364,7 +371,7 @@ class _Packer:
                 self._reset()
             else:
                 self.units.append(unit)
-                self.cum.append(self.cum[-1] + unit.tokens)
+                self.cum.append(self.cum[-1] + unit.counted)
         yield from self._pack(end=last)
 
     def _pack(self, end: bool) -> Iterator[Context | Skip]:
@@ -378,7 +385,7 @@ class _Packer:
     def _emit(self, end: bool) -> Context | Skip:
         chunker, text, start = self.chunker, self.doc.text, self.next
         lead = self._lead()
-        if lead and self.units[start].tokens > chunker.max_tokens - lead[1]:
+        if lead and self.units[start].counted > chunker.max_tokens - lead[1]:
             lead = None
         room = chunker.max_tokens - (lead[1] if lead else 0)
         while True:
@@ -445,7 +452,7 @@ class _Packer:
         self.units[index : index + 1] = [
             Unit(p.start, p.end, p.strength, p.level, n) for p, n in zip(parts, counts, strict=True)
         ]
-        following = (u.tokens for u in self.units[index:])
+        following = (u.counted for u in self.units[index:])
         self.cum[index + 1 :] = list(accumulate(following, initial=self.cum[index]))[1:]
         return True
 
@@ -487,7 +494,7 @@ class _Packer:
     def _skip_word(self, unit: Unit) -> Skip:
         self.whole = False
         start, end = _trim(self.doc.text, unit.start, unit.end)
-        size = f"{unit.tokens:,} tokens" if unit.tokens >= 0 else f"{end - start:,} characters"
+        size = f"{unit.counted:,} tokens" if unit.counted >= 0 else f"{end - start:,} characters"
         return Skip(
             self.doc.id,
             "too_long_word",
@@ -520,7 +527,7 @@ def _split(text: str, start: int, end: int, level: int, strength: int = PARAGRAP
     if level == _SENTENCES:
         for match in _BREAK.finditer(text, start, end):
             group = match.lastindex
-            position = match.start() if group == 3 else match.start(group)
+            position = match.start() if group == 3 else match.start(group or 0)
             if position > begin:
                 units.append(Unit(begin, position, strength, level))
                 begin = position

@@ -163,7 +163,9 @@ def chunk(
     output_file(output)
     chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
     summary, skipped = Summary(), output.parent / "skipped.jsonl"
-    reading = dict(text_field=text_field, split=split, include=include, exclude=exclude)
+    reading: dict[str, Any] = dict(
+        text_field=text_field, split=split, include=include, exclude=exclude
+    )
     reading["per_document"] = per_document
     with written_whole(output) as file:
         for context in _contexts(inputs, chunker, summary, skipped, limit=limit, **reading):
@@ -413,7 +415,7 @@ def generate(
         budgets=budgets,
         overwrite=overwrite,
         strict=strict,
-        make_chunker=lambda: _chunker(model, *chunking.values(), mix.types),
+        make_chunker=lambda: _chunker(model, **chunking, task_types=mix.types),
         engine_name=engine,
         cluster=cluster,
     )
@@ -1184,7 +1186,7 @@ def main() -> None:
         # typer returns the status of a typer.Exit, and turns Ctrl-C in a command into one
         code = app(standalone_mode=False, prog_name="bonito")
     except typer.TyperException as error:  # the usage errors of typer's own click
-        error.show()
+        error.show()  # type: ignore[attr-defined]  # typer's own click has it; its stub does not
         code = error.exit_code
     except BonitoError as error:
         _say("error:", str(error), style="bold red")

@@ -123,7 +123,7 @@ class Summary:
         what to do."""
         reason = max(self.skipped, key=self.skipped.__getitem__, default=None)
         seen = f": {self.first[reason]}" if reason in self.first else ""
-        hint = HINTS.get(reason, "check the passage field and the annotations (docs/ctga.md)")
+        hint = HINTS.get(reason or "", "check the passage field and the annotations (docs/ctga.md)")
         skipped = ", ".join(f"{r} {n}" for r, n in self.skipped.most_common()) or "none"
         return BonitoError(f"No pair was made (skipped: {skipped}){seen}; {hint}.")
 
@@ -305,7 +305,7 @@ def make_environment(rng: random.Random):
     `most_frequent` filters), with `choice` drawing from `rng` so builds are reproducible."""
     from jinja2 import BaseLoader, Environment
 
-    env = Environment(loader=BaseLoader)
+    env = Environment(loader=BaseLoader())
     env.globals.update(zip=zip)
     env.filters["choice"] = rng.choice
     env.filters["most_frequent"] = _most_frequent
@@ -630,7 +630,7 @@ def load_pairs(data: str, split: str = "train") -> list[TrainingPair]:
     for number, row in enumerate(read_rows(data, split=split), start=1):
         source, target = row.get("source", row.get("input")), row.get("target", row.get("output"))
         task_type = _prompt_task_type(source) if isinstance(source, str) else None
-        if not isinstance(target, str) or task_type is None:
+        if not isinstance(source, str) or not isinstance(target, str) or task_type is None:
             raise BonitoError(
                 f"Row {number} of '{data}' is not a bonito training pair: it needs a `source` "
                 "(a bonito prompt, from `bonito ctga build`) and a `target` text."

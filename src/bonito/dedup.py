@@ -147,7 +147,7 @@ class Deduplicator:
         held = self._buckets.keys() & flat.tolist()
         if held:
             shared |= np.isin(flat, np.fromiter(held, np.uint64, len(held)))
-        return shared.reshape(bands.shape).any(axis=1)
+        return np.asarray(shared.reshape(bands.shape).any(axis=1))
 
     def _signatures_of(self, texts: Sequence[str]) -> np.ndarray:
         """MinHash signatures (len(texts) x num_perm, uint32) of normalised texts, hashed about
@@ -265,7 +265,7 @@ def _shingle_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     gap = (data == 32) | (data == 10)
     turns = np.flatnonzero(gap[1:] != gap[:-1]) + 1  # where words end and start, in turn
     starts, ends = np.r_[0, turns[1::2]], np.r_[turns[::2], len(data)]
-    text_of = np.searchsorted(np.flatnonzero(data == 10), starts)
+    text_of = np.asarray(np.searchsorted(np.flatnonzero(data == 10), starts))
     power, inverse = _powers(1 << len(data).bit_length())
     prefix = np.zeros(len(data) + 1, np.uint64)
     np.cumsum(data * power[: len(data)], out=prefix[1:])

@@ -573,6 +573,7 @@ def review_lines(reviews: Tally, reviewed_only: bool) -> list[str]:
 def decontamination_lines(export: Export) -> list[str]:
     """The card's account of `--decontaminate`."""
     found = export.decontamination
+    assert found is not None  # a card tells of it only when it ran
     if export.private:
         found = replace(found, against="the evaluation data")
     return [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -85,15 +85,15 @@ def generate_samples(
     *,
     checks: bool = False,
     chunk_size: int = CHUNK_SIZE,
-) -> Iterator[Group]:
+) -> Generator[Group, None, None]:
     """Send requests chunk by chunk; yield each group the engine finishes as it finishes."""
     check_sampling(getattr(engine, "name", ""), sampling)  # an engine of your own may have none
     requests = iter(requests)
     while chunk := list(islice(requests, chunk_size)):
-        seeds = [r.seed for r in chunk]
+        seeds = [r.seed for r in chunk if r.seed is not None]
         started = time.perf_counter()
         groups = engine.generate(
-            [r.prompt for r in chunk], sampling, None if None in seeds else seeds
+            [r.prompt for r in chunk], sampling, seeds if len(seeds) == len(chunk) else None
         )
         for group in groups:
             finished = sorted(group, key=lambda item: item[0])

@@ -44,7 +44,7 @@ def output_error(
         return BonitoError(f"{named} is a file; give a folder.")
     if blocker is not None:
         return BonitoError(f"Cannot write in {blocker}: it is a file, not a folder; {choose}.")
-    reason = REASONS.get(error.errno, (error.strerror or type(error).__name__).lower())
+    reason = REASONS.get(error.errno or 0, (error.strerror or type(error).__name__).lower())
     return BonitoError(f"Cannot write in {existing(path)}: {reason}; {choose}.")
 
 

@@ -76,7 +76,7 @@ class StratifiedSample:
         self.size = size
         self.rng = random.Random(seed)
         self.seen: Counter = Counter()
-        self.reservoirs: dict[Hashable, list[Any]] = defaultdict(list)
+        self.reservoirs: dict[Any, list[Any]] = defaultdict(list)  # strata sort among themselves
 
     def add(self, stratum: Hashable, item: Any) -> None:
         self.seen[stratum] += 1
@@ -190,6 +190,7 @@ def bar_svg(
         f'<svg class="chart" role="img" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'
     ]
+    x: float
     if legend_h:
         x = label_w
         for name, colour in series.items():
@@ -274,7 +275,7 @@ def source_line(document: str, source: Mapping[str, Any]) -> str:
 def fold(instruction: str | None, passage: str) -> tuple[str, str, str] | None:
     """The instruction around the passage it quotes, as (before, passage, after), to show the
     passage folded; None when the instruction does not quote it."""
-    if not passage or passage not in (instruction or ""):
+    if not passage or not instruction or passage not in instruction:
         return None
     before, _, after = instruction.partition(passage)
     return before.rstrip(), passage, after.lstrip()

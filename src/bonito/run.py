@@ -17,8 +17,8 @@ import os
 import sqlite3
 import sys
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -184,7 +184,9 @@ def generate_run(
     if cluster is not None:
         from bonito.scale import RayEngines  # imports Ray only here
 
-        remote = RayEngines(cluster, load_engine, config, folder)
+        remote: AbstractContextManager[Engines | None] = RayEngines(
+            cluster, load_engine, config, folder
+        )
     else:
         remote = nullcontext()
     with remote as engines, Run(folder, config_dict, prints, overwrite=overwrite) as run:
@@ -212,8 +214,12 @@ def generate_run(
                 finally:
                     progress.refresh()
 
-            engines = engines or LocalEngine(load, config.sampling, config.checks)
-            state = run.generate(engines, config, budgets, advance)
+            state = run.generate(
+                engines or LocalEngine(load, config.sampling, config.checks),
+                config,
+                budgets,
+                advance,
+            )
         return Outcome(run.write_summary(state, engine_name), state)
 
 
@@ -224,7 +230,7 @@ class Engines(Protocol):
 
     def groups(
         self, requests: list[Request], ahead: Callable[[int], Iterator[list[Request]]]
-    ) -> Iterator[Group]: ...
+    ) -> Generator[Group, None, None]: ...
 
 
 @dataclass
@@ -238,7 +244,7 @@ class LocalEngine:
 
     def groups(
         self, requests: list[Request], ahead: Callable[[int], Iterator[list[Request]]]
-    ) -> Iterator[Group]:
+    ) -> Generator[Group, None, None]:
         self.engine = self.engine or self.load_engine()
         return generate_samples(self.engine, requests, self.sampling, checks=self.checks)
 
@@ -899,7 +905,8 @@ class Reached:
     not used. Every document gives at least one context or Skip, with its id."""
 
     def __init__(self, summary: Summary) -> None:
-        self.summary, self.waiting = summary, deque()
+        self.summary = summary
+        self.waiting: deque[str] = deque()
 
     def pulled(self, items: Iterable[Document | Skip]) -> Iterator[Document | Skip]:
         for item in items:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -77,7 +77,8 @@ class EngineActor:
     error rather than Ray's words."""
 
     def __init__(self, load_engine: Callable[[], Engine]) -> None:
-        self.engine, self.error = None, None
+        self.engine: Engine | None = None
+        self.error: Exception | None = None
         try:
             self.engine = load_engine()
         except Exception as error:  # handed to the driver by `ready`
@@ -88,6 +89,7 @@ class EngineActor:
             raise self.error
 
     def generate(self, requests: list[Request], sampling: SamplingParams, checks: bool) -> list:
+        assert self.engine is not None  # the driver sends blocks only to engines `ready`
         return list(generate_samples(self.engine, requests, sampling, checks=checks))
 
 
@@ -240,7 +242,7 @@ class RayEngines:
     # generating
     def groups(
         self, requests: list[Request], ahead: Callable[[int], Iterator[list[Request]]]
-    ) -> Iterator[Group]:
+    ) -> Generator[Group, None, None]:
         """The groups of a block, as its engine finished them; the blocks after it are read
         and sent ahead (up to `window` blocks held), so that no engine waits."""
         key = block_key(requests)
@@ -357,7 +359,8 @@ def file_system(path: Path, mounts: str = "/proc/mounts") -> str | None:
         lines = Path(mounts).read_text().splitlines()
     except OSError:
         return None
-    where, found = str(path.resolve()), (-1, None)
+    where = str(path.resolve())
+    found: tuple[int, str | None] = (-1, None)
     for line in lines:
         fields = line.split()
         if len(fields) < 3:

@@ -248,7 +248,10 @@ class RunStore:
             "WHERE r.status = 'pending' AND r.id >= ? AND r.id < ? ORDER BY r.id",
             (max(low, after + 1), low + size),
         ).fetchall()
-        return [StoredRequest(*row[:7], json.loads(row[7])) for row in rows]
+        return [
+            StoredRequest(id_, context, slot, attempt, kind, seed, text, json.loads(source))
+            for id_, context, slot, attempt, kind, seed, text, source in rows
+        ]
 
     def fail(self, failures: Sequence[tuple[int, str]]) -> None:
         """Mark requests failed, with why: they wait for the next time the run is started."""

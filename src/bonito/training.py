@@ -460,7 +460,7 @@ def fine_tune(
         model=model,
         args=arguments,
         train_dataset=train.items,
-        eval_dataset=held_out.items if evaluate else None,
+        eval_dataset=held_out.items if held_out and evaluate else None,
         data_collator=Collator(tokenizer.pad_token_id),
         callbacks=[progress, *callbacks],
     )

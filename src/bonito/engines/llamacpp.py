@@ -303,7 +303,7 @@ class LlamaCppEngine:
                 self._lib.llama_memory_seq_rm(self._memory, sample.slot, -1, -1)
                 free_slots.append(sample.slot)
                 if all(c is not None for c in group.completions):
-                    done.append((sample.index, list(group.completions)))
+                    done.append((sample.index, [c for c in group.completions if c is not None]))
                     cells -= group.cells
                     del groups[sample.index]
             live = still
@@ -334,6 +334,7 @@ class LlamaCppEngine:
 
     def _decode(self, count: int) -> np.ndarray:
         """Run the first `count` batch entries; the logits of those that asked for them."""
+        assert self._batch is not None  # allocated with the context
         self._batch.n_tokens = count
         code = self._lib.llama_decode(self._context, self._batch)
         if code != 0:

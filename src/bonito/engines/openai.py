@@ -444,14 +444,14 @@ class OpenAIEngine:
                 raise BonitoError(
                     f"{label} must be a whole number of at least {least}, got {value!r}."
                 )
-        for label, value in (
+        for label, seconds in (
             ("timeout", timeout),
             ("connect_timeout", connect_timeout),
             ("backoff", backoff),
             ("max_backoff", max_backoff),
         ):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise BonitoError(f"{label} must be a number of seconds above 0, got {value!r}.")
+            if not isinstance(seconds, (int, float)) or seconds <= 0:
+                raise BonitoError(f"{label} must be a number of seconds above 0, got {seconds!r}.")
         if extra_body is not None and not isinstance(extra_body, dict):
             raise BonitoError(f"extra_body must be a JSON object, got {extra_body!r}.")
         self.base_url = api_root(base_url)
@@ -771,7 +771,7 @@ class OpenAIEngine:
         for result in rest:
             if isinstance(result, Failure):
                 return result
-        return have + [result[0] for result in rest]
+        return have + [result[0] for result in rest if not isinstance(result, Failure)]
 
     def _body(self, prompt: str, sampling: SamplingParams, seed: int, n: int) -> dict[str, Any]:
         body = (

@@ -495,7 +495,9 @@ class TransformersEngine:
             tokens += out[slot, checked : min(work.made(slot), work.sampling.max_tokens)].tolist()
             end = self.kept(tokens, checked, work.sampling)
             if end is not None:
-                prompt_tokens = len(work.prompt(work.rows[slot]))
+                row = work.rows[slot]
+                assert row is not None  # a live slot holds a row
+                prompt_tokens = len(work.prompt(row))
                 work.end(slot, self.completion(tokens[:end], prompt_tokens, work.sampling))
         return work.finished()
 
@@ -588,7 +590,9 @@ class SlotWork:
             self.rows[slot], self.started[slot], self.tokens[slot] = row, self.steps, []
 
     def end(self, slot: int, completion: Completion) -> None:
-        index, sample = self.rows[slot]
+        row = self.rows[slot]
+        assert row is not None  # only a live slot ends
+        index, sample = row
         self.rows[slot] = None
         samples = self.results.setdefault(index, [None] * self.sampling.n)
         samples[sample] = completion

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import fmean
+from typing import cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -114,7 +115,8 @@ def classify(
     choices = [[answer_ids(c, tokenizer) for c in e.choices] for e in examples]
     logprobs = score_choices(model, prompts, choices, pad_id=_pad_id(tokenizer), **options)
     predicted = [e.choices[best_choice(s)] for e, s in zip(examples, logprobs, strict=True)]
-    return predicted, classification_scores([e.choices[e.label] for e in examples], predicted)
+    gold = [e.choices[cast(int, e.label)] for e in examples]  # labelled: every example has one
+    return predicted, classification_scores(gold, predicted)
 
 
 def extract(
@@ -142,7 +144,7 @@ def load_target(model: str, adapter: str | Path | None = None, device: str | Non
     when there is one). An adapter (a PEFT folder, as `bonito finetune` saves it) is merged in."""
     from bonito.engines.transformers import load_model
 
-    return load_model(model, device, adapter=adapter)
+    return load_model(model, device, adapter=str(adapter) if adapter else None)
 
 
 def evaluate_model(

@@ -120,7 +120,7 @@ def _furniture(block: str, index: int, blocks: list[str], running: set[str]) -> 
     """Whether a block is page furniture, not text: empty, a bare page number, or a running
     header or footer."""
     edge = index in (0, len(blocks) - 1)
-    return not block or (edge and (_PAGE_NUMBER.fullmatch(block) or _shape(block) in running))
+    return not block or (edge and bool(_PAGE_NUMBER.fullmatch(block) or _shape(block) in running))
 
 
 def _shape(block: str) -> str:

@@ -102,7 +102,7 @@ def _lines(file: BinaryIO) -> Iterator[bytes | None]:
         yield None
 
 
-def _json_rows(path: Path) -> Iterator[Row]:
+def _json_rows(path: Path) -> Iterator[Row | Skip]:
     """A JSON array of rows or one object; a file of JSON Lines named .json is read as such."""
     try:
         value = json.loads(decode(path.read_bytes()))
@@ -119,7 +119,7 @@ def _json_rows(path: Path) -> Iterator[Row]:
         yield f"row {number}", number, row
 
 
-def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row]:
+def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row | Skip]:
     """Rows of a .tsv, or of a .csv whose delimiter (, ; tab or |) is sniffed from its header."""
     csv.field_size_limit(MAX_LINE)  # the default (128 KiB) would refuse long passages
     number, source = 0, str(path)
@@ -131,7 +131,7 @@ def _csv_rows(path: Path, text_field: str, tabs: bool) -> Iterator[Row]:
         lines = _DecodedLines(raw, encoding)
         reader = csv.DictReader(lines, delimiter=delimiter)
         try:
-            require_column(text_field, reader.fieldnames or [])
+            require_column(text_field, list(reader.fieldnames or []))
         except csv.Error as error:
             raise Unreadable("corrupt", f"has no valid CSV header ({error})") from error
         lines.problem = None
@@ -186,7 +186,7 @@ def _delimiter(sample: str) -> str:
         return ","
 
 
-def _parquet_rows(path: Path, text_field: str) -> Iterator[Row]:
+def _parquet_rows(path: Path, text_field: str) -> Iterator[Row | Skip]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -38,7 +38,7 @@ def read_html(path: Path) -> Iterator[Document]:
     main = tree.find("main") if tree is not None else None
     blocks = (block for block in _blocks(main) if block.strip()) if main is not None else ()
     text = "\n\n".join(blocks)
-    if not text:
+    if tree is None or not text:
         raise Unreadable("empty", "has no main text (only scripts and markup, or not HTML)")
     title = _PILCROW.sub("", tree.get("title") or "")
     yield Document(str(path), text, str(path), {"title": title} if title else {})

@@ -18,7 +18,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
     built = os.environ.get("BONITO_TEST_TINY_MODEL")
     if built and (Path(built) / "config.json").exists():
-        return Path(built)
+        return Path(built).resolve()  # tests change directory
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bonito"))
 
 

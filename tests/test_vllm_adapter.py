@@ -73,6 +73,9 @@ def fake_vllm(monkeypatch):
     module.__version__ = "0.32.0"
     module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
     monkeypatch.setitem(sys.modules, "vllm", module)
+    platforms = types.ModuleType("vllm.platforms")  # a GPU build's
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     monkeypatch.setattr(FakeLLM, "last", None)
     monkeypatch.setattr(FakeLLM, "finish_reasons", {})
     return module

@@ -284,11 +284,41 @@ def test_faults_are_retried_with_backoff_and_failures_recorded_then_resent(
     assert len(ids) == len(set(ids)) == again.summary.accepted
 
 
+def run_through_a_crash(server, folder, config, load, **start):
+    """generate_run through `server`, killed once three requests are done and started again;
+    the outcome, and how many requests were done when it was killed."""
+    at_kill = []
+
+    def crash_and_restart():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if counts_of(folder)[0] >= 3:
+                    break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.02)
+        server.kill()
+        at_kill.append(counts_of(folder)[0])
+        time.sleep(1)
+        server.start(**start)
+
+    crasher = threading.Thread(target=crash_and_restart)
+    try:
+        crasher.start()
+        outcome = generate_run(folder, config, load, engine_name="openai")
+    finally:
+        crasher.join()
+        if not server.ready():
+            server.start(**start)
+    return outcome, at_kill[0]
+
+
 def test_a_server_killed_mid_run_and_restarted_loses_and_repeats_nothing(
     server, tiny_model, passages, tmp_path
 ):
     folder = tmp_path / "run"
-    engines, at_kill = [], []
+    engines = []
 
     def load():
         engines.append(
@@ -303,31 +333,10 @@ def test_a_server_killed_mid_run_and_restarted_loses_and_repeats_nothing(
         )
         return engines[0]
 
-    def crash_and_restart():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if counts_of(folder)[0] >= 3:
-                    break
-            except sqlite3.Error:
-                pass
-            time.sleep(0.02)
-        server.kill()
-        at_kill.append(counts_of(folder)[0])
-        time.sleep(1)
-        server.start()
-
-    crasher = threading.Thread(target=crash_and_restart)
     config = run_config(tiny_model, passages, SamplingParams(temperature=0, max_tokens=16), 12)
-    try:
-        crasher.start()
-        outcome = generate_run(folder, config, load)
-    finally:
-        crasher.join()
-        if not server.ready():
-            server.start()
+    outcome, at_kill = run_through_a_crash(server, folder, config, load)
     assert outcome.state == "finished"
-    assert 3 <= at_kill[0] < 12
+    assert 3 <= at_kill < 12
     assert counts_of(folder) == (12, 0, 12, 12)
     assert engines[0].stats.retries["connection"] > 0 and engines[0].stats.failed == 0
 

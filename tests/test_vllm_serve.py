@@ -3,10 +3,6 @@ test`) on 127.0.0.1 serving the tiny generator: raw prompts (the greedy run of t
 transformers engine, BOS once), n samples in one request, per-request seeds, concurrent
 requests, and a server killed and restarted mid-run with nothing lost, repeated or different."""
 
-import sqlite3
-import threading
-import time
-
 import pytest
 
 pytestmark = pytest.mark.vllm
@@ -15,7 +11,13 @@ pytest.importorskip(
 )
 
 from servers import FaultProxy, vllm_serve  # noqa: E402
-from test_openai_engine import completions_of, counts_of, passages, run_config  # noqa: E402,F401
+from test_openai_engine import (  # noqa: E402
+    completions_of,
+    counts_of,
+    passages,  # noqa: F401  (a fixture)
+    run_config,
+    run_through_a_crash,
+)
 
 from bonito import SamplingParams, build_prompt  # noqa: E402
 from bonito.engines import generate_all, load_engine  # noqa: E402
@@ -109,36 +111,15 @@ def test_a_server_killed_mid_run_and_restarted_changes_nothing(
         )
 
     assert generate_run(whole, config, engine, engine_name="openai").state == "finished"
-    engines, at_kill = [], []
+    engines = []
 
     def load():
         engines.append(engine())
         return engines[0]
 
-    def crash_and_restart():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if counts_of(folder)[0] >= 3:
-                    break
-            except sqlite3.Error:
-                pass
-            time.sleep(0.02)
-        server.kill()
-        at_kill.append(counts_of(folder)[0])
-        time.sleep(1)
-        server.start(timeout=600)
-
-    crasher = threading.Thread(target=crash_and_restart)
-    try:
-        crasher.start()
-        outcome = generate_run(folder, config, load, engine_name="openai")
-    finally:
-        crasher.join()
-        if not server.ready():
-            server.start(timeout=600)
+    outcome, at_kill = run_through_a_crash(server, folder, config, load, timeout=600)
     assert outcome.state == "finished"
-    assert 3 <= at_kill[0] < 12
+    assert 3 <= at_kill < 12
     assert counts_of(folder) == (12, 0, 24, 24)
     assert completions_of(folder) == completions_of(whole)
     assert engines[0].stats.retries["connection"] > 0 and engines[0].stats.failed == 0

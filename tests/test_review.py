@@ -28,8 +28,8 @@ from test_report import browser as chromium
 from test_report import needs_chromium, needs_selenium
 
 from bonito.engines.openai import PROBE_PROMPT
-from bonito.runs.reviews import Decision, decide, reviewed_tasks, tally, wilson
 from bonito.publish.review.queue import draw_sample
+from bonito.runs.reviews import Decision, decide, reviewed_tasks, tally, wilson
 from bonito.runs.store import RunStore
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"

@@ -28,8 +28,8 @@ from bonito.generate.judge import counts
 from bonito.prompt.sampling import derive_seed
 from bonito.prompt.task_types import load_declared_task_types, resolve_task_type
 from bonito.publish.decontamination import Decontamination, EvaluationData, overlapping_tasks
-from bonito.runs.reviews import Tally, decisions, reviewed_tasks, tally
 from bonito.read.sources import is_hub_id
+from bonito.runs.reviews import Tally, decisions, reviewed_tasks, tally
 from bonito.runs.run import status, stored
 from bonito.runs.store import RunStore
 from bonito.util.outputs import writable

@@ -21,8 +21,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bonito import __version__
-from bonito.runs.reviews import DECISIONS, Decision, decide, tally, undo
 from bonito.publish.review.queue import REVIEW_STATES, Filters, Queue
+from bonito.runs.reviews import DECISIONS, Decision, decide, tally, undo
 from bonito.runs.run import identity, running
 from bonito.runs.store import STORE_FILE, RunStore
 

@@ -66,6 +66,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy src/bonito
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/batching.py

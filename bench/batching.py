@@ -19,8 +19,8 @@ from machine import cpu_facts  # bench/machine.py
 from bonito import SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
-from bonito.format import Task
-from bonito.sources import Document, read_documents
+from bonito.prompt.format import Task
+from bonito.read.sources import Document, read_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
     if not (Path(args.model) / "config.json").exists():
-        from bonito.tiny_model import build_tiny_model
+        from bonito.train.tiny_model import build_tiny_model
 
         build_tiny_model(args.model)
     contexts = passages(args.passages)

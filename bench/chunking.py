@@ -25,8 +25,8 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from bonito.chunking import Chunker, Context
-from bonito.sources import Document, read_documents
+from bonito.read.chunking import Chunker, Context
+from bonito.read.sources import Document, read_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bonito.dedup import Deduplicator
-from bonito.sources import Document, read_documents
+from bonito.generate.dedup import Deduplicator
+from bonito.read.sources import Document, read_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

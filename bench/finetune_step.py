@@ -84,7 +84,7 @@ def save_random_model(folder: Path, config, device: str) -> int:
 
 def random_examples(count: int, length: int, vocab_size: int):
     """`count` sequences of `length` random ids, every token labelled."""
-    from bonito.training import Examples
+    from bonito.train.trainer import Examples
 
     rng = random.Random(0)
     items = []
@@ -124,7 +124,7 @@ def step_timer(cuda: bool):
 def train_steps(config, recipe, length: int, device: str) -> tuple[int, int, list[float]]:
     """Save a random model of `config`, load it and train it by the recipe on random sequences
     of `length` tokens; its parameters, trainable (LoRA) parameters and each step's seconds."""
-    from bonito.training import fine_tune, load_base, prepare
+    from bonito.train.trainer import fine_tune, load_base, prepare
 
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder) / "base"
@@ -158,8 +158,8 @@ def main() -> None:
     import transformers
     from transformers import MistralConfig
 
-    from bonito.adaptation import TARGET_RECIPE
-    from bonito.training import default_optimizer
+    from bonito.adapt.adaptation import TARGET_RECIPE
+    from bonito.train.trainer import default_optimizer
 
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():

@@ -48,10 +48,10 @@ from transformers import AutoModelForCausalLM, MistralConfig
 from bonito import SamplingParams, build_prompt
 from bonito.engines import generate_all
 from bonito.engines.transformers import PhaseTimes, TransformersEngine
-from bonito.generation import Request, generate_samples
-from bonito.sampling import derive_seed
-from bonito.task_types import resolve_task_type
-from bonito.tiny_model import build_tokenizer, load_examples
+from bonito.generate.judge import Request, generate_samples
+from bonito.prompt.sampling import derive_seed
+from bonito.prompt.task_types import resolve_task_type
+from bonito.train.tiny_model import build_tokenizer, load_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_TYPES = ("exqa", "ynqa", "nli", "summarization", "qg", "sentiment")

@@ -37,7 +37,7 @@ from servers import ServerProcess, free_port, transformers_serve  # noqa: E402
 
 from bonito import SamplingParams, build_prompt  # noqa: E402
 from bonito.engines.openai import OpenAIEngine  # noqa: E402
-from bonito.sources import Document, read_documents  # noqa: E402
+from bonito.read.sources import Document, read_documents  # noqa: E402
 
 TASK_TYPES = ("ynqa", "exqa", "nli", "mcqa", "summarization", "qa")
 STUB_ANSWER = {
@@ -189,7 +189,7 @@ def main() -> None:
         asyncio.run(stub_server(args.stub))
         return
     if not (Path(args.model) / "config.json").exists():
-        from bonito.tiny_model import build_tiny_model
+        from bonito.train.tiny_model import build_tiny_model
 
         build_tiny_model(args.model)
     sampling = SamplingParams(temperature=0, max_tokens=args.max_tokens)

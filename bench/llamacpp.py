@@ -27,7 +27,7 @@ from bonito import SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
 from bonito.engines.llamacpp import LlamaCppEngine, default_threads
 from bonito.engines.transformers import TransformersEngine
-from bonito.format import Task
+from bonito.prompt.format import Task
 
 sys.path.insert(0, str(Path(__file__).parent))
 from batching import passages  # noqa: E402  the same passages as the batching bench
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     model = Path(args.model)
     if not (model / "config.json").exists():
-        from bonito.tiny_model import build_tiny_model
+        from bonito.train.tiny_model import build_tiny_model
 
         build_tiny_model(model)
     gguf = model.with_name(model.name + ".gguf")

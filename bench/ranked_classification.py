@@ -46,7 +46,7 @@ def main() -> None:
     if not DATA.is_file():
         raise SystemExit(f"{DATA} is not here: the benchmark reads ../shared/data.")
     if not (Path(args.model) / "config.json").exists():
-        from bonito.tiny_model import build_tiny_model
+        from bonito.train.tiny_model import build_tiny_model
 
         build_tiny_model(args.model)
     examples = load_examples(DATA, "ynqa", "pubmedqa", args.limit)

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from machine import cpu_facts  # bench/machine.py
 
-import bonito.run
+import bonito.runs.run
 from bonito.engines import load_engine
-from bonito.mix import TaskMix
-from bonito.run import RunConfig, generate_run
-from bonito.sampling import SamplingParams
-from bonito.scale import Cluster
+from bonito.generate.mix import TaskMix
+from bonito.prompt.sampling import SamplingParams
+from bonito.runs.run import RunConfig, generate_run
+from bonito.runs.scale import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "models/tiny-bonito"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_worker_niceness", "0")
-    bonito.run.CHUNK_SIZE = args.block
+    bonito.runs.run.CHUNK_SIZE = args.block
     torch.set_num_threads(1)
     load = functools.partial(load_engine, args.model, "transformers", device="cpu")
     rows = {}

@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 from bonito import SamplingParams, build_prompt
-from bonito.dedup import Deduplicator
 from bonito.engines import Completion, generate_all
 from bonito.engines.transformers import TransformersEngine
-from bonito.generation import Request, judge
-from bonito.run import decide, saved
-from bonito.sources import Document, read_documents
-from bonito.store import PlannedRequest, RunStore
-from bonito.task_types import resolve_task_type
+from bonito.generate.dedup import Deduplicator
+from bonito.generate.judge import Request, judge
+from bonito.prompt.task_types import resolve_task_type
+from bonito.read.sources import Document, read_documents
+from bonito.runs.run import decide, saved
+from bonito.runs.store import PlannedRequest, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "models" / "tiny-bonito"))
     args = parser.parse_args()
     if not (Path(args.model) / "config.json").exists():
-        from bonito.tiny_model import build_tiny_model
+        from bonito.train.tiny_model import build_tiny_model
 
         build_tiny_model(args.model)
     texts = passages()

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from machine import cpu_facts  # bench/machine.py
 
-from bonito.generator_training import train_generator
-from bonito.tiny_model import load_examples, training_pairs
-from bonito.training import Collator, Recipe, load_base, prepare, tokenize
+from bonito.train.generator import train_generator
+from bonito.train.tiny_model import load_examples, training_pairs
+from bonito.train.trainer import Collator, Recipe, load_base, prepare, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "models" / "tiny-bonito"))
     args = parser.parse_args()
     if not (Path(args.model) / "config.json").exists():
-        from bonito.tiny_model import build_tiny_model
+        from bonito.train.tiny_model import build_tiny_model
 
         build_tiny_model(args.model)
     pairs = training_pairs(load_examples(), random.Random(0))

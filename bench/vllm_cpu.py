@@ -21,7 +21,7 @@ from machine import cpu_facts  # bench/machine.py
 from bonito import SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
-from bonito.format import Task
+from bonito.prompt.format import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_ARGS = {

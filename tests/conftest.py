@@ -14,7 +14,7 @@ import pytest
 def tiny_model(tmp_path_factory) -> Path:
     """The offline tiny bonito generator, built once per test session, or the one already built
     in BONITO_TEST_TINY_MODEL (a fast loop while working; CI always builds it)."""
-    from bonito.tiny_model import build_tiny_model
+    from bonito.train.tiny_model import build_tiny_model
 
     built = os.environ.get("BONITO_TEST_TINY_MODEL")
     if built and (Path(built) / "config.json").exists():

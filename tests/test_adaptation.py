@@ -13,8 +13,8 @@ import pytest
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from bonito import adaptation
-from bonito.adaptation import (
+from bonito.adapt import adaptation
+from bonito.adapt.adaptation import (
     TARGET_RECIPE,
     continued_pretraining,
     decontaminated_pairs,
@@ -25,14 +25,14 @@ from bonito.adaptation import (
     target_examples,
 )
 from bonito.cli import app
-from bonito.decontamination import EvaluationData
 from bonito.errors import BonitoError
-from bonito.export import export_run
-from bonito.mix import TaskMix
-from bonito.run import RunConfig, generate_run
-from bonito.sampling import SamplingParams
-from bonito.store import RunStore
-from bonito.training import IGNORE_INDEX, Recipe
+from bonito.generate.mix import TaskMix
+from bonito.prompt.sampling import SamplingParams
+from bonito.publish.decontamination import EvaluationData
+from bonito.publish.export import export_run
+from bonito.runs.run import RunConfig, generate_run
+from bonito.runs.store import RunStore
+from bonito.train.trainer import IGNORE_INDEX, Recipe
 
 runner = CliRunner()
 ROOT = Path(__file__).parents[1]
@@ -205,7 +205,7 @@ def test_finetune_from_an_export_file_trains_on_the_same_pairs(run_folder, tiny_
         Recipe(lora_r=4, batch_size=4, micro_batch_size=4, max_steps=2, save_steps=0),
     )
     assert summary["steps"] == 2 and summary["pairs"]["train"] == len(accepted(run_folder))
-    from bonito.training import fingerprint
+    from bonito.train.trainer import fingerprint
 
     config = json.loads((output / "train_config.json").read_text())
     assert config["pairs"]["blake2b"] == fingerprint(accepted(run_folder))

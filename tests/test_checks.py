@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bonito import TASK_TYPES, Task, TaskType, resolve_task_type
-from bonito.checks import _occurs_as_words, check_task, offered_label, squad_normalise
+from bonito.prompt.checks import _occurs_as_words, check_task, offered_label, squad_normalise
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 TEMPLATES = DATA / "promptsource-templates"

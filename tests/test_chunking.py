@@ -16,8 +16,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from bonito import TASK_TYPES, BonitoError, build_prompt
-from bonito.chunking import MARGIN, Chunker, Context
-from bonito.sources import Document, Skip, read_documents
+from bonito.read.chunking import MARGIN, Chunker, Context
+from bonito.read.sources import Document, Skip, read_documents
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 WORDS = (
@@ -343,8 +343,8 @@ def test_the_cost_is_linear_in_the_length_of_a_document(tokenizer, overlap):
 MEMORY_SCRIPT = """
 import json, resource, sys
 from transformers import AutoTokenizer
-from bonito.chunking import Chunker, Context
-from bonito.sources import read_documents
+from bonito.read.chunking import Chunker, Context
+from bonito.read.sources import read_documents
 chunker = Chunker(AutoTokenizer.from_pretrained(sys.argv[1]), max_tokens=64, min_tokens=1)
 contexts = chunker.chunk(read_documents([sys.argv[2]]))
 counts = {"contexts": 0, "skips": 0}

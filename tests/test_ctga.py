@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bonito.ctga import (
+from bonito.errors import BonitoError
+from bonito.prompt.format import PIPE, PLACEHOLDER, build_prompt
+from bonito.train.ctga import (
     DatasetSpec,
     Summary,
     build_ctga,
@@ -18,8 +20,6 @@ from bonito.ctga import (
     parse_spec,
     write_pairs,
 )
-from bonito.errors import BonitoError
-from bonito.format import PIPE, PLACEHOLDER, build_prompt
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "promptsource-templates"
 needs_shared = pytest.mark.skipif(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bonito import BonitoError
-from bonito.decontamination import EvaluationData, file_texts, overlapping_tasks
+from bonito.publish.decontamination import EvaluationData, file_texts, overlapping_tasks
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(

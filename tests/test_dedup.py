@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bonito import dedup
-from bonito.dedup import Deduplicator
 from bonito.errors import BonitoError
+from bonito.generate import dedup
+from bonito.generate.dedup import Deduplicator
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 TEMPLATE = "Read the passage and answer the question.\n\n{}\n\nQuestion: What is the passage about?"
@@ -259,7 +259,7 @@ def test_answers_are_the_same_in_another_process():
     )
     script = (
         "import json, sys\n"
-        "from bonito.dedup import Deduplicator\n"
+        "from bonito.generate.dedup import Deduplicator\n"
         "print(json.dumps(Deduplicator().add_many(json.load(sys.stdin))))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -14,7 +14,7 @@ from bonito.engines.transformers import (
     pick_tokens,
     race_noise,
 )
-from bonito.sampling import derive_seed
+from bonito.prompt.sampling import derive_seed
 
 PASSAGES = [
     "Short one.",

@@ -22,10 +22,10 @@ from huggingface_hub import DatasetCard
 from test_cli import run_cli
 
 from bonito import BonitoError
-from bonito import export as export_module
 from bonito.cli import main
-from bonito.export import CITATION, LICENCE_NOTE, split_documents
-from bonito.store import PlannedRequest, RunStore, SavedSample
+from bonito.publish import export as export_module
+from bonito.publish.export import CITATION, LICENCE_NOTE, split_documents
+from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 HOSTILE = (
@@ -396,7 +396,7 @@ def test_overwrite_replaces_an_earlier_export_only(run, tmp_path, capsys, monkey
 
 KILLED_AT_THIRD_ROW = """
 import os, signal, sys
-from bonito import export
+from bonito.publish import export
 from bonito.cli import main
 
 rows, write = [], export.JsonLines.write

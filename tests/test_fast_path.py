@@ -19,7 +19,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from bonito import BonitoError, SamplingParams
 from bonito.engines import generate_all
-from bonito.engines.models import cache_keyword
 from bonito.engines.transformers import (
     GROUPED_SDPA,
     NUCLEUS_CANDIDATES,
@@ -30,7 +29,8 @@ from bonito.engines.transformers import (
     grouped_sdpa,
     pick_tokens,
 )
-from bonito.sampling import derive_seed
+from bonito.models import cache_keyword
+from bonito.prompt.sampling import derive_seed
 
 
 @pytest.fixture(scope="module")

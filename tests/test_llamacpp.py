@@ -19,7 +19,7 @@ from bonito import BonitoError, SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
 from bonito.engines.base import Failure
 from bonito.engines.llamacpp import LlamaCppEngine, check_gguf_path
-from bonito.sampling import derive_seed
+from bonito.prompt.sampling import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONVERT = ROOT / "scripts" / "convert_to_gguf.py"

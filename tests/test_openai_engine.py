@@ -48,9 +48,9 @@ from bonito.engines.openai import (
     to_json,
 )
 from bonito.engines.transformers import TransformersEngine
-from bonito.mix import TaskMix
-from bonito.run import RunConfig, generate_run
-from bonito.sampling import derive_seed
+from bonito.generate.mix import TaskMix
+from bonito.prompt.sampling import derive_seed
+from bonito.runs.run import RunConfig, generate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "passages.jsonl"

@@ -13,8 +13,14 @@ from filelock import FileLock
 from test_cli import run_cli
 from test_export import HOSTILE, generate_run, make_config, make_store, store_tasks
 
-from bonito.report import StratifiedSample, fair_shares, histogram, source_line, write_report
-from bonito.store import PlannedRequest, RunStore, SavedSample
+from bonito.publish.report import (
+    StratifiedSample,
+    fair_shares,
+    histogram,
+    source_line,
+    write_report,
+)
+from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 
 CHARTS = 7
 """Coverage, task types, rejections and four length histograms."""

@@ -28,9 +28,9 @@ from test_report import browser as chromium
 from test_report import needs_chromium, needs_selenium
 
 from bonito.engines.openai import PROBE_PROMPT
-from bonito.review.decisions import Decision, decide, reviewed_tasks, tally, wilson
-from bonito.review.queue import draw_sample
-from bonito.store import RunStore
+from bonito.publish.review.queue import draw_sample
+from bonito.runs.reviews import Decision, decide, reviewed_tasks, tally, wilson
+from bonito.runs.store import RunStore
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 TRICKS = " {{ 7 * 7 }} {% if true %}templated{% endif %}"

@@ -25,11 +25,11 @@ from bonito import BonitoError, SamplingParams
 from bonito.engines import Failure
 from bonito.engines.openai import PROBE_PROMPT
 from bonito.engines.transformers import TransformersEngine
-from bonito.mix import TaskMix
-from bonito.report import write_report
-from bonito.run import Run, RunConfig, generate_run, status
-from bonito.sources import InputPrint
-from bonito.store import PlannedRequest, RunStore, SavedSample
+from bonito.generate.mix import TaskMix
+from bonito.publish.report import write_report
+from bonito.read.sources import InputPrint
+from bonito.runs.run import Run, RunConfig, generate_run, status
+from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
@@ -880,16 +880,16 @@ def test_status_after_the_wal_was_deleted_under_a_writer(finished, tmp_path, cap
 
 KILLED_AT_THIRD_TASK = """
 import os, signal, sys
-import bonito.run
+import bonito.runs.run
 from bonito.cli import main
 
-written, record = [], bonito.run.task_record
+written, record = [], bonito.runs.run.task_record
 def killed_at_third(task):
     written.append(task)
     if len(written) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return record(task)
-bonito.run.task_record = killed_at_third
+bonito.runs.run.task_record = killed_at_third
 sys.argv = ["bonito", *sys.argv[1:]]
 main()
 """
@@ -956,7 +956,7 @@ def test_symlinks_in_a_run_folder_are_replaced_not_written_through(
 
 
 def test_a_file_written_whole_is_the_old_one_until_the_new_one_is_complete(tmp_path):
-    from bonito.outputs import written_whole
+    from bonito.util.outputs import written_whole
 
     path = tmp_path / "out.txt"
     path.write_text("old\n")

@@ -1,4 +1,4 @@
-"""A run on a Ray cluster (`bonito.scale`): the same store and tasks.jsonl as in one process,
+"""A run on a Ray cluster (`bonito.runs.scale`): the same store and tasks.jsonl as in one process,
 through a lost worker node and a killed driver; bad input refused before any work is sent.
 One simulated cluster per module (a head without GPU, two worker nodes with a fake GPU each),
 engines of the tiny generator on CPUs."""
@@ -22,10 +22,10 @@ from test_cli import run_cli
 from bonito.cli import main
 from bonito.engines import load_engine
 from bonito.errors import BonitoError
-from bonito.mix import TaskMix
-from bonito.run import Budgets, RunConfig, generate_run
-from bonito.sampling import SamplingParams
-from bonito.scale import Cluster, RayEngines, warn_network_folder
+from bonito.generate.mix import TaskMix
+from bonito.prompt.sampling import SamplingParams
+from bonito.runs.run import Budgets, RunConfig, generate_run
+from bonito.runs.scale import Cluster, RayEngines, warn_network_folder
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "passages.jsonl"
 BLOCK = 8
@@ -131,7 +131,7 @@ def wait_for(condition, timeout: float = 120.0) -> None:
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    monkeypatch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
+    monkeypatch.setattr("bonito.runs.run.CHUNK_SIZE", BLOCK)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -179,7 +179,7 @@ def reference(tiny_model, inputs, tmp_path_factory):
     runs = {}
     load = functools.partial(load_engine, str(tiny_model), "transformers", batch_size=4)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("bonito.run.CHUNK_SIZE", BLOCK)
+        patch.setattr("bonito.runs.run.CHUNK_SIZE", BLOCK)
         runs[False] = tmp_path_factory.mktemp("reference") / "run"
         generate_run(runs[False], scenario(inputs, tiny_model, False), load)
         runs[True] = tmp_path_factory.mktemp("reference") / "run"
@@ -210,13 +210,13 @@ from pathlib import Path
 
 sys.path.insert(0, sys.argv[1])
 import ray
-import bonito.run
+import bonito.runs.run
 import test_scale
-from bonito.run import generate_run
-from bonito.scale import Cluster
+from bonito.runs.run import generate_run
+from bonito.runs.scale import Cluster
 
 ray.cloudpickle.register_pickle_by_value(test_scale)
-bonito.run.CHUNK_SIZE = test_scale.BLOCK
+bonito.runs.run.CHUNK_SIZE = test_scale.BLOCK
 folder, inputs, model, address = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5]
 config = test_scale.scenario(inputs, Path(model), greedy=False)
 generate_run(folder, config, test_scale.Slow(model), cluster=Cluster(address))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bonito import BonitoError
-from bonito.sources import SUFFIXES, Document, Skip, fingerprint, read_documents
+from bonito.read.sources import SUFFIXES, Document, Skip, fingerprint, read_documents
 
 ROWS = [{"text": "First passage."}, {"text": "Second passage."}, {"text": "  "}]
 ARTICLE = [
@@ -366,7 +366,7 @@ def test_saved_dataset_with_a_wrong_split_or_column_is_a_skip(tmp_path):
 
 
 def test_fingerprint_changes_with_the_files_read_and_only_those(tmp_path):
-    from bonito.sources import fingerprint
+    from bonito.read.sources import fingerprint
 
     folder = tmp_path / "corpus"
     (folder / "sub").mkdir(parents=True)
@@ -640,7 +640,7 @@ def test_one_stray_byte_does_not_garble_the_utf8_text_of_a_file(tmp_path):
 
 def test_a_huge_document_is_read_up_to_a_limit_and_the_rest_is_a_skip(tmp_path, monkeypatch):
     pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
-    from bonito.sources import pdf, text
+    from bonito.read.sources import pdf, text
 
     monkeypatch.setattr(text, "MAX_CHARS", 100)
     monkeypatch.setattr(pdf, "MAX_CHARS", 10)
@@ -692,7 +692,7 @@ def pdf_bomb(path: Path, characters: int) -> Path:
 
 def test_a_pdf_bomb_a_huge_page_or_a_huge_package_is_not_read(tmp_path, monkeypatch):
     pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
-    from bonito.sources import web, word
+    from bonito.read.sources import web, word
 
     bomb = pdf_bomb(tmp_path / "bomb.pdf", 5_000_000)
     assert bomb.stat().st_size < 30_000

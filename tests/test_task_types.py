@@ -56,8 +56,8 @@ def test_cli_tasks_prints_the_table():
 
 def test_saved_declarations_replace_a_link_in_the_folder(tmp_path):
     """F18: the run folder's declarations file is replaced, never the file a link there names."""
-    from bonito import task_types
-    from bonito.task_types import TASK_TYPES_FILE, load_task_types, save_task_types
+    from bonito.prompt import task_types
+    from bonito.prompt.task_types import TASK_TYPES_FILE, load_task_types, save_task_types
 
     tables = (task_types._BY_NAME, task_types._BY_SHORT, task_types._REGISTERED)
     saved = [dict(table) for table in tables]

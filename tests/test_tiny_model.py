@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, MistralForCausalLM
 from bonito import TASK_TYPES, SamplingParams, Task, build_prompt, parse_task
 from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
-from bonito.tiny_model import build_tiny_model, load_examples
+from bonito.train.tiny_model import build_tiny_model, load_examples
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 MARKERS = ["<|tasktype|>", "<|context|>", "<|task|>", "<|pipe|>", "{{context}}"]
@@ -134,8 +134,8 @@ def test_most_samples_pass_the_checks_on_passages_it_never_saw(engine, tmp_path)
     request: on these passages, held out from its training, at least 70% of the yes-no and NLI
     samples pass the checks. (Its extractive answers are still mostly not copied from the
     passage: the checks reject them, as they should.)"""
-    from bonito.mix import TaskMix
-    from bonito.run import RunConfig, generate_run
+    from bonito.generate.mix import TaskMix
+    from bonito.runs.run import RunConfig, generate_run
 
     examples = Path(__file__).parents[1] / "examples" / "passages.jsonl"
     seen = {e["context"] for e in load_examples()}

@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 
 from bonito import build_prompt
 from bonito.cli import app
-from bonito.ctga import TrainingPair, load_pairs
 from bonito.errors import BonitoError
-from bonito.format import PIPE, PLACEHOLDER
-from bonito.generator_training import generator_scores, split_held_out
-from bonito.task_types import TASK_TYPES_FILE, load_task_types, resolve_task_type
-from bonito.tiny_model import build_tokenizer, save_random_model
-from bonito.training import IGNORE_INDEX, Collator, Recipe, tokenize
+from bonito.prompt.format import PIPE, PLACEHOLDER
+from bonito.prompt.task_types import TASK_TYPES_FILE, load_task_types, resolve_task_type
+from bonito.train.ctga import TrainingPair, load_pairs
+from bonito.train.generator import generator_scores, split_held_out
+from bonito.train.tiny_model import build_tokenizer, save_random_model
+from bonito.train.trainer import IGNORE_INDEX, Collator, Recipe, tokenize
 
 runner = CliRunner()
 BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
@@ -89,7 +89,7 @@ def news_rows(count: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module", autouse=True)
 def registry():
     """The task types these tests register are forgotten after them."""
-    from bonito import task_types
+    from bonito.prompt import task_types
 
     tables = (task_types._BY_NAME, task_types._BY_SHORT, task_types._REGISTERED)
     saved = [dict(table) for table in tables]
@@ -330,7 +330,7 @@ def test_the_trained_generator_brings_its_task_type_to_generate_and_export(
     # a fresh process: the type is known there only through the generator's folder
     done = subprocess.run([*BONITO, *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    from bonito.store import RunStore
+    from bonito.runs.store import RunStore
 
     tasks = list(RunStore(run / "run.sqlite", readonly=True).tasks())
     assert len(tasks) == 8 and {t["task_type"] for t in tasks} == {"news_section"}
@@ -364,7 +364,7 @@ def test_lora_adapter_trains_and_generate_loads_it_on_its_base(tiny_model, works
 
     from bonito.engines import generate_all
     from bonito.engines.transformers import TransformersEngine
-    from bonito.sampling import SamplingParams
+    from bonito.prompt.sampling import SamplingParams
 
     greedy = SamplingParams(temperature=0, max_tokens=24)
     prompt = [build_prompt(news_rows(1)[0]["story"], "ynqa")]
@@ -404,7 +404,7 @@ def test_a_pad_token_is_added_and_travels_with_the_adapter(tmp_path, workspace):
     saved = AutoTokenizer.from_pretrained(output)
     assert saved.pad_token == "<pad>" and saved.pad_token_id == len(vocab)
 
-    from bonito.engines.models import load_causal_lm
+    from bonito.models import load_causal_lm
 
     model, loaded = load_causal_lm(str(output))
     assert model.get_input_embeddings().num_embeddings == len(vocab) + 1
@@ -550,7 +550,7 @@ def test_training_on_pairs_from_real_templates_and_real_passages(fresh_base, tmp
 
 def test_resume_takes_the_newest_complete_checkpoint(tmp_path):
     """A run killed while saving leaves a checkpoint without trainer_state.json (written last)."""
-    from bonito.training import last_checkpoint
+    from bonito.train.trainer import last_checkpoint
 
     assert last_checkpoint(tmp_path / "none") is None
     for step, complete in [(9, True), (10, True), (20, False)]:

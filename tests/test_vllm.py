@@ -30,7 +30,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from bonito import Bonito, BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402
 from bonito.engines import choose_engine, generate_all, load_engine  # noqa: E402
 from bonito.engines.transformers import TransformersEngine  # noqa: E402
-from bonito.sampling import derive_seed  # noqa: E402
+from bonito.prompt.sampling import derive_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "passages.jsonl"

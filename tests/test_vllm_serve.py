@@ -23,7 +23,7 @@ from bonito import SamplingParams, build_prompt  # noqa: E402
 from bonito.engines import generate_all, load_engine  # noqa: E402
 from bonito.engines.openai import PROBE_PROMPT, OpenAIEngine  # noqa: E402
 from bonito.engines.transformers import TransformersEngine  # noqa: E402
-from bonito.run import generate_run  # noqa: E402
+from bonito.runs.run import generate_run  # noqa: E402
 
 SERVE_OPTIONS = (
     "--dtype=float32",

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bonito.errors import BonitoError
-from bonito.format import Rejection, Task, build_prompt, parse_task
-from bonito.sampling import SamplingParams
-from bonito.task_types import TASK_TYPES, TaskType, resolve_task_type
+from bonito.prompt.format import Rejection, Task, build_prompt, parse_task
+from bonito.prompt.sampling import SamplingParams
+from bonito.prompt.task_types import TASK_TYPES, TaskType, resolve_task_type
 
 if TYPE_CHECKING:
     from bonito.api import Bonito
-    from bonito.generator_training import train_generator
+    from bonito.train.generator import train_generator
 
-_LAZY = {"Bonito": "bonito.api", "train_generator": "bonito.generator_training"}  # import torch
+_LAZY = {"Bonito": "bonito.api", "train_generator": "bonito.train.generator"}  # import torch
 
 
 def __getattr__(name: str) -> Any:

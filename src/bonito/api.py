@@ -9,9 +9,9 @@ from tqdm.auto import tqdm
 
 from bonito.engines import load_engine
 from bonito.errors import BonitoError
-from bonito.generation import Request, Summary, generate_samples
-from bonito.sampling import SamplingParams, derive_seed
-from bonito.task_types import load_declared_task_types, resolve_task_type
+from bonito.generate.judge import Request, Summary, generate_samples
+from bonito.prompt.sampling import SamplingParams, derive_seed
+from bonito.prompt.task_types import load_declared_task_types, resolve_task_type
 
 
 class Bonito:

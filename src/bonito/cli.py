@@ -23,11 +23,11 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from bonito.chunking import MAX_INPUT_TOKENS
 from bonito.errors import BonitoError
-from bonito.generation import counts
-from bonito.sampling import SamplingParams
-from bonito.task_types import TASK_TYPES, TaskType, all_task_types, load_task_types
+from bonito.generate.judge import counts
+from bonito.prompt.sampling import SamplingParams
+from bonito.prompt.task_types import TASK_TYPES, TaskType, all_task_types, load_task_types
+from bonito.read.chunking import MAX_INPUT_TOKENS
 
 APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
@@ -154,10 +154,10 @@ def chunk(
 ) -> None:
     """Show what `generate` would send, without running the model: write the contexts to OUTPUT
     (JSON Lines) and every skipped input to skipped.jsonl beside it."""
-    from bonito.generation import Summary
-    from bonito.outputs import output_file, written_whole
-    from bonito.run import check_strict
-    from bonito.sources import check_inputs
+    from bonito.generate.judge import Summary
+    from bonito.read.sources import check_inputs
+    from bonito.runs.run import check_strict
+    from bonito.util.outputs import output_file, written_whole
 
     check_inputs(inputs, include or (), exclude or ())
     output_file(output)
@@ -337,9 +337,10 @@ def generate(
     tasks.jsonl, summary.json, skipped.jsonl). The same command again continues the run. A
     generator trained by `bonito train` brings its own task types."""
     from bonito.engines import load_engine
-    from bonito.engines.models import resolve_device
-    from bonito.mix import TaskMix
-    from bonito.run import (
+    from bonito.generate.mix import TaskMix
+    from bonito.models import resolve_device
+    from bonito.prompt.task_types import load_declared_task_types
+    from bonito.runs.run import (
         SKIPPED_FILE,
         TASKS_FILE,
         Budgets,
@@ -347,8 +348,7 @@ def generate(
         accepted_line,
         generate_run,
     )
-    from bonito.scale import cluster_option
-    from bonito.task_types import load_declared_task_types
+    from bonito.runs.scale import cluster_option
 
     load_declared_task_types(model)
     if task_types_file:
@@ -449,8 +449,8 @@ def status(
     ] = False,
 ) -> None:
     """Progress, rates, ETA and counts of a running or finished run."""
-    from bonito.run import status as run_status
-    from bonito.run import status_facts
+    from bonito.runs.run import status as run_status
+    from bonito.runs.run import status_facts
 
     if as_json:
         print(json.dumps(status_facts(run), indent=2))
@@ -499,7 +499,7 @@ def export(
 ) -> None:
     """Write the run's accepted tasks, as people reviewed them, as a dataset folder: train (and
     test) files in FORMAT and a dataset card, README.md."""
-    from bonito.export import export_run
+    from bonito.publish.export import export_run
 
     result = export_run(
         run,
@@ -537,7 +537,7 @@ def report(
 ) -> None:
     """Write a self-contained HTML report of a run: task-type mix, lengths, rejection reasons,
     coverage and a sample of tasks beside their passages."""
-    from bonito.report import write_report
+    from bonito.publish.report import write_report
 
     result = write_report(run, output, sample)
     stdout.print(
@@ -567,7 +567,7 @@ def review(
     decisions are saved in the run at once and applied by `bonito export`."""
     import webbrowser
 
-    from bonito.review.server import open_review
+    from bonito.publish.review.server import open_review
 
     server = open_review(run, host, port, sample)
     for note in server.notes:
@@ -586,7 +586,7 @@ def _chunker(
     max_input_tokens: int,
     task_types: Sequence[TaskType] = TASK_TYPES,
 ):
-    from bonito.chunking import Chunker
+    from bonito.read.chunking import Chunker
 
     with _working(f"loading the tokenizer of {model}"):
         return Chunker.from_model(
@@ -610,7 +610,7 @@ def _contexts(
     **reading: Any,
 ):
     """The contexts of the inputs, with a progress bar on a terminal."""
-    from bonito.run import bar, read_contexts
+    from bonito.runs.run import bar, read_contexts
 
     contexts = read_contexts(
         inputs, chunker, summary, skipped, include=include or (), exclude=exclude or (), **reading
@@ -649,7 +649,7 @@ def tiny_model(
 ) -> None:
     """Build a small offline bonito generator for smoke tests: deterministic, about two minutes
     on 2 CPU cores."""
-    from bonito.tiny_model import build_tiny_model
+    from bonito.train.tiny_model import build_tiny_model
 
     started = time.perf_counter()
     with _working("training the tiny generator (about two minutes)"):
@@ -700,7 +700,7 @@ def ctga_build(
     """Build bonito training pairs (source, target, provenance) from promptsource templates
     annotated with task types (built-in ones, or new ones declared with --task-types) and the
     datasets they were written for."""
-    from bonito.ctga import Summary, build_ctga, load_specs, parse_spec, write_pairs
+    from bonito.train.ctga import Summary, build_ctga, load_specs, parse_spec, write_pairs
 
     if task_types_file:
         load_task_types(task_types_file)
@@ -777,7 +777,7 @@ def _recipe(options: dict[str, Any]):
     Recipe's fields, the rest at Recipe's defaults; --full trains every weight (no LoRA)."""
     from dataclasses import fields
 
-    from bonito.training import Recipe
+    from bonito.train.trainer import Recipe
 
     values = {f.name: options[f.name] for f in fields(Recipe) if f.name in options}
     return Recipe(**values | ({"lora_r": None} if options.get("full") else {}))
@@ -843,8 +843,8 @@ def train(
     """Train a bonito generator on ctga pairs with bonito-v1's recipe (Q-LoRA on CUDA, LoRA on
     CPU; every value can be changed). The same command again resumes from the last checkpoint.
     `bonito generate --model OUTPUT` then uses it."""
-    from bonito.ctga import load_pairs
-    from bonito.generator_training import train_generator
+    from bonito.train.ctga import load_pairs
+    from bonito.train.generator import train_generator
 
     recipe = _recipe(locals())
     if task_types_file:
@@ -923,7 +923,7 @@ def evaluate(
     ranked classification (accuracy, macro-F1), exqa by greedy generation (SQuAD EM, F1)."""
     from bonito.evaluation import evaluate_model
     from bonito.evaluation.metrics import metric_name
-    from bonito.outputs import output_file
+    from bonito.util.outputs import output_file
 
     if output:
         output_file(output)  # before the evaluation, whose scores would be lost
@@ -996,7 +996,7 @@ def finetune(
     paper's recipe (Q-LoRA on CUDA, LoRA on CPU, alpha 16; one epoch, at most 10,000 steps). The
     same command again resumes from the last checkpoint; `bonito evaluate --adapter OUTPUT`
     scores the result."""
-    from bonito.adaptation import finetune as finetune_tasks
+    from bonito.adapt.adaptation import finetune as finetune_tasks
 
     recipe = _recipe(locals())
     summary = finetune_tasks(
@@ -1088,11 +1088,11 @@ def adapt(
     data beside the zero-shot base (and, with --baseline tapt, a copy continued-pretrained on
     the passages). The table goes to OUTPUT/results.md and results.json (docs/adaptation.md);
     the same command again continues a stopped stage and reuses finished ones."""
-    from bonito.adaptation import RESULTS_MD, Benchmark
-    from bonito.adaptation import adapt as adapt_model
+    from bonito.adapt.adaptation import RESULTS_MD, Benchmark
+    from bonito.adapt.adaptation import adapt as adapt_model
     from bonito.evaluation.metrics import metric_name
-    from bonito.mix import TaskMix
-    from bonito.run import Budgets, RunConfig
+    from bonito.generate.mix import TaskMix
+    from bonito.runs.run import Budgets, RunConfig
 
     recipe = _recipe(locals())
     mix = TaskMix.parse([task_type])

@@ -9,7 +9,7 @@ from typing import Any
 
 from bonito.engines.base import Completion, Engine, Failure, Finished, generate_all
 from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams
+from bonito.prompt.sampling import SamplingParams
 
 ENGINES = ("auto", "transformers", "vllm", "openai", "llamacpp")
 log = logging.getLogger("bonito")
@@ -25,7 +25,7 @@ def choose_engine(engine: str, model: str = "", quiet: bool = False) -> str:
         return engine
     import torch
 
-    from bonito.engines.models import is_adapter
+    from bonito.models import is_adapter
 
     has_vllm = importlib.util.find_spec("vllm") is not None
     adapter = bool(model) and is_adapter(model)

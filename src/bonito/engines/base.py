@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams, derive_seed
+from bonito.prompt.sampling import SamplingParams, derive_seed
 
 Finished = list[tuple[int, "list[Completion] | Failure"]]
 """A group of prompts that just finished: (index in the prompts given, its n completions, or the

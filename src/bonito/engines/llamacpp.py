@@ -19,7 +19,7 @@ import torch
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
 from bonito.engines.transformers import pick_tokens
 from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams, derive_seed
+from bonito.prompt.sampling import SamplingParams, derive_seed
 
 DEFAULT_PARALLEL = 32
 """Sequences decoded together (llama.cpp's parallel slots): one decode call moves them all a

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
 from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams, derive_seed
+from bonito.prompt.sampling import SamplingParams, derive_seed
 
 try:
     import aiohttp
@@ -502,7 +502,7 @@ class OpenAIEngine:
         """Tokens in each text by the generator's tokenizer (`model`), loaded the first time a
         server sends no usage; zeros, with one warning, if there is none to load."""
         if self._counter is None:
-            from bonito.chunking import Chunker
+            from bonito.read.chunking import Chunker
 
             try:
                 self._counter = Chunker.from_model(str(self._tokenizer)).count

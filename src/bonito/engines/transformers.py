@@ -29,15 +29,15 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bonito.engines.base import Completion, Finished, prompt_seeds
-from bonito.engines.models import (
+from bonito.errors import BonitoError
+from bonito.models import (
     cache_keyword,
     check_dtype,
     config_window,
     load_causal_lm,
     resolve_device,
 )
-from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams, derive_seed
+from bonito.prompt.sampling import SamplingParams, derive_seed
 
 log = logging.getLogger("bonito")
 

@@ -8,9 +8,9 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
-from bonito.engines.models import check_model_path, is_adapter, model_load_error
 from bonito.errors import BonitoError
-from bonito.sampling import SamplingParams
+from bonito.models import check_model_path, is_adapter, model_load_error
+from bonito.prompt.sampling import SamplingParams
 
 GROUP = 4096
 """Prompts per `LLM.generate` call: enough for vLLM to keep its batches full."""

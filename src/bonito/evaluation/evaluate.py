@@ -20,8 +20,8 @@ from bonito.evaluation.metrics import classification_scores, squad_scores
 from bonito.evaluation.prompts import answer_ids, check_prompt_format, prompt_ids, target_prompt
 from bonito.evaluation.scoring import best_choice, generate_greedy, score_choices
 from bonito.evaluation.templates import Template, select_templates
-from bonito.outputs import output_file, writable
-from bonito.run import bar
+from bonito.runs.run import bar
+from bonito.util.outputs import output_file, writable
 
 MAX_ANSWER_TOKENS = 25
 """Longest generated extractive answer, in tokens (the paper's setting)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from bonito.errors import BonitoError
 from bonito.evaluation.convert import CONVERTERS
-from bonito.task_types import TaskType, resolve_task_type
+from bonito.prompt.task_types import TaskType, resolve_task_type
 
 TASKS = ("ynqa", "nli", "exqa")
 """Task types evaluation handles: ranked classification (ynqa, nli), generation (exqa)."""

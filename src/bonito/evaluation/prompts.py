@@ -6,10 +6,9 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from bonito.errors import BonitoError
+from bonito.prompt.format import INPUT_OUTPUT
 
 PROMPT_FORMATS = ("input-output", "chat")
-INPUT_OUTPUT = "<|input|>\n{instruction}\n<|output|>\n"
-"""The paper's prompt for base models; the answer follows it directly."""
 
 
 def check_prompt_format(prompt_format: str) -> None:
@@ -37,9 +36,9 @@ def target_prompt(
 
 
 def prompt_ids(prompt: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of a prompt as training sees them (`bonito.training.build_example`): BOS, when the
-    tokenizer has one, then the prompt tokenized without special tokens; BOS never twice (a chat
-    template may write it)."""
+    """Token ids of a prompt as training sees them (`bonito.train.trainer.tokenize`): BOS,
+    when the tokenizer has one, then the prompt tokenized without special tokens; BOS never
+    twice (a chat template may write it)."""
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     bos = tokenizer.bos_token_id
     return ids if bos is None or ids[:1] == [bos] else [bos, *ids]

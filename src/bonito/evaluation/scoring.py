@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from bonito.engines.models import cache_keyword
+from bonito.models import cache_keyword
 
 Ids = list[int]
 Progress = Callable[[int], None] | None

@@ -1,0 +1,2 @@
+"""Adapting a target model to a domain: fine-tuning on generated tasks and the whole loop with
+its table."""

@@ -1,0 +1,2 @@
+"""What a run gives people: datasets (export), decontamination, the HTML report, and the
+review web app."""

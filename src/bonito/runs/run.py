@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from bonito.read.chunking import Chunker, Context
-from bonito.generate.dedup import Deduplicator
 from bonito.engines import check_sampling
 from bonito.engines.base import Engine
 from bonito.errors import BonitoError
+from bonito.generate.dedup import Deduplicator
 from bonito.generate.judge import (
     CHUNK_SIZE,
     Group,
@@ -41,10 +40,18 @@ from bonito.generate.judge import (
     generate_samples,
 )
 from bonito.generate.mix import TaskMix
-from bonito.util.outputs import output_error, written_whole
-from bonito.runs.reviews import status_lines, tally
 from bonito.prompt.sampling import SamplingParams, derive_seed
-from bonito.read.sources import Document, InputPrint, Skip, check_inputs, input_prints, read_documents
+from bonito.prompt.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
+from bonito.read.chunking import Chunker, Context
+from bonito.read.sources import (
+    Document,
+    InputPrint,
+    Skip,
+    check_inputs,
+    input_prints,
+    read_documents,
+)
+from bonito.runs.reviews import status_lines, tally
 from bonito.runs.store import (
     CANDIDATE,
     STORE_FILE,
@@ -55,7 +62,7 @@ from bonito.runs.store import (
     block_of,
     is_damaged,
 )
-from bonito.prompt.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
+from bonito.util.outputs import output_error, written_whole
 
 if TYPE_CHECKING:
     from bonito.runs.scale import Cluster

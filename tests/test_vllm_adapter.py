@@ -119,6 +119,24 @@ def test_a_vllm_that_fails_to_import_is_not_called_missing(tmp_path, monkeypatch
     assert "--engine transformers" in message
 
 
+def test_an_engine_vllm_cannot_start_is_one_sentence(fake_vllm, tiny_model, monkeypatch):
+    """On vLLM's CPU build the default memory share is most of the RAM; on a busy machine its
+    engine core then fails to start with a RuntimeError."""
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Engine core initialization failed. See root cause above.")
+
+    monkeypatch.setattr(fake_vllm, "LLM", fails)
+    with pytest.raises(BonitoError) as error:
+        load_engine(str(tiny_model), "vllm")
+    assert str(error.value) == (
+        f"vLLM could not start its engine for '{tiny_model}' (Engine core initialization "
+        "failed. See root cause above.): if memory ran short, give it a share it can have "
+        "(engine argument gpu_memory_utilization, or kv_cache_memory_bytes), or use the "
+        "transformers engine."
+    )
+
+
 def test_transformers_options_under_auto_do_not_reach_vllm(fake_vllm, tiny_model, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto picks vLLM
     with pytest.raises(BonitoError) as error:

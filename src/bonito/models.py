@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from bonito.errors import BonitoError
+from bonito.errors import BonitoError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 WINDOW_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
@@ -135,7 +135,7 @@ def load_causal_lm(model: str, adapter: str | Path | None = None, **options: Any
 
 def model_load_error(model: str, error: Exception) -> BonitoError:
     """Turn a failed from_pretrained into one paragraph saying what failed and what to do."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error)
     return BonitoError(
         f"Could not load the model '{model}': {reason} "
         f"If it is a hub model, download it where there is internet access "

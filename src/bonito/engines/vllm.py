@@ -8,7 +8,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
-from bonito.errors import BonitoError
+from bonito.errors import BonitoError, first_line
 from bonito.models import check_model_path, is_adapter, model_load_error
 from bonito.prompt.sampling import SamplingParams
 
@@ -108,6 +108,12 @@ class VLLMEngine:
             self.llm = vllm.LLM(model=model, **engine_kwargs)
         except (OSError, ValueError) as error:
             raise model_load_error(model, error) from error
+        except RuntimeError as error:  # its engine core did not start: memory, most often
+            raise BonitoError(
+                f"vLLM could not start its engine for '{model}' ({first_line(error)}): if memory "
+                "ran short, give it a share it can have (engine argument gpu_memory_utilization, "
+                "or kv_cache_memory_bytes), or use the transformers engine."
+            ) from error
 
     def generate(
         self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bonito.engines.base import Engine
-from bonito.errors import BonitoError
+from bonito.errors import BonitoError, first_line
 from bonito.generate.judge import Group, Request, generate_samples
 from bonito.prompt.sampling import SamplingParams
 
@@ -347,10 +347,6 @@ def block_key(requests: list[Request]) -> tuple:
 def path_exists(path: str) -> bool:
     """Whether `path` is there on the machine this runs on (a Ray task)."""
     return os.path.exists(os.path.expanduser(path))
-
-
-def first_line(error: object) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def file_system(path: Path, mounts: str = "/proc/mounts") -> str | None:

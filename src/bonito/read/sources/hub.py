@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from bonito.errors import first_line
 from bonito.read.sources.document import Document, Skip, Unreadable
 from bonito.read.sources.tables import require_column, row_document
 
@@ -21,7 +22,7 @@ def read_saved_dataset(path: Path, text_field: str, split: str) -> Iterator[Docu
     try:
         data = datasets.load_from_disk(str(path))
     except (OSError, ValueError, KeyError) as error:
-        detail = f"is not a readable saved dataset ({_first_line(error)})"
+        detail = f"is not a readable saved dataset ({first_line(error)})"
         raise Unreadable("corrupt", detail) from error
     yield from _rows(_pick_split(data, split), text_field, str(path))
 
@@ -34,15 +35,11 @@ def read_hub_dataset(name: str, text_field: str, split: str) -> Iterator[Documen
     except (OSError, ValueError, ConnectionError) as error:
         raise Unreadable(
             "unreadable",
-            f"could not be loaded (split '{split}'): {_first_line(error)} Download it where there "
+            f"could not be loaded (split '{split}'): {first_line(error)} Download it where there "
             "is internet access and save it with save_to_disk, or export it to JSONL, then pass "
             "the local path",
         ) from error
     yield from _rows(data, text_field, name)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _pick_split(data, split: str):

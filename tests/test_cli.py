@@ -7,25 +7,13 @@ from pathlib import Path
 
 import datasets
 import pytest
-
-from bonito.cli import main
+from helpers import ARTICLE, run_cli, write_docx, write_html, write_pdf
 
 PASSAGES = [
     "The museum reopened after a year of repairs to its roof and galleries.",
     "Cyclists should carry lights after dark and keep to the right of the road.",
     "The company reported higher sales in the third quarter, driven by exports.",
 ]
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bonito", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -260,7 +248,6 @@ def test_console_script_reports_errors_without_traceback(inputs):
 
 
 def test_chunk_shows_what_a_folder_of_documents_sends(tiny_model, tmp_path, capsys, monkeypatch):
-    from test_sources import ARTICLE, write_docx, write_html, write_pdf
 
     folder = tmp_path / "docs"
     (folder / "web").mkdir(parents=True)
@@ -306,7 +293,6 @@ def test_chunk_shows_what_a_folder_of_documents_sends(tiny_model, tmp_path, caps
 def test_generate_goes_from_a_folder_of_documents_to_tasks(
     tiny_model, tmp_path, capsys, monkeypatch
 ):
-    from test_sources import write_pdf
 
     (tmp_path / "pdfs").mkdir()
     write_pdf(tmp_path / "pdfs" / "minutes.pdf")

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from helpers import BONITO, EXAMPLES, done_requests, query, run_cli, tasks_of, wait_for
 from servers import http_server
-from test_cli import run_cli
 
 from bonito import BonitoError, SamplingParams
 from bonito.engines import Failure
@@ -30,9 +30,6 @@ from bonito.publish.report import write_report
 from bonito.read.sources import InputPrint
 from bonito.runs.run import Run, RunConfig, generate_run, status
 from bonito.runs.store import PlannedRequest, RunStore, SavedSample
-
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
-BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
@@ -65,36 +62,6 @@ def generate_args(passages, model, out, *extra):
         str(out),
         *map(str, extra),
     ]
-
-
-def query(folder: Path, sql: str) -> list[tuple]:
-    db = sqlite3.connect(folder / "run.sqlite", timeout=30)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
-def wait_for(condition, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def done_requests(folder: Path) -> int:
-    try:
-        return query(folder, "SELECT COUNT(*) FROM requests WHERE status = 'done'")[0][0]
-    except sqlite3.Error:  # not created yet
-        return 0
-
-
-def tasks_of(folder: Path) -> list[tuple]:
-    return query(
-        folder,
-        "SELECT request_id, sample, input, output, status, reason FROM tasks "
-        "ORDER BY request_id, sample",
-    )
 
 
 def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, tmp_path):

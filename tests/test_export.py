@@ -1,5 +1,6 @@
-"""`bonito export` end to end: a real run with the tiny generator exported in every format and
-read back, the split by document, the dataset card, and the mistakes a user can make."""
+"""`bonito export` end to end: a run of the scripted engine exported in every format and read
+back, the split by document, the dataset card, and the mistakes a user can make (test_cli exports
+a run of the tiny generator)."""
 
 import itertools
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from fake_engine import scripted_engines
 from helpers import (
     BONITO,
     generate_passages_run,
@@ -37,8 +39,9 @@ FORMATS = ("jsonl", "parquet", "hf", "chat", "prompt-completion", "openai", "alp
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model, tmp_path_factory) -> Path:
-    return generate_passages_run(tiny_model, tmp_path_factory.mktemp("export"))
+def run(tokenizer_model, tmp_path_factory) -> Path:
+    with scripted_engines():
+        return generate_passages_run(tokenizer_model, tmp_path_factory.mktemp("export"))
 
 
 def read_split(folder: Path, format_name: str, split: str) -> list[dict]:

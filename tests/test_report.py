@@ -1,11 +1,13 @@
-"""`bonito report`: the HTML report of a real run, of a run stopped or still going, of a run of
-100k tasks, and the page as a real headless browser (Debian's chromium) shows it."""
+"""`bonito report`: the HTML report of a run of the scripted engine (test_cli reports a run of
+the tiny generator), of a run stopped or still going, of a run of 100k tasks, and the page as a
+real headless browser (Debian's chromium) shows it."""
 
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from fake_engine import scripted_engines
 from filelock import FileLock
 from helpers import (
     HOSTILE,
@@ -32,8 +34,9 @@ CHARTS = 7
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model, tmp_path_factory) -> Path:
-    return generate_passages_run(tiny_model, tmp_path_factory.mktemp("report"))
+def run(tokenizer_model, tmp_path_factory) -> Path:
+    with scripted_engines():
+        return generate_passages_run(tokenizer_model, tmp_path_factory.mktemp("report"))
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +222,10 @@ def test_report_of_100k_tasks_is_bounded_even_and_deterministic(tmp_path, capsys
     assert "documents with accepted tasks</th><td>200/200 (100.0%)" in html
 
 
-def test_report_of_a_stopped_run_and_of_one_still_going(tiny_model, tmp_path, capsys, monkeypatch):
-    run = generate_passages_run(tiny_model, tmp_path, "--max-tasks", 2)
+def test_report_of_a_stopped_run_and_of_one_still_going(
+    tokenizer_model, scripted, tmp_path, capsys, monkeypatch
+):
+    run = generate_passages_run(tokenizer_model, tmp_path, "--max-tasks", 2)
     out = tmp_path / "report.html"
     assert run_cli(["report", run, "-o", out], capsys, monkeypatch)[0] == 0
     html = out.read_text()
@@ -299,9 +304,9 @@ def test_report_in_headless_chromium(browser, page, run):
 
 
 def test_coverage_of_a_limited_run_counts_the_documents_it_used(
-    tiny_model, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, tmp_path, capsys, monkeypatch
 ):
-    run = generate_passages_run(tiny_model, tmp_path, "--limit", 4)
+    run = generate_passages_run(tokenizer_model, tmp_path, "--limit", 4)
     out = tmp_path / "report.html"
     assert run_cli(["report", run, "-o", out], capsys, monkeypatch)[0] == 0
     accepted = [t for t in store_tasks(run) if t["status"] == "accepted"]

@@ -87,6 +87,7 @@ def scripted_engines(script: Script = plausible, **options) -> Iterator[list[Scr
     loaded: list[ScriptedEngine] = []
 
     def load_engine(model, engine="auto", **kwargs) -> ScriptedEngine:
+        bonito.engines.choose_engine(engine, str(model), quiet=True)  # refuses unknown names
         loaded.append(ScriptedEngine(str(model), script, **options))
         return loaded[-1]
 
@@ -96,15 +97,17 @@ def scripted_engines(script: Script = plausible, **options) -> Iterator[list[Scr
 
 
 def write_tokenizer_model(folder: Path) -> Path:
-    """A model folder with no weights: a tokenizer whose tokens are the words (a token count is
-    a word count, as in ScriptedEngine) and a Mistral config with a window of 4096 tokens,
-    enough to chunk, check and name a model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import MistralConfig, PreTrainedTokenizerFast
+    """A model folder with no weights: the tiny generator's tokenizer, trained here as
+    `build_tiny_model` trains it (in a second), and a Mistral config of its window, enough to
+    chunk, check and name a model as the tiny generator would."""
+    from transformers import MistralConfig
 
-    words = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2}, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    special = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-    PreTrainedTokenizerFast(tokenizer_object=words, **special).save_pretrained(folder)
-    MistralConfig(vocab_size=3, max_position_embeddings=4096).save_pretrained(folder)
+    from bonito.prompt.format import build_prompt
+    from bonito.train.tiny_model import build_tokenizer, load_examples, target_text
+
+    examples = load_examples()
+    written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]
+    tokenizer = build_tokenizer([text for pair in written for text in pair])
+    tokenizer.save_pretrained(folder)
+    MistralConfig(vocab_size=len(tokenizer), max_position_embeddings=4096).save_pretrained(folder)
     return folder

@@ -29,6 +29,11 @@ def prompt_parts(prompt: str) -> tuple[str, str]:
     return resolve_task_type(name).short, passage
 
 
+def yes_no(prompt: str, seed: int, sample: int) -> str:
+    """The same yes-no question on every passage: a task that passes every check."""
+    return f"{PLACEHOLDER}\n\nIs this passage in English? Yes or no?\n{PIPE}\nyes"
+
+
 def plausible(prompt: str, seed: int, sample: int) -> str:
     """What a generator might write, drawn by the seed: for ynqa, nli and exqa, most samples
     pass the checks, some fail them (an answer that is no label, or not in the passage) and
@@ -39,7 +44,7 @@ def plausible(prompt: str, seed: int, sample: int) -> str:
     if draw < 0.1:
         return f"{PLACEHOLDER}\nWhat is this about?"
     if random.Random(passage).random() < 0.25:
-        return f"{PLACEHOLDER}\n\nIs this passage in English? Yes or no?\n{PIPE}\nyes"
+        return yes_no(prompt, seed, sample)
     words = passage.split()
     at = int(draw * 1000) % len(words)
     question, answer = {

@@ -4,6 +4,7 @@ folder holding only a tokenizer and a config, for the chunker and the checks of 
 
 import random
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,31 @@ def scripted_engines(script: Script = plausible, **options) -> Iterator[list[Scr
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bonito.engines, "load_engine", load_engine)
         yield loaded
+
+
+STALLING = """
+import itertools, sys, time
+sys.path.insert(0, sys.argv.pop(1))
+stall = int(sys.argv.pop(1))
+from fake_engine import plausible, scripted_engines
+from bonito.cli import main
+
+answered = itertools.count(1)
+def stalling(prompt, seed, sample):
+    while next(answered) > stall:
+        time.sleep(3600)  # until killed
+    return plausible(prompt, seed, sample)
+
+sys.argv = ["bonito", *sys.argv[1:]]
+with scripted_engines(stalling):
+    main()
+"""
+
+
+def stalling_bonito(after: int) -> list[str]:
+    """The command line as a process of its own whose engine answers `plausible` to `after`
+    prompts and then stalls until the process is killed."""
+    return [sys.executable, "-c", STALLING, str(Path(__file__).parent), str(after)]
 
 
 def write_tokenizer_model(folder: Path) -> Path:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fake_engine import ScriptedEngine, scripted_engines, yes_no
+from fake_engine import ScriptedEngine, scripted_engines, stalling_bonito, yes_no
 from helpers import (
     BONITO,
     EXAMPLES,
@@ -74,25 +74,25 @@ def generate_args(passages, model, out, *extra):
     ]
 
 
-def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, tmp_path):
-    """SIGKILL mid-run, a second process refused meanwhile, then the same command again: one
-    completion per (request, sample) and the same tasks as a run never interrupted."""
+@pytest.mark.heavy  # starts processes
+def test_killed_run_resumes_with_nothing_lost_or_repeated(tokenizer_model, passages, tmp_path):
+    """SIGKILL mid-run (its engine stalled after 64 prompts), a second process refused
+    meanwhile, then the same command again: one completion per (request, sample) and the same
+    tasks as a run never interrupted."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     slow = ["--batch-size", "4"]
-    finished = subprocess.run(
-        BONITO + generate_args(passages, tiny_model, whole, *slow), capture_output=True, text=True
-    )
-    assert finished.returncode == 0, finished.stderr
+    with scripted_engines():
+        bonito(*generate_args(passages, tokenizer_model, whole, *slow))
 
     first = subprocess.Popen(
-        BONITO + generate_args(passages, tiny_model, killed, *slow),
+        stalling_bonito(64) + generate_args(passages, tokenizer_model, killed, *slow),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: done_requests(killed) >= 4)
         second = subprocess.run(
-            BONITO + generate_args(passages, tiny_model, killed, *slow),
+            BONITO + generate_args(passages, tokenizer_model, killed, *slow),
             capture_output=True,
             text=True,
         )
@@ -113,10 +113,8 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, 
     status = subprocess.run(BONITO + ["status", str(killed)], capture_output=True, text=True)
     assert status.returncode == 0 and "interrupted" in status.stdout
 
-    resumed = subprocess.run(
-        BONITO + generate_args(passages, tiny_model, killed, *slow), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    with scripted_engines():
+        bonito(*generate_args(passages, tokenizer_model, killed, *slow))
     for folder in (whole, killed):
         requests, samples, distinct = query(
             folder,

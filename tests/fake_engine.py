@@ -59,23 +59,20 @@ def plausible(prompt: str, seed: int, sample: int) -> str:
 
 
 class ScriptedEngine:
-    """An engine that answers every prompt from `script`, one prompt per group, in order (or in
-    reverse order); token counts are words. `prompts` lists every prompt it was sent."""
+    """An engine that answers every prompt from `script`, one prompt per group, in order; token
+    counts are words."""
 
     name = "scripted"
 
-    def __init__(self, model: str, script: Script = plausible, reverse: bool = False) -> None:
-        self.model, self.script, self.reverse = model, script, reverse
-        self.prompts: list[str] = []
+    def __init__(self, model: str, script: Script = plausible) -> None:
+        self.model, self.script = model, script
 
     def generate(
         self, prompts: Sequence[str], sampling: SamplingParams, seeds: Sequence[int] | None = None
     ) -> Iterator[Finished]:
         seeds = prompt_seeds(sampling, len(prompts), seeds)
-        order = range(len(prompts))
-        for index in reversed(order) if self.reverse else order:
-            self.prompts.append(prompts[index])
-            answers = [self.completion(prompts[index], seeds[index], i) for i in range(sampling.n)]
+        for index, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            answers = [self.completion(prompt, seed, sample) for sample in range(sampling.n)]
             failure = next((a for a in answers if isinstance(a, Failure)), None)
             yield [(index, failure or answers)]
 
@@ -87,14 +84,14 @@ class ScriptedEngine:
 
 
 @contextmanager
-def scripted_engines(script: Script = plausible, **options) -> Iterator[list[ScriptedEngine]]:
+def scripted_engines(script: Script = plausible) -> Iterator[list[ScriptedEngine]]:
     """While open, every engine the command line loads (through bonito.engines.load_engine) is
     a ScriptedEngine of `script`: yields the list of those loaded."""
     loaded: list[ScriptedEngine] = []
 
     def load_engine(model, engine="auto", **kwargs) -> ScriptedEngine:
         bonito.engines.choose_engine(engine, str(model), quiet=True)  # refuses unknown names
-        loaded.append(ScriptedEngine(str(model), script, **options))
+        loaded.append(ScriptedEngine(str(model), script))
         return loaded[-1]
 
     with pytest.MonkeyPatch.context() as patch:

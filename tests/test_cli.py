@@ -229,6 +229,7 @@ def test_the_same_command_resumes_and_another_is_refused(
     first = (inputs / "again" / "tasks.jsonl").read_text()
     code, stdout, err = run_cli(args, capsys, monkeypatch)
     assert code == 0 and "finished" in stdout and "loading" not in err  # nothing left to do
+    assert len(scripted) == 1  # the first run's engine only
     assert (inputs / "again" / "tasks.jsonl").read_text() == first
     code, _, err = run_cli([*args, "--temperature", "0.7"], capsys, monkeypatch)
     assert code == 1 and "holds a run with another configuration" in err

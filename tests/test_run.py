@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from fake_engine import ScriptedEngine, scripted_engines, stalling_bonito, yes_no
+from fake_engine import ScriptedEngine, plausible, scripted_engines, stalling_bonito, yes_no
 from helpers import (
     BONITO,
     EXAMPLES,
@@ -130,18 +130,10 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tokenizer_model, passa
     assert sorted(lines) == sorted((whole / "tasks.jsonl").read_text().splitlines())
 
 
-class Flaky:
-    """An engine, except that it gives up on every fifth prompt it is sent, as an
-    engine does when its server keeps failing."""
-
-    name = "flaky"
-
-    def __init__(self, engine):
-        self.engine, self.model = engine, engine.model
-
-    def generate(self, prompts, sampling, seeds=None):
-        for group in self.engine.generate(prompts, sampling, seeds):
-            yield [(i, Failure("HTTP 503") if i % 5 == 0 else c) for i, c in group]
+def flaky(prompt: str, seed: int, sample: int):
+    """`plausible`, except that every fifth note fails, as a server that keeps failing does."""
+    note = int(re.search(r"Note (\d+)\.", prompt).group(1))
+    return Failure("HTTP 503") if note % 5 == 0 else plausible(prompt, seed, sample)
 
 
 def test_failed_requests_are_recorded_and_sent_again_on_resume(tokenizer_model, passages, tmp_path):
@@ -156,7 +148,7 @@ def test_failed_requests_are_recorded_and_sent_again_on_resume(tokenizer_model, 
         reading={"limit": 30},
     )
     run = tmp_path / "run"
-    first = generate_run(run, config, lambda: Flaky(engine))
+    first = generate_run(run, config, lambda: ScriptedEngine(str(tokenizer_model), flaky))
     note = "6 requests failed (last error: HTTP 503); run the same command to retry them."
     assert (first.state, first.summary.failed, first.error) == ("finished", 6, note)
     failed = query(run, "SELECT error FROM requests WHERE status = 'failed'")

@@ -1,6 +1,7 @@
 """Runs that survive: the SQLite store, resume after SIGKILL, the lock, budgets, retries, task
 mixes and write failures, with real `bonito generate` processes; the tiny generator where the
-engine matters (a killed run, batch sizes), else the scripted engine or a fake server."""
+engine matters (batch sizes) or a process must load it (a full disk), else the scripted engine
+or a fake server."""
 
 import fcntl
 import hashlib

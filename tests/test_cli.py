@@ -102,7 +102,9 @@ def test_generate_writes_tasks_and_summary(tiny_model, inputs, capsys, monkeypat
     assert {t["source"]["span"][0] for t in tasks} == {0}
     assert "accepted" in stdout and "output tokens/s" in stdout and "documents" in stdout
     assert f"skipped {inputs / 'p.jsonl'} line 4 has no text (empty)" in stderr
-    # the run of a real generator exported and reported (test_export and test_report: scripted)
+    # the run of a real generator looked at, exported and reported (elsewhere: scripted)
+    code, stdout, stderr = run_cli(["status", out], capsys, monkeypatch)
+    assert code == 0 and "finished" in stdout, stderr
     code, _, stderr = run_cli(["export", out, "-o", inputs / "export"], capsys, monkeypatch)
     assert code == 0, stderr
     train = (inputs / "export" / "train.jsonl").read_text().splitlines()

@@ -316,6 +316,7 @@ main()
 """
 
 
+@pytest.mark.heavy  # starts processes
 def test_an_interrupted_export_leaves_the_earlier_one_whole(run, tmp_path, capsys, monkeypatch):
     """F17: a failure or a kill while exporting leaves the earlier export (or none), never a
     part of one; the folder a killed export left beside it goes with the next export."""
@@ -415,6 +416,7 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.heavy  # starts processes
 @pytest.mark.parametrize("hub", ["refusing", "unauthorized"])
 def test_push_failure_is_one_sentence_and_keeps_the_export(run, tmp_path, hub):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)

@@ -884,6 +884,7 @@ main()
 """
 
 
+@pytest.mark.heavy  # starts a process
 def test_a_kill_while_tasks_jsonl_is_rewritten_leaves_the_old_file_and_no_finished_summary(
     tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch
 ):

@@ -25,6 +25,7 @@ from helpers import (
     BONITO,
     HOSTILE,
     bonito,
+    example_texts,
     make_store,
     needs_chromium,
     needs_selenium,
@@ -38,7 +39,6 @@ from bonito.publish.review.queue import draw_sample
 from bonito.runs.reviews import Decision, decide, reviewed_tasks, tally, wilson
 from bonito.runs.store import RunStore
 
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 TRICKS = " {{ 7 * 7 }} {% if true %}templated{% endif %}"
 DOCUMENTS = 30
 
@@ -106,7 +106,7 @@ def generator_server(gate: Gate) -> type[BaseHTTPRequestHandler]:
 
 
 def write_passages(folder: Path) -> Path:
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    texts = example_texts()
     lines = [{"text": f"Note {i}. {texts[i % len(texts)]}"} for i in range(DOCUMENTS)]
     lines.append({"text": f"Note {DOCUMENTS}. {HOSTILE}{TRICKS}"})
     path = folder / "passages.jsonl"

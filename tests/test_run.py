@@ -23,9 +23,9 @@ import pytest
 from fake_engine import ScriptedEngine, plausible, scripted_engines, stalling_bonito, yes_no
 from helpers import (
     BONITO,
-    EXAMPLES,
     bonito,
     done_requests,
+    example_texts,
     query,
     run_cli,
     tasks_of,
@@ -46,7 +46,7 @@ from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 @pytest.fixture(scope="module")
 def passages(tmp_path_factory) -> Path:
     """A few hundred distinct passages made from the examples."""
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    texts = example_texts()
     path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
     lines = [json.dumps({"text": f"Note {i}. {texts[i % len(texts)]}"}) for i in range(240)]
     path.write_text("\n".join(lines) + "\n")

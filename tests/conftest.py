@@ -2,6 +2,7 @@
 failed hub lookup retries for half a minute before it fails."""
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +21,44 @@ def tiny_model(tmp_path_factory) -> Path:
     if built and (Path(built) / "config.json").exists():
         return Path(built).resolve()  # tests change directory
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bonito"))
+
+
+@pytest.fixture
+def browser():
+    """A headless Debian chromium driven through chromedriver, logging the console (tests mark
+    themselves needs_selenium and needs_chromium from helpers)."""
+    from helpers import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    with tempfile.TemporaryDirectory() as profile:
+        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        chromium = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        yield chromium
+        chromium.quit()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_model(tmp_path_factory) -> Path:
+    """A model folder with a tokenizer and a config but no weights, for runs whose engine is
+    scripted (fake_engine.scripted_engines): built in a second, loads no model."""
+    from fake_engine import write_tokenizer_model
+
+    return write_tokenizer_model(tmp_path_factory.mktemp("tokenizer-model")).resolve()
+
+
+@pytest.fixture
+def scripted():
+    """Every engine loaded in the test is a ScriptedEngine answering `plausible`: the list of
+    those loaded."""
+    from fake_engine import scripted_engines
+
+    with scripted_engines() as loaded:
+        yield loaded
 
 
 HEAVY_FIXTURES = {"tiny_model", "fresh_base", "trained"}

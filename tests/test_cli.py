@@ -1,4 +1,6 @@
-"""`bonito generate` and `bonito chunk` end to end on real files with the tiny generator."""
+"""`bonito generate` and `bonito chunk` end to end on real files: one run of the tiny generator,
+generated, exported and reported; the rest with the scripted engine and the tiny generator's
+tokenizer (fake_engine), which load no model."""
 
 import json
 import subprocess
@@ -7,25 +9,13 @@ from pathlib import Path
 
 import datasets
 import pytest
-
-from bonito.cli import main
+from helpers import ARTICLE, run_cli, write_docx, write_html, write_pdf
 
 PASSAGES = [
     "The museum reopened after a year of repairs to its roof and galleries.",
     "Cyclists should carry lights after dark and keep to the right of the road.",
     "The company reported higher sales in the third quarter, driven by exports.",
 ]
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["bonito", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -112,9 +102,21 @@ def test_generate_writes_tasks_and_summary(tiny_model, inputs, capsys, monkeypat
     assert {t["source"]["span"][0] for t in tasks} == {0}
     assert "accepted" in stdout and "output tokens/s" in stdout and "documents" in stdout
     assert f"skipped {inputs / 'p.jsonl'} line 4 has no text (empty)" in stderr
+    # the run of a real generator looked at, exported and reported (elsewhere: scripted)
+    code, stdout, stderr = run_cli(["status", out], capsys, monkeypatch)
+    assert code == 0 and "finished" in stdout, stderr
+    code, _, stderr = run_cli(["export", out, "-o", inputs / "export"], capsys, monkeypatch)
+    assert code == 0, stderr
+    train = (inputs / "export" / "train.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["id"] for line in train) == sorted(t["id"] for t in tasks)
+    code, stdout, stderr = run_cli(["report", out, "-o", inputs / "r.html"], capsys, monkeypatch)
+    assert code == 0, stderr
+    assert f"report of {counts['samples']} samples" in stdout
 
 
-def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeypatch):
+def test_context_col_limit_and_saved_dataset(
+    tokenizer_model, scripted, inputs, capsys, monkeypatch
+):
     code, _, err = run_cli(
         [
             "generate",
@@ -122,7 +124,7 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
             "-t",
             "nli",
             "--model",
-            tiny_model,
+            tokenizer_model,
             "--output",
             inputs / "csv",
             "--context-col",
@@ -145,7 +147,7 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
             "-t",
             "qa",
             "--model",
-            tiny_model,
+            tokenizer_model,
             "--output",
             inputs / "ds",
             "--context-col",
@@ -188,14 +190,16 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
         (["--engine", "tgi"], "Unknown engine 'tgi'"),
     ],
 )
-def test_bad_input_is_one_clear_message(tiny_model, inputs, capsys, monkeypatch, extra, message):
+def test_bad_input_is_one_clear_message(
+    tokenizer_model, scripted, inputs, capsys, monkeypatch, extra, message
+):
     args = [
         "generate",
         inputs / "p.jsonl",
         "-t",
         "ynqa",
         "--model",
-        tiny_model,
+        tokenizer_model,
         "--output",
         inputs / "bad",
         *extra,
@@ -206,7 +210,9 @@ def test_bad_input_is_one_clear_message(tiny_model, inputs, capsys, monkeypatch,
     assert "Traceback" not in err
 
 
-def test_the_same_command_resumes_and_another_is_refused(tiny_model, inputs, capsys, monkeypatch):
+def test_the_same_command_resumes_and_another_is_refused(
+    tokenizer_model, scripted, inputs, capsys, monkeypatch
+):
     args = [
         "generate",
         inputs / "p.csv",
@@ -215,7 +221,7 @@ def test_the_same_command_resumes_and_another_is_refused(tiny_model, inputs, cap
         "-t",
         "nli",
         "--model",
-        tiny_model,
+        tokenizer_model,
         "--output",
         inputs / "again",
         "--max-tokens",
@@ -225,6 +231,7 @@ def test_the_same_command_resumes_and_another_is_refused(tiny_model, inputs, cap
     first = (inputs / "again" / "tasks.jsonl").read_text()
     code, stdout, err = run_cli(args, capsys, monkeypatch)
     assert code == 0 and "finished" in stdout and "loading" not in err  # nothing left to do
+    assert len(scripted) == 1  # the first run's engine only
     assert (inputs / "again" / "tasks.jsonl").read_text() == first
     code, _, err = run_cli([*args, "--temperature", "0.7"], capsys, monkeypatch)
     assert code == 1 and "holds a run with another configuration" in err
@@ -259,8 +266,9 @@ def test_console_script_reports_errors_without_traceback(inputs):
     assert "Traceback" not in result.stderr
 
 
-def test_chunk_shows_what_a_folder_of_documents_sends(tiny_model, tmp_path, capsys, monkeypatch):
-    from test_sources import ARTICLE, write_docx, write_html, write_pdf
+def test_chunk_shows_what_a_folder_of_documents_sends(
+    tokenizer_model, tmp_path, capsys, monkeypatch
+):
 
     folder = tmp_path / "docs"
     (folder / "web").mkdir(parents=True)
@@ -272,13 +280,13 @@ def test_chunk_shows_what_a_folder_of_documents_sends(tiny_model, tmp_path, caps
     (folder / "broken.pdf").write_bytes(b"%PDF-1.7 not really")
     (folder / "empty.txt").write_text("")
     out = tmp_path / "out" / "contexts.jsonl"
-    args = ["chunk", folder, "--model", tiny_model, "-o", out, "--max-tokens", 64]
+    args = ["chunk", folder, "--model", tokenizer_model, "-o", out, "--max-tokens", 64]
     code, stdout, stderr = run_cli([*args, "--min-tokens", 8], capsys, monkeypatch)
     assert code == 0, stderr
     contexts = [json.loads(line) for line in out.read_text().splitlines()]
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_model)
     for context in contexts:
         assert len(tokenizer(context["text"], add_special_tokens=False).input_ids) <= 64
     assert {Path(c["file"]).name for c in contexts} == {
@@ -304,9 +312,8 @@ def test_chunk_shows_what_a_folder_of_documents_sends(tiny_model, tmp_path, caps
 
 
 def test_generate_goes_from_a_folder_of_documents_to_tasks(
-    tiny_model, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, tmp_path, capsys, monkeypatch
 ):
-    from test_sources import write_pdf
 
     (tmp_path / "pdfs").mkdir()
     write_pdf(tmp_path / "pdfs" / "minutes.pdf")
@@ -318,7 +325,7 @@ def test_generate_goes_from_a_folder_of_documents_to_tasks(
             "-t",
             "ynqa",
             "--model",
-            tiny_model,
+            tokenizer_model,
             "--output",
             out,
             "--max-context-tokens",
@@ -340,12 +347,12 @@ def test_generate_goes_from_a_folder_of_documents_to_tasks(
         assert task["source"]["pages"] in ([1], [2]) and task["source"]["title"] == "Depot minutes"
 
 
-def test_nothing_readable_is_one_clear_message(tiny_model, tmp_path, capsys, monkeypatch):
+def test_nothing_readable_is_one_clear_message(tokenizer_model, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty.txt").write_text(" ")
     (tmp_path / "junk.txt").write_bytes(bytes(range(256)))
     out = tmp_path / "out.jsonl"
     code, _, err = run_cli(
-        ["chunk", tmp_path, "--model", tiny_model, "-o", out], capsys, monkeypatch
+        ["chunk", tmp_path, "--model", tokenizer_model, "-o", out], capsys, monkeypatch
     )
     assert code == 1 and "Traceback" not in err
     assert f"No contexts from {tmp_path}: 2 skipped (empty 1, binary 1), e.g. " in err
@@ -353,12 +360,12 @@ def test_nothing_readable_is_one_clear_message(tiny_model, tmp_path, capsys, mon
 
 
 def test_generate_refuses_a_folder_that_holds_something_else(
-    tiny_model, inputs, capsys, monkeypatch
+    tokenizer_model, scripted, inputs, capsys, monkeypatch
 ):
     """A folder of documents given as --output is refused, --overwrite or not; an empty one, or
     one holding only what a run writes beside its store, becomes the run."""
     before = sorted(inputs.iterdir())
-    args = ["generate", inputs / "p.jsonl", "-t", "ynqa", "--model", tiny_model, "--limit", 1]
+    args = ["generate", inputs / "p.jsonl", "-t", "ynqa", "--model", tokenizer_model, "--limit", 1]
     for extra in ([], ["--overwrite"]):
         code, _, err = run_cli([*args, "--output", inputs, *extra], capsys, monkeypatch)
         assert code == 1 and "Traceback" not in err
@@ -430,14 +437,14 @@ OUTPUT_COMMANDS = {
 
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)
 def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
-    tiny_model, small_inputs, blocked, command, capsys, monkeypatch
+    tokenizer_model, small_inputs, blocked, command, capsys, monkeypatch
 ):
     import bonito.evaluation
 
     monkeypatch.setattr(bonito.evaluation, "evaluate_model", None)  # checked before evaluating
     afile, immutable = blocked
     option = "path" if command == "tiny-model" else "--output"
-    args = OUTPUT_COMMANDS[command](tiny_model, small_inputs, afile)
+    args = OUTPUT_COMMANDS[command](tokenizer_model, small_inputs, afile)
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert (
@@ -445,7 +452,7 @@ def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
     )
     if immutable is None:
         pytest.skip("chattr +i does not work here: the unwritable folder is not tried")
-    args = OUTPUT_COMMANDS[command](tiny_model, small_inputs, immutable)
+    args = OUTPUT_COMMANDS[command](tokenizer_model, small_inputs, immutable)
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert f"Cannot write in {immutable}: permission denied; choose a writable {option}." in err
@@ -454,12 +461,19 @@ def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
 
 @pytest.mark.parametrize("command", ["generate", "finetune", "tiny-model"])
 def test_a_file_given_for_an_output_folder_is_one_sentence(
-    tiny_model, small_inputs, blocked, command, capsys, monkeypatch
+    tokenizer_model, small_inputs, blocked, command, capsys, monkeypatch
 ):
     afile = blocked[0]
     args = {
-        "generate": ["generate", small_inputs / "p.jsonl", "-t", "ynqa", "--model", tiny_model],
-        "finetune": ["finetune", small_inputs / "tasks.jsonl", "--base-model", tiny_model],
+        "generate": [
+            "generate",
+            small_inputs / "p.jsonl",
+            "-t",
+            "ynqa",
+            "--model",
+            tokenizer_model,
+        ],
+        "finetune": ["finetune", small_inputs / "tasks.jsonl", "--base-model", tokenizer_model],
         "tiny-model": ["tiny-model"],
     }[command]
     named = f"{afile}" if command == "tiny-model" else f"--output {afile}"

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from helpers import example_texts
 
 from bonito.cli import app
 
 pytestmark = pytest.mark.heavy  # every test runs the console script in a process
 
 BONITO = Path(sys.executable).parent / "bonito"
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 
 
 def bonito(*args, **options) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def start(*args, **options) -> subprocess.Popen:
 
 
 def write_passages(path: Path, count: int) -> Path:
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    texts = example_texts()
     lines = [json.dumps({"text": f"Note {i}. {texts[i % len(texts)]}"}) for i in range(count)]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -6,15 +6,14 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import example_texts
 
 from bonito.errors import BonitoError
 from bonito.generate import dedup
 from bonito.generate.dedup import Deduplicator
 
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 TEMPLATE = "Read the passage and answer the question.\n\n{}\n\nQuestion: What is the passage about?"
 
 
@@ -108,7 +107,7 @@ def test_tasks_sharing_half_their_shingles_are_not_marked_at_0_8():
 
 
 def test_same_template_with_different_passages_is_not_marked():
-    passages = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    passages = example_texts()
     items = [
         (f"t{i}", TEMPLATE.format(p), "It is about the passage.") for i, p in enumerate(passages)
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import run_cli
+from helpers import run_cli
 from transformers import AutoTokenizer
 
 from bonito.errors import BonitoError

@@ -1,5 +1,6 @@
-"""`bonito export` end to end: a real run with the tiny generator exported in every format and
-read back, the split by document, the dataset card, and the mistakes a user can make."""
+"""`bonito export` end to end: a run of the scripted engine exported in every format and read
+back, the split by document, the dataset card, and the mistakes a user can make (test_cli exports
+a run of the tiny generator)."""
 
 import itertools
 import json
@@ -18,125 +19,29 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from fake_engine import scripted_engines
+from helpers import (
+    BONITO,
+    generate_passages_run,
+    make_config,
+    make_store,
+    run_cli,
+    store_tasks,
+)
 from huggingface_hub import DatasetCard
-from test_cli import run_cli
 
 from bonito import BonitoError
-from bonito.cli import main
 from bonito.publish import export as export_module
 from bonito.publish.export import CITATION, LICENCE_NOTE, split_documents
-from bonito.runs.store import PlannedRequest, RunStore, SavedSample
+from bonito.runs.store import RunStore
 
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
-HOSTILE = (
-    "Visitors to the old mill <script>window.pwned = 1</script> can see the wheel turn. "
-    '<img src="http://127.0.0.1:9/x.png" onerror="window.pwned = 2"> The miller grinds '
-    "wheat into flour every Saturday and sells it at the market </td></tr></table>."
-)
-BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
 FORMATS = ("jsonl", "parquet", "hf", "chat", "prompt-completion", "openai", "alpaca", "sharegpt")
 
 
-def bonito(*args) -> None:
-    """Run the bonito command in this process; fail on a non-zero exit."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["bonito", *map(str, args)])
-        try:
-            main()
-        except SystemExit as stop:
-            assert stop.code in (0, None), f"bonito {args} exited with {stop.code}"
-
-
-def write_passages(folder: Path) -> Path:
-    """Sixteen documents made from the examples, and one full of markup."""
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
-    lines = [json.dumps({"text": f"Note {i}. {texts[i % len(texts)]}"}) for i in range(16)]
-    path = folder / "passages.jsonl"
-    path.write_text("\n".join([*lines, json.dumps({"text": HOSTILE})]) + "\n")
-    return path
-
-
-def generate_run(model: Path, folder: Path, *extra) -> Path:
-    """A real run of the tiny generator over the passages: the run folder."""
-    out = folder / "run"
-    bonito(
-        "generate",
-        write_passages(folder),
-        *("-t", "ynqa", "-t", "nli", "-t", "exqa"),
-        *("--model", model, "--engine", "transformers"),
-        *("--max-tokens", 48, "--seed", 5, "--output", out),
-        *extra,
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
-def run(tiny_model, tmp_path_factory) -> Path:
-    return generate_run(tiny_model, tmp_path_factory.mktemp("export"))
-
-
-def make_config() -> dict:
-    sampling = {"n": 1, "temperature": 0.5, "top_p": 0.95, "max_tokens": 64, "seed": 0}
-    return {
-        "model": "tiny",
-        "inputs": [{"input": "notes.jsonl", "bytes": 10, "blake2b": "00"}],
-        "task_mix": {"ynqa": 1.0, "nli": 1.0},
-        "per_context": 2,
-        "sampling": sampling | {"stop": []},
-        "reading": {},
-        "chunking": {},
-        "checks": True,
-        "dedup": {"mode": "near", "threshold": 0.8},
-    }
-
-
-def make_store(folder: Path, contexts: int, per_request: int) -> None:
-    """A real run store, written through RunStore, of `contexts` contexts (five per document),
-    each asked for ynqa and nli, with `per_request` samples each, a random mix of accepted,
-    duplicate and rejected tasks of random lengths."""
-    rng = random.Random(0)
-    folder.mkdir()
-    store = RunStore(folder / "run.sqlite")
-    store.put("config", make_config())
-    store.add_contexts(
-        [
-            (i, f"doc{i // 5}", {"row": i}, "word " * rng.randint(20, 300), rng.randint(30, 400))
-            for i in range(contexts)
-        ],
-        [
-            PlannedRequest(i, slot, 0, kind, i)
-            for i in range(contexts)
-            for slot, kind in ((0, "ynqa"), (1, "nli"))
-        ],
-    )
-    statuses = [("accepted", None), ("duplicate", "1-0"), ("rejected", "not_yes_no")]
-    samples = [
-        SavedSample(
-            request,
-            sample,
-            "text",
-            "stop",
-            90,
-            rng.randint(4, 64),
-            "Is it? " * rng.randint(2, 80),
-            "yes",
-            *rng.choice(statuses),
-        )
-        for request in range(1, 2 * contexts + 1)
-        for sample in range(per_request)
-    ]
-    store.save(samples, 5.0)
-    store.put("reading", {"documents": contexts // 5, "skipped": {}})
-    store.put("state", "finished")
-    store.close()
-
-
-def store_tasks(run: Path, *statuses: str) -> list[dict]:
-    store = RunStore(run / "run.sqlite", readonly=True)
-    try:
-        return list(store.tasks(statuses or ("accepted", "rejected", "duplicate")))
-    finally:
-        store.close()
+def run(tokenizer_model, tmp_path_factory) -> Path:
+    with scripted_engines():
+        return generate_passages_run(tokenizer_model, tmp_path_factory.mktemp("export"))
 
 
 def read_split(folder: Path, format_name: str, split: str) -> list[dict]:
@@ -411,6 +316,7 @@ main()
 """
 
 
+@pytest.mark.heavy  # starts processes
 def test_an_interrupted_export_leaves_the_earlier_one_whole(run, tmp_path, capsys, monkeypatch):
     """F17: a failure or a kill while exporting leaves the earlier export (or none), never a
     part of one; the folder a killed export left beside it goes with the next export."""
@@ -510,6 +416,7 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.heavy  # starts processes
 @pytest.mark.parametrize("hub", ["refusing", "unauthorized"])
 def test_push_failure_is_one_sentence_and_keeps_the_export(run, tmp_path, hub):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)

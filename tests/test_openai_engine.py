@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from servers import (
     FaultProxy,
     free_port,
@@ -25,7 +26,6 @@ from servers import (
     serving_missing,
     transformers_serve,
 )
-from test_cli import run_cli
 from transformers import AutoTokenizer
 
 from bonito import BonitoError, SamplingParams, build_prompt

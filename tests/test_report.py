@@ -1,17 +1,24 @@
-"""`bonito report`: the HTML report of a real run, of a run stopped or still going, of a run of
-100k tasks, and the page as a real headless browser (Debian's chromium) shows it."""
+"""`bonito report`: the HTML report of a run of the scripted engine (test_cli reports a run of
+the tiny generator), of a run stopped or still going, of a run of 100k tasks, and the page as a
+real headless browser (Debian's chromium) shows it."""
 
-import importlib.util
-import shutil
-import tempfile
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from fake_engine import scripted_engines
 from filelock import FileLock
-from test_cli import run_cli
-from test_export import HOSTILE, generate_run, make_config, make_store, store_tasks
+from helpers import (
+    HOSTILE,
+    generate_passages_run,
+    make_config,
+    make_store,
+    needs_chromium,
+    needs_selenium,
+    run_cli,
+    store_tasks,
+)
 
 from bonito.publish.report import (
     StratifiedSample,
@@ -24,15 +31,12 @@ from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 
 CHARTS = 7
 """Coverage, task types, rejections and four length histograms."""
-CHROMIUM_FLAGS = (
-    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
-    "--disable-background-networking --disable-component-update --disable-sync"
-).split()
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model, tmp_path_factory) -> Path:
-    return generate_run(tiny_model, tmp_path_factory.mktemp("report"))
+def run(tokenizer_model, tmp_path_factory) -> Path:
+    with scripted_engines():
+        return generate_passages_run(tokenizer_model, tmp_path_factory.mktemp("report"))
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +222,10 @@ def test_report_of_100k_tasks_is_bounded_even_and_deterministic(tmp_path, capsys
     assert "documents with accepted tasks</th><td>200/200 (100.0%)" in html
 
 
-def test_report_of_a_stopped_run_and_of_one_still_going(tiny_model, tmp_path, capsys, monkeypatch):
-    run = generate_run(tiny_model, tmp_path, "--max-tasks", 2)
+def test_report_of_a_stopped_run_and_of_one_still_going(
+    tokenizer_model, scripted, tmp_path, capsys, monkeypatch
+):
+    run = generate_passages_run(tokenizer_model, tmp_path, "--max-tasks", 2)
     out = tmp_path / "report.html"
     assert run_cli(["report", run, "-o", out], capsys, monkeypatch)[0] == 0
     html = out.read_text()
@@ -265,34 +271,6 @@ def test_fair_shares_sampling_and_histograms():
     assert histogram([]) == []
 
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-needs_selenium = pytest.mark.skipif(
-    importlib.util.find_spec("selenium") is None,
-    reason="the browser test needs selenium (pip install selenium)",
-)
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="the browser test needs Debian's chromium and chromium-driver (apt-get install)",
-)
-
-
-@pytest.fixture
-def browser():
-    """A headless Debian chromium driven through chromedriver, logging the console."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    with tempfile.TemporaryDirectory() as profile:
-        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        chromium = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-        yield chromium
-        chromium.quit()
-
-
 @needs_selenium
 @needs_chromium
 def test_report_in_headless_chromium(browser, page, run):
@@ -326,9 +304,9 @@ def test_report_in_headless_chromium(browser, page, run):
 
 
 def test_coverage_of_a_limited_run_counts_the_documents_it_used(
-    tiny_model, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, tmp_path, capsys, monkeypatch
 ):
-    run = generate_run(tiny_model, tmp_path, "--limit", 4)
+    run = generate_passages_run(tokenizer_model, tmp_path, "--limit", 4)
     out = tmp_path / "report.html"
     assert run_cli(["report", run, "-o", out], capsys, monkeypatch)[0] == 0
     accepted = [t for t in store_tasks(run) if t["status"] == "accepted"]

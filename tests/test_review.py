@@ -21,21 +21,26 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from helpers import (
+    BONITO,
+    HOSTILE,
+    bonito,
+    example_texts,
+    make_store,
+    needs_chromium,
+    needs_selenium,
+    run_cli,
+    store_tasks,
+)
 from servers import http_server
-from test_cli import run_cli
-from test_export import BONITO, HOSTILE, bonito, make_store, store_tasks
-from test_report import browser as chromium
-from test_report import needs_chromium, needs_selenium
 
 from bonito.engines.openai import PROBE_PROMPT
 from bonito.publish.review.queue import draw_sample
 from bonito.runs.reviews import Decision, decide, reviewed_tasks, tally, wilson
 from bonito.runs.store import RunStore
 
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
 TRICKS = " {{ 7 * 7 }} {% if true %}templated{% endif %}"
 DOCUMENTS = 30
-browser = chromium  # the fixture
 
 
 class Gate:
@@ -101,7 +106,7 @@ def generator_server(gate: Gate) -> type[BaseHTTPRequestHandler]:
 
 
 def write_passages(folder: Path) -> Path:
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    texts = example_texts()
     lines = [{"text": f"Note {i}. {texts[i % len(texts)]}"} for i in range(DOCUMENTS)]
     lines.append({"text": f"Note {DOCUMENTS}. {HOSTILE}{TRICKS}"})
     path = folder / "passages.jsonl"

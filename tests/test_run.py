@@ -1,5 +1,7 @@
 """Runs that survive: the SQLite store, resume after SIGKILL, the lock, budgets, retries, task
-mixes and write failures, with real `bonito generate` processes and the tiny generator."""
+mixes and write failures, with real `bonito generate` processes; the tiny generator where the
+engine matters (batch sizes) or a process must load it (a full disk), else the scripted engine
+or a fake server."""
 
 import fcntl
 import hashlib
@@ -18,27 +20,33 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from fake_engine import ScriptedEngine, plausible, scripted_engines, stalling_bonito, yes_no
+from helpers import (
+    BONITO,
+    bonito,
+    done_requests,
+    example_texts,
+    query,
+    run_cli,
+    tasks_of,
+    wait_for,
+)
 from servers import http_server
-from test_cli import run_cli
 
 from bonito import BonitoError, SamplingParams
 from bonito.engines import Failure
 from bonito.engines.openai import PROBE_PROMPT
-from bonito.engines.transformers import TransformersEngine
 from bonito.generate.mix import TaskMix
 from bonito.publish.report import write_report
 from bonito.read.sources import InputPrint
 from bonito.runs.run import Run, RunConfig, generate_run, status
 from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 
-EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
-BONITO = [sys.executable, "-c", "from bonito.cli import main; main()"]
-
 
 @pytest.fixture(scope="module")
 def passages(tmp_path_factory) -> Path:
     """A few hundred distinct passages made from the examples."""
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    texts = example_texts()
     path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
     lines = [json.dumps({"text": f"Note {i}. {texts[i % len(texts)]}"}) for i in range(240)]
     path.write_text("\n".join(lines) + "\n")
@@ -67,55 +75,25 @@ def generate_args(passages, model, out, *extra):
     ]
 
 
-def query(folder: Path, sql: str) -> list[tuple]:
-    db = sqlite3.connect(folder / "run.sqlite", timeout=30)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
-def wait_for(condition, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def done_requests(folder: Path) -> int:
-    try:
-        return query(folder, "SELECT COUNT(*) FROM requests WHERE status = 'done'")[0][0]
-    except sqlite3.Error:  # not created yet
-        return 0
-
-
-def tasks_of(folder: Path) -> list[tuple]:
-    return query(
-        folder,
-        "SELECT request_id, sample, input, output, status, reason FROM tasks "
-        "ORDER BY request_id, sample",
-    )
-
-
-def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, tmp_path):
-    """SIGKILL mid-run, a second process refused meanwhile, then the same command again: one
-    completion per (request, sample) and the same tasks as a run never interrupted."""
+@pytest.mark.heavy  # starts processes
+def test_killed_run_resumes_with_nothing_lost_or_repeated(tokenizer_model, passages, tmp_path):
+    """SIGKILL mid-run (its engine stalled after 64 prompts), a second process refused
+    meanwhile, then the same command again: one completion per (request, sample) and the same
+    tasks as a run never interrupted."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     slow = ["--batch-size", "4"]
-    finished = subprocess.run(
-        BONITO + generate_args(passages, tiny_model, whole, *slow), capture_output=True, text=True
-    )
-    assert finished.returncode == 0, finished.stderr
+    with scripted_engines():
+        bonito(*generate_args(passages, tokenizer_model, whole, *slow))
 
     first = subprocess.Popen(
-        BONITO + generate_args(passages, tiny_model, killed, *slow),
+        stalling_bonito(64) + generate_args(passages, tokenizer_model, killed, *slow),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: done_requests(killed) >= 4)
         second = subprocess.run(
-            BONITO + generate_args(passages, tiny_model, killed, *slow),
+            BONITO + generate_args(passages, tokenizer_model, killed, *slow),
             capture_output=True,
             text=True,
         )
@@ -136,10 +114,8 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, 
     status = subprocess.run(BONITO + ["status", str(killed)], capture_output=True, text=True)
     assert status.returncode == 0 and "interrupted" in status.stdout
 
-    resumed = subprocess.run(
-        BONITO + generate_args(passages, tiny_model, killed, *slow), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    with scripted_engines():
+        bonito(*generate_args(passages, tokenizer_model, killed, *slow))
     for folder in (whole, killed):
         requests, samples, distinct = query(
             folder,
@@ -155,25 +131,17 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tiny_model, passages, 
     assert sorted(lines) == sorted((whole / "tasks.jsonl").read_text().splitlines())
 
 
-class Flaky:
-    """The tiny engine, except that it gives up on every fifth prompt it is sent, as an
-    engine does when its server keeps failing."""
-
-    name = "flaky"
-
-    def __init__(self, engine):
-        self.engine, self.model = engine, engine.model
-
-    def generate(self, prompts, sampling, seeds=None):
-        for group in self.engine.generate(prompts, sampling, seeds):
-            yield [(i, Failure("HTTP 503") if i % 5 == 0 else c) for i, c in group]
+def flaky(prompt: str, seed: int, sample: int):
+    """`plausible`, except that every fifth note fails, as a server that keeps failing does."""
+    note = int(re.search(r"Note (\d+)\.", prompt).group(1))
+    return Failure("HTTP 503") if note % 5 == 0 else plausible(prompt, seed, sample)
 
 
-def test_failed_requests_are_recorded_and_sent_again_on_resume(tiny_model, passages, tmp_path):
-    engine = TransformersEngine(str(tiny_model), device="cpu")
+def test_failed_requests_are_recorded_and_sent_again_on_resume(tokenizer_model, passages, tmp_path):
+    engine = ScriptedEngine(str(tokenizer_model))
     mix = TaskMix.parse(["ynqa"])
     config = RunConfig(
-        str(tiny_model),
+        str(tokenizer_model),
         (str(passages),),
         mix,
         1,
@@ -181,7 +149,7 @@ def test_failed_requests_are_recorded_and_sent_again_on_resume(tiny_model, passa
         reading={"limit": 30},
     )
     run = tmp_path / "run"
-    first = generate_run(run, config, lambda: Flaky(engine))
+    first = generate_run(run, config, lambda: ScriptedEngine(str(tokenizer_model), flaky))
     note = "6 requests failed (last error: HTTP 503); run the same command to retry them."
     assert (first.state, first.summary.failed, first.error) == ("finished", 6, note)
     failed = query(run, "SELECT error FROM requests WHERE status = 'failed'")
@@ -206,10 +174,10 @@ def test_failed_requests_are_recorded_and_sent_again_on_resume(tiny_model, passa
 
 
 def test_budgets_stop_cleanly_and_a_larger_one_continues(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
-    args = generate_args(passages, tiny_model, out, "--no-checks", "--dedup", "off")
+    args = generate_args(passages, tokenizer_model, out, "--no-checks", "--dedup", "off")
     code, stdout, err = run_cli([*args, "--max-tasks", 5], capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
@@ -231,11 +199,13 @@ def test_budgets_stop_cleanly_and_a_larger_one_continues(
     assert 2000 <= tokens < 2000 + 48  # stops at the request that reached it
 
 
-def test_retry_rejected_asks_again_at_most_k_times(tiny_model, passages, tmp_path):
+def test_retry_rejected_asks_again_at_most_k_times(
+    tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
-    args = generate_args(passages, tiny_model, out, "--limit", 24, "--retry-rejected", 2)
-    result = subprocess.run(BONITO + args, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    args = generate_args(passages, tokenizer_model, out, "--limit", 24, "--retry-rejected", 2)
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
     per_context = query(
         out,
         "SELECT r.context_id, MAX(r.attempt), "
@@ -362,10 +332,13 @@ def test_status_of_a_folder_that_is_not_a_run(tmp_path, capsys, monkeypatch):
     assert code == 1 and "is not a bonito run" in err and "Traceback" not in err
 
 
-def test_status_of_a_finished_run(tiny_model, passages, tmp_path, capsys, monkeypatch):
+def test_status_of_a_finished_run(
+    tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
     assert (
-        run_cli(generate_args(passages, tiny_model, out, "--limit", 6), capsys, monkeypatch)[0] == 0
+        run_cli(generate_args(passages, tokenizer_model, out, "--limit", 6), capsys, monkeypatch)[0]
+        == 0
     )
     code, stdout, _ = run_cli(["status", out], capsys, monkeypatch)
     assert code == 0
@@ -373,11 +346,11 @@ def test_status_of_a_finished_run(tiny_model, passages, tmp_path, capsys, monkey
 
 
 def test_no_checks_alone_is_the_original_behaviour(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch
 ):
     """--no-checks keeps every parseable sample: no task checks and no dedup."""
     out = tmp_path / "run"
-    args = generate_args(passages, tiny_model, out, "--no-checks", "--limit", 12, "--n", 2)
+    args = generate_args(passages, tokenizer_model, out, "--no-checks", "--limit", 12, "--n", 2)
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
@@ -399,20 +372,24 @@ def plan_of(folder: Path) -> list[tuple]:
 
 
 def test_a_larger_limit_continues_the_run_as_if_asked_at_once(
-    tiny_model, passages, tmp_path, capsys, monkeypatch, caplog
+    tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch, caplog
 ):
     direct, grown = tmp_path / "direct", tmp_path / "grown"
     assert (
-        run_cli(generate_args(passages, tiny_model, direct, "--limit", 7), capsys, monkeypatch)[0]
+        run_cli(
+            generate_args(passages, tokenizer_model, direct, "--limit", 7), capsys, monkeypatch
+        )[0]
         == 0
     )
     assert (
-        run_cli(generate_args(passages, tiny_model, grown, "--limit", 4), capsys, monkeypatch)[0]
+        run_cli(generate_args(passages, tokenizer_model, grown, "--limit", 4), capsys, monkeypatch)[
+            0
+        ]
         == 0
     )
     first = query(grown, "SELECT request_id, sample, text, finished_at FROM completions")
     code, _, err = run_cli(
-        generate_args(passages, tiny_model, grown, "--limit", 7), capsys, monkeypatch
+        generate_args(passages, tokenizer_model, grown, "--limit", 7), capsys, monkeypatch
     )
     assert code == 0, err
     assert plan_of(grown) == plan_of(direct) and len(plan_of(grown)) == 7
@@ -423,7 +400,7 @@ def test_a_larger_limit_continues_the_run_as_if_asked_at_once(
     assert summary["documents"] == summary["contexts"] == 7
 
     code, stdout, err = run_cli(
-        generate_args(passages, tiny_model, grown, "--limit", 3), capsys, monkeypatch
+        generate_args(passages, tokenizer_model, grown, "--limit", 3), capsys, monkeypatch
     )
     assert code == 0, err
     assert f"{grown} holds 7 contexts, more than --limit 3: it keeps them all" in caplog.text
@@ -431,7 +408,7 @@ def test_a_larger_limit_continues_the_run_as_if_asked_at_once(
 
 
 def test_limit_counts_the_documents_it_reached_and_the_skips_before_the_next_context(
-    tiny_model, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, tmp_path, capsys, monkeypatch
 ):
     """The chunker reads ahead in batches; documents read ahead are not counted, and a skip
     reached before the context after the last one is written and counted."""
@@ -441,7 +418,7 @@ def test_limit_counts_the_documents_it_reached_and_the_skips_before_the_next_con
         (folder / name).write_text(f"The note {name} says the depot opens at nine every day.")
     (folder / "c.csv").write_text("body\nA row without the text column.\n")
     out = tmp_path / "run"
-    args = generate_args(folder, tiny_model, out, "--limit", 2)
+    args = generate_args(folder, tokenizer_model, out, "--limit", 2)
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())["summary"]
@@ -451,7 +428,7 @@ def test_limit_counts_the_documents_it_reached_and_the_skips_before_the_next_con
     assert skip["source"] == str(folder / "c.csv") and skip["reason"] == "missing_field"
     code, stdout, _ = run_cli(["status", out], capsys, monkeypatch)
     assert code == 0 and re.search(r"documents\W+(\d+)", stdout).group(1) == "2"
-    code, _, err = run_cli(generate_args(folder, tiny_model, out), capsys, monkeypatch)
+    code, _, err = run_cli(generate_args(folder, tokenizer_model, out), capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert (summary["documents"], summary["contexts"]) == (4, 4)
@@ -470,14 +447,16 @@ def long_documents(tmp_path) -> Path:
 
 
 def test_per_document_reads_the_first_contexts_of_each_document_and_counts_the_rest(
-    tiny_model, long_documents, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, long_documents, tmp_path, capsys, monkeypatch
 ):
     """--limit alone takes every context of the first document; with --per-document the
     contexts spread over the documents, the larger --limit still reads on as if asked at once,
     and the contexts left out are counted."""
 
     def run(out, *extra):
-        args = generate_args(long_documents, tiny_model, out, "--max-context-tokens", 64, *extra)
+        args = generate_args(
+            long_documents, tokenizer_model, out, "--max-context-tokens", 64, *extra
+        )
         code, stdout, err = run_cli(args, capsys, monkeypatch)
         assert code == 0, err
         return stdout
@@ -494,7 +473,16 @@ def test_per_document_reads_the_first_contexts_of_each_document_and_counts_the_r
     run(grown, "--limit", 5, "--per-document", 2)
     assert plan_of(grown) == plan_of(direct) and tasks_of(grown) == tasks_of(direct)
     contexts = tmp_path / "contexts.jsonl"
-    chunk = ["chunk", long_documents, "--model", tiny_model, "--max-tokens", 64, "-o", contexts]
+    chunk = [
+        "chunk",
+        long_documents,
+        "--model",
+        tokenizer_model,
+        "--max-tokens",
+        64,
+        "-o",
+        contexts,
+    ]
     assert run_cli(chunk, capsys, monkeypatch)[0] == 0
     per_document = Counter(Path(json.loads(line)["file"]).stem for line in contexts.open())
     left_out = per_document["a"] - 2 + per_document["b"] - 2  # c's were not reached
@@ -508,10 +496,10 @@ def test_per_document_reads_the_first_contexts_of_each_document_and_counts_the_r
 
 
 def test_changing_per_document_on_a_run_is_a_configuration_change(
-    tiny_model, long_documents, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, long_documents, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
-    args = generate_args(long_documents, tiny_model, out, "--limit", 2, "--per-document")
+    args = generate_args(long_documents, tokenizer_model, out, "--limit", 2, "--per-document")
     assert run_cli([*args, 1], capsys, monkeypatch)[0] == 0
     code, _, err = run_cli([*args, 2], capsys, monkeypatch)
     assert code == 1 and "reading.per_document: 1 -> 2" in err
@@ -557,10 +545,10 @@ def resumes_with_nothing_to_do(args, out: Path, capsys, monkeypatch) -> bool:
 
 
 def test_an_excluded_file_is_not_part_of_the_inputs(
-    tiny_model, corpus, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, corpus, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
-    args = corpus_args(corpus, tiny_model, out)
+    args = corpus_args(corpus, tokenizer_model, out)
     assert run_cli(args, capsys, monkeypatch)[0] == 0
     with (corpus / "drafts" / "todo.txt").open("a") as excluded:
         excluded.write("More.\n")
@@ -571,10 +559,10 @@ def test_an_excluded_file_is_not_part_of_the_inputs(
 
 
 def test_a_run_inside_its_input_folder_does_not_read_itself(
-    tiny_model, corpus, capsys, monkeypatch
+    tokenizer_model, scripted, corpus, capsys, monkeypatch
 ):
     out = corpus / "run"
-    args = corpus_args(corpus, tiny_model, out)
+    args = corpus_args(corpus, tokenizer_model, out)
     assert run_cli(args, capsys, monkeypatch)[0] == 0
     assert (out / "skipped.jsonl").read_text() == ""
     assert query(out, "SELECT document FROM contexts") == [
@@ -585,24 +573,26 @@ def test_a_run_inside_its_input_folder_does_not_read_itself(
 
 
 def test_a_run_resumes_from_another_working_directory(
-    tiny_model, corpus, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, corpus, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
-    assert run_cli(corpus_args("corpus", tiny_model, out), capsys, monkeypatch)[0] == 0
+    assert run_cli(corpus_args("corpus", tokenizer_model, out), capsys, monkeypatch)[0] == 0
     for cwd, inputs in [(corpus, "."), (corpus / "drafts", ".."), (tmp_path, corpus)]:
         monkeypatch.chdir(cwd)
-        args = corpus_args(inputs, tiny_model, out)
+        args = corpus_args(inputs, tokenizer_model, out)
         assert resumes_with_nothing_to_do(args, out, capsys, monkeypatch), cwd
 
 
-def test_a_changed_input_is_named_file_by_file(tiny_model, corpus, tmp_path, capsys, monkeypatch):
+def test_a_changed_input_is_named_file_by_file(
+    tokenizer_model, scripted, corpus, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "run"
-    assert run_cli(corpus_args(corpus, tiny_model, out), capsys, monkeypatch)[0] == 0
+    assert run_cli(corpus_args(corpus, tokenizer_model, out), capsys, monkeypatch)[0] == 0
     (corpus / "new.md").write_text("A new note about the depot.")
     (corpus / "a.md").write_text("The depot now opens at ten.")
     (corpus / "b.txt").unlink()
-    code, _, err = run_cli(corpus_args(corpus, tiny_model, out), capsys, monkeypatch)
+    code, _, err = run_cli(corpus_args(corpus, tokenizer_model, out), capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
     assert f"{out} holds a run with another configuration:" in err
     for line in ("a.md was modified", "b.txt was removed", "new.md was added"):
@@ -611,7 +601,7 @@ def test_a_changed_input_is_named_file_by_file(tiny_model, corpus, tmp_path, cap
 
 
 def test_a_run_that_generated_nothing_takes_another_configuration(
-    tiny_model, passages, tmp_path, caplog
+    tokenizer_model, passages, tmp_path, caplog
 ):
     """An engine that failed to load leaves a run read and planned but with nothing generated:
     the next command, with another configuration, simply takes the folder over."""
@@ -620,7 +610,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         raise BonitoError("The engine failed to load.")
 
     config = RunConfig(
-        str(tiny_model),
+        str(tokenizer_model),
         (str(passages),),
         TaskMix.parse(["ynqa"]),
         1,
@@ -630,20 +620,20 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
     with pytest.raises(BonitoError, match="failed to load"):
         generate_run(tmp_path / "run", config, broken)
     fixed = RunConfig(
-        str(tiny_model),
+        str(tokenizer_model),
         (str(passages),),
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=16),
         reading={"limit": 3},
     )
-    engine = TransformersEngine(str(tiny_model), device="cpu")
+    engine = ScriptedEngine(str(tokenizer_model))
     with caplog.at_level("INFO", logger="bonito"):
         outcome = generate_run(tmp_path / "run", fixed, lambda: engine)
     assert outcome.state == "finished" and outcome.summary.samples == 3
     assert "nothing was generated yet; starting it over" in caplog.text
     changed = RunConfig(
-        str(tiny_model),
+        str(tokenizer_model),
         (str(passages),),
         TaskMix.parse(["ynqa"]),
         1,
@@ -708,14 +698,14 @@ class FlakyServer(ShuffledServer):
 
 
 def test_the_same_tasks_are_kept_whatever_order_requests_finish_in(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tokenizer_model, passages, tmp_path, capsys, monkeypatch
 ):
     tasks = []
     with http_server(ShuffledServer) as url:
         for name in ("a", "b"):
             out = tmp_path / name
             args = ["generate", passages, "-t", "ynqa,qa,exqa,qg", "--per-context", 4]
-            args += ["--model", tiny_model, "--engine", "openai", "--base-url", url]
+            args += ["--model", tokenizer_model, "--engine", "openai", "--base-url", url]
             args += ["--concurrency", 16, "--limit", 40, "--no-checks", "--dedup", "near"]
             args += ["--output", out]
             code, _, err = run_cli(args, capsys, monkeypatch)
@@ -726,9 +716,9 @@ def test_the_same_tasks_are_kept_whatever_order_requests_finish_in(
 
 
 def test_retry_rejected_waits_for_the_requests_that_failed(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tokenizer_model, passages, tmp_path, capsys, monkeypatch
 ):
-    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args = ["generate", passages, "-t", "ynqa", "--model", tokenizer_model, "--engine", "openai"]
     args += ["--concurrency", 8, "--limit", 40, "--retry-rejected", 1, "--max-retries", 0]
     tasks = {}
     for name, servers in (("steady", [ShuffledServer]), ("flaky", [FlakyServer, ShuffledServer])):
@@ -748,12 +738,11 @@ def test_retry_rejected_waits_for_the_requests_that_failed(
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_model, passages, tmp_path_factory) -> Path:
+def finished(tokenizer_model, passages, tmp_path_factory) -> Path:
     """A small finished run, to copy and damage."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    args = generate_args(passages, tiny_model, out, "--limit", 3, "--no-checks")
-    done = subprocess.run(BONITO + args, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    with scripted_engines():
+        bonito(*generate_args(passages, tokenizer_model, out, "--limit", 3, "--no-checks"))
     return out
 
 
@@ -797,14 +786,14 @@ def test_status_export_and_report_read_a_read_only_run(
 
 @pytest.mark.parametrize("size", [0.5, 200])
 def test_a_damaged_store_is_one_sentence(
-    finished, passages, tiny_model, tmp_path, capsys, monkeypatch, size
+    finished, passages, tokenizer_model, scripted, tmp_path, capsys, monkeypatch, size
 ):
     """Half of it (or only its first bytes): every command says which file and what to do."""
     run = copied(finished, tmp_path)
     store = run / "run.sqlite"
     data = store.read_bytes()
     store.write_bytes(data[: int(len(data) * size) if size < 1 else size])
-    generate = generate_args(passages, tiny_model, run, "--limit", 3, "--no-checks")
+    generate = generate_args(passages, tokenizer_model, run, "--limit", 3, "--no-checks")
     for args in [generate, *read_commands(run, tmp_path)]:
         code, _, err = run_cli(args, capsys, monkeypatch)
         assert code == 1, (args, err)
@@ -813,12 +802,12 @@ def test_a_damaged_store_is_one_sentence(
 
 
 def test_an_emptied_store_beside_its_tasks_is_refused(
-    finished, passages, tiny_model, tmp_path, capsys, monkeypatch
+    finished, passages, tokenizer_model, scripted, tmp_path, capsys, monkeypatch
 ):
     run = copied(finished, tmp_path)
     (run / "run.sqlite").write_bytes(b"")
     tasks = (run / "tasks.jsonl").read_text()
-    generate = generate_args(passages, tiny_model, run, "--limit", 3, "--no-checks")
+    generate = generate_args(passages, tokenizer_model, run, "--limit", 3, "--no-checks")
     code, _, err = run_cli(generate, capsys, monkeypatch)
     assert code == 1 and "run.sqlite is damaged (it is empty, beside tasks.jsonl)" in err
     assert (run / "tasks.jsonl").read_text() == tasks
@@ -895,12 +884,15 @@ main()
 """
 
 
+@pytest.mark.heavy  # starts a process
 def test_a_kill_while_tasks_jsonl_is_rewritten_leaves_the_old_file_and_no_finished_summary(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tokenizer_model, scripted, passages, tmp_path, capsys, monkeypatch
 ):
     """F3: a real SIGKILL in the middle of the rewrite a restarted run makes of tasks.jsonl."""
     out = tmp_path / "run"
-    args = generate_args(passages, tiny_model, out, "--limit", 8, "--no-checks", "--dedup", "off")
+    args = generate_args(
+        passages, tokenizer_model, out, "--limit", 8, "--no-checks", "--dedup", "off"
+    )
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     tasks = (out / "tasks.jsonl").read_text()
@@ -921,16 +913,19 @@ def test_a_kill_while_tasks_jsonl_is_rewritten_leaves_the_old_file_and_no_finish
 
 
 def test_symlinks_in_a_run_folder_are_replaced_not_written_through(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tokenizer_model, passages, tmp_path, capsys, monkeypatch
 ):
     """F18: a resume and a report replace links planted in the run folder, never the files
     they point to."""
     out = tmp_path / "run"
-    args = generate_args(passages, tiny_model, out, "--limit", 4, "--no-checks", "--dedup", "off")
+    args = generate_args(
+        passages, tokenizer_model, out, "--limit", 4, "--no-checks", "--dedup", "off"
+    )
     out.mkdir()
     (tmp_path / "victim-skipped.jsonl").write_text("keep me\n")
     (out / "skipped.jsonl").symlink_to(tmp_path / "victim-skipped.jsonl")
-    code, _, err = run_cli(args, capsys, monkeypatch)
+    with scripted_engines(yes_no):
+        code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     victims = {"skipped.jsonl": tmp_path / "victim-skipped.jsonl"}
     for name in ("tasks.jsonl", "summary.json", "report.html"):

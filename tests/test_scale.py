@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_cli import run_cli
+from helpers import run_cli
 
 from bonito.cli import main
 from bonito.engines import load_engine

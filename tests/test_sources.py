@@ -14,20 +14,12 @@ import huggingface_hub
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import ARTICLE, NEEDS_DOCS, write_docx, write_html, write_pdf
 
 from bonito import BonitoError
 from bonito.read.sources import SUFFIXES, Document, Skip, fingerprint, read_documents
 
 ROWS = [{"text": "First passage."}, {"text": "Second passage."}, {"text": "  "}]
-ARTICLE = [
-    "The city council voted on Tuesday to turn the old railway depot into a public library, "
-    "ending a debate that had run for more than six years.",
-    "Work on the roof will start in the spring, and the architects expect the reading rooms "
-    "to open to the public within two years of the first stone being laid.",
-    "Local historians welcomed the decision, noting that the depot was one of the last "
-    "buildings of its kind still standing in the region.",
-]
-NEEDS_DOCS = "needs the docs extra: pip install -e '.[docs]'"
 
 
 def texts(items):
@@ -38,55 +30,12 @@ def skips(items):
     return {(Path(s.source).name, s.reason): s.detail for s in items if isinstance(s, Skip)}
 
 
-def write_pdf(path: Path) -> Path:
-    """Two pages: a word hyphenated across lines, then a paragraph over lines and another."""
-    pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
-    pdf = pymupdf.open()
-    pdf.new_page().insert_text((72, 72), "The council voted to restore the exam-\nple depot.")
-    page = pdf.new_page()
-    page.insert_textbox(pymupdf.Rect(72, 72, 300, 300), ARTICLE[1])  # wraps over lines
-    page.insert_text((72, 400), "Local historians welcomed it.")
-    pdf.set_metadata({"title": "Depot minutes"})
-    pdf.save(path)
-    return path
-
-
 def add_image_page(pdf):
     """A page as a scanner makes it: an image, no text."""
     pymupdf = pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
     pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 16, 16), False)
     pixmap.clear_with(180)
     pdf.new_page().insert_image(pymupdf.Rect(72, 72, 400, 400), pixmap=pixmap)
-
-
-def write_docx(path: Path) -> Path:
-    docx = pytest.importorskip("docx", reason=NEEDS_DOCS)
-    document = docx.Document()
-    document.core_properties.title = "Depot report"
-    document.add_heading("The depot", level=1)
-    document.add_paragraph(ARTICLE[0])
-    table = document.add_table(rows=2, cols=2)
-    for row, cells in zip(table.rows, [("year", "visitors"), ("2024", "1,200")], strict=True):
-        for cell, value in zip(row.cells, cells, strict=True):
-            cell.text = value
-    document.add_paragraph(ARTICLE[1])
-    document.save(path)
-    return path
-
-
-def write_html(path: Path) -> Path:
-    """An article inside the menus, banners and footers of a real news page."""
-    paragraphs = "".join(f"<p>{p}</p>" for p in ARTICLE)
-    path.write_text(
-        "<html><head><title>Depot to become library | Town News</title></head><body>"
-        '<nav><a href="/">Home</a> <a href="/sport">Sport</a> <a href="/weather">Weather</a></nav>'
-        '<div class="cookie-banner">We use cookies to improve your experience. Accept all</div>'
-        f"<main><article><h1>Depot to become library</h1>{paragraphs}</article></main>"
-        "<aside><h3>Most read</h3><ul><li>Storm warning for the coast</li></ul></aside>"
-        "<footer>Copyright 2024 Town News. Subscribe to our newsletter.</footer></body></html>",
-        encoding="utf-8",
-    )
-    return path
 
 
 def test_tables_give_the_same_rows_and_skip_empty_ones(tmp_path):

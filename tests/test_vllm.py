@@ -19,12 +19,11 @@ vllm = pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make test` runs these tests in .venv-vllm"
 )
 
-from test_cli import run_cli  # noqa: E402
+from helpers import done_requests, query, run_cli, tasks_of, wait_for  # noqa: E402
 from test_engines import (  # noqa: E402
     check_n_samples_seeded_reproducible_and_distinct,
     check_stop_strings_and_finish_reasons,
 )
-from test_run import done_requests, query, tasks_of, wait_for  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from bonito import Bonito, BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402

@@ -158,7 +158,7 @@ def test_transformers_options_under_auto_do_not_reach_vllm(fake_vllm, tiny_model
 def test_sampling_vllm_refuses_is_refused_before_anything_loads(
     sampling, message, tiny_model, tmp_path, capsys, monkeypatch
 ):
-    from test_cli import run_cli
+    from helpers import run_cli
 
     (tmp_path / "p.txt").write_text("A short passage about rivers and lakes.\n")
     args = ["generate", tmp_path / "p.txt", "-o", tmp_path / "run", "-t", "ynqa"]

@@ -204,7 +204,7 @@ def test_a_failing_automatic_slot_decoder_falls_back_to_the_dynamic_one(
     whatever exception (a failed graph capture, a transformers internal that moved), generation
     goes on with the dynamic decoder: same samples. The failed slots are gone, and the device's
     cache emptied, before the dynamic decoder sizes its batches from free memory."""
-    from bonito.engines import transformers as engine_module
+    from bonito.engines.transformers import slots as engine_module
 
     made = []
 

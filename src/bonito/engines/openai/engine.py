@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import queue
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
 from bonito.engines.openai.answers import completions_from
-from bonito.engines.openai.bridge import _DONE, _Fatal, run_apart
+from bonito.engines.openai.bridge import run_apart, stream_apart
 from bonito.engines.openai.concurrency import NOT_SERVING_CAUSES, Concurrency, Stats
 from bonito.engines.openai.http import (
     Answer,
@@ -335,53 +334,8 @@ class OpenAIEngine:
         seeds = prompt_seeds(sampling, len(prompts), seeds)
         if not prompts:
             return
-        finished: queue.SimpleQueue = queue.SimpleQueue()
-        started = threading.Event()
-        handle: dict[str, Any] = {}
-
-        async def main() -> None:
-            handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
-            started.set()
-            try:
-                await self._generate(prompts, sampling, seeds, finished.put)
-            except asyncio.CancelledError:
-                pass
-            except BaseException as error:
-                finished.put(_Fatal(error))
-            finally:
-                finished.put(_DONE)
-
-        thread = threading.Thread(
-            target=asyncio.run, args=(main(),), name="bonito-openai", daemon=True
-        )
-        thread.start()
-        started.wait()
-        try:
-            while True:
-                try:
-                    item = finished.get(timeout=0.5)  # a timeout keeps Ctrl-C working
-                except queue.Empty:
-                    continue
-                group = []
-                while item is not _DONE and not isinstance(item, _Fatal):
-                    group.append(item)
-                    try:
-                        item = finished.get_nowait()
-                    except queue.Empty:
-                        break
-                if group:
-                    yield group
-                if isinstance(item, _Fatal):
-                    raise item.error
-                if item is _DONE:
-                    return
-        finally:
-            if thread.is_alive():
-                try:
-                    handle["loop"].call_soon_threadsafe(handle["task"].cancel)
-                except RuntimeError:  # the loop just closed
-                    pass
-            thread.join()
+        produce = functools.partial(self._generate, prompts, sampling, seeds)
+        yield from stream_apart(produce, "bonito-openai")
 
     async def _generate(
         self,

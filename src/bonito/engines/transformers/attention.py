@@ -1,5 +1,5 @@
 """Grouped-query attention over the slot cache, registered with transformers under
-GROUPED_SDPA for the slot decoders."""
+GROUPED_SDPA when a slot decoder is set up."""
 
 from __future__ import annotations
 
@@ -46,5 +46,8 @@ def grouped_sdpa(
     return output.reshape(batch, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
-AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+def register_grouped_sdpa() -> None:
+    """Make GROUPED_SDPA a name transformers knows (its registries are global: done when a slot
+    decoder is set up, not when bonito is imported)."""
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
+    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from bonito.engines.base import Finished, prompt_seeds
-from bonito.engines.transformers.attention import GROUPED_SDPA
+from bonito.engines.transformers.attention import GROUPED_SDPA, register_grouped_sdpa
 from bonito.engines.transformers.dynamic import DynamicDecoding
 from bonito.engines.transformers.slots import SlotDecoding
 from bonito.errors import BonitoError
@@ -155,6 +155,7 @@ class TransformersEngine(DynamicDecoding, SlotDecoding):
         if self.attention == GROUPED_SDPA:  # the model served a slot decoder before
             self.attention = "sdpa"
         if self.decoder != "dynamic":
+            register_grouped_sdpa()
             lm.set_attn_implementation(GROUPED_SDPA)
         eos = lm.generation_config.eos_token_id
         eos = tokenizer.eos_token_id if eos is None else eos

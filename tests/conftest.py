@@ -32,3 +32,58 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.heavy)
+
+
+# Engines and servers more than one test module uses (the engine contract and each engine's own
+# tests): started once per session. Each skips, saying why, where its package is missing.
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny generator as one f32 GGUF file, written by the repository's script."""
+    from servers import convert_to_gguf
+
+    pytest.importorskip("gguf", reason="gguf is not installed (pip install 'bonito[llamacpp]')")
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-bonito.gguf"
+    result = convert_to_gguf(tiny_model, out, "--outtype", "f32")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_server(request, tmp_path_factory):
+    """llama-cpp-python's server with the session's tiny GGUF."""
+    from servers import CONVERT_SCRIPT, llama_cpp_serve, llama_cpp_server_missing
+
+    missing = llama_cpp_server_missing(CONVERT_SCRIPT)
+    if missing:
+        pytest.skip(missing)
+    gguf = request.getfixturevalue("tiny_gguf")
+    process = llama_cpp_serve(gguf, tmp_path_factory.mktemp("llama-server") / "server.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_bonito(tiny_model):
+    """`Bonito` on vLLM in-process (the CPU build in .venv-vllm), with VLLM_ARGS."""
+    from servers import VLLM_ARGS
+
+    pytest.importorskip("vllm", reason="vLLM is not installed here: `make test` runs it")
+    from bonito import Bonito
+
+    return Bonito(str(tiny_model), engine="vllm", **VLLM_ARGS)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, tmp_path_factory):
+    """`vllm serve` with the tiny generator and VLLM_SERVE_OPTIONS."""
+    from servers import VLLM_SERVE_OPTIONS, vllm_serve
+
+    pytest.importorskip("vllm", reason="vLLM is not installed here: `make test` runs it")
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    process = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS)
+    process.start(timeout=600)
+    yield process
+    process.stop()

@@ -34,8 +34,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.heavy)
 
 
-# Engines and servers more than one test module uses (the engine contract and each engine's own
-# tests): started once per session. Each skips, saying why, where its package is missing.
+# What more than one test module uses (the engine contract and each engine's own tests), made
+# once per session; each skips, saying why, where its package is missing. (vLLM is loaded per
+# module instead: two at once would hold too much memory.)
 
 
 @pytest.fixture(scope="session")
@@ -61,29 +62,5 @@ def llama_server(request, tmp_path_factory):
     gguf = request.getfixturevalue("tiny_gguf")
     process = llama_cpp_serve(gguf, tmp_path_factory.mktemp("llama-server") / "server.log")
     process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="session")
-def vllm_bonito(tiny_model):
-    """`Bonito` on vLLM in-process (the CPU build in .venv-vllm), with VLLM_ARGS."""
-    from servers import VLLM_ARGS
-
-    pytest.importorskip("vllm", reason="vLLM is not installed here: `make test` runs it")
-    from bonito import Bonito
-
-    return Bonito(str(tiny_model), engine="vllm", **VLLM_ARGS)
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model, tmp_path_factory):
-    """`vllm serve` with the tiny generator and VLLM_SERVE_OPTIONS."""
-    from servers import VLLM_SERVE_OPTIONS, vllm_serve
-
-    pytest.importorskip("vllm", reason="vLLM is not installed here: `make test` runs it")
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    process = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS)
-    process.start(timeout=600)
     yield process
     process.stop()

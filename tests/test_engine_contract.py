@@ -7,15 +7,15 @@ The engines: transformers (dynamic and static decoders), llama.cpp and the opena
 llama-cpp-python's server (each skipped, saying why, where its package is missing; `transformers
 serve` is left out: it ignores seeds), and vLLM in-process and behind `vllm serve` (marked
 `vllm`: `make test` runs them in .venv-vllm). One engine at a time, each loaded once for the
-module; the servers and the GGUF file are the session's (conftest.py), shared with the engines'
-own tests."""
+module; llama-cpp-python's server and the GGUF file are the session's (conftest.py), shared
+with the engines' own tests."""
 
 import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from servers import FaultProxy
+from servers import VLLM_ARGS, VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bonito import SamplingParams, build_prompt
@@ -34,18 +34,24 @@ PASSAGES = [
 PROMPTS = [build_prompt(p, t) for p in PASSAGES for t in ("ynqa", "nli")]
 HAS_LLAMA = all(importlib.util.find_spec(m) for m in ("llama_cpp", "gguf"))
 NO_LLAMA = "the llamacpp extra is not installed (pip install 'bonito[llamacpp]')"
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+NO_VLLM = "vLLM is not installed here: `make test` runs these tests in .venv-vllm"
 ENGINES = [
     "dynamic",
     "static",
     pytest.param("llamacpp", marks=pytest.mark.skipif(not HAS_LLAMA, reason=NO_LLAMA)),
     "openai",
-    pytest.param("vllm", marks=pytest.mark.vllm),
-    pytest.param("vllm serve", marks=pytest.mark.vllm),
+    pytest.param(
+        "vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)]
+    ),
+    pytest.param(
+        "vllm-serve", marks=[pytest.mark.vllm, pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)]
+    ),
 ]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def engine(request, tiny_model):
+def engine(request, tiny_model, tmp_path_factory):
     """Each engine in turn (the last one let go before the next loads)."""
     kind = request.param
     if kind == "dynamic":
@@ -64,10 +70,12 @@ def engine(request, tiny_model):
         server = request.getfixturevalue("llama_server")
         yield load_engine(str(tiny_model), "openai", base_url=server.url + "/v1")
     elif kind == "vllm":
-        yield request.getfixturevalue("vllm_bonito").engine
+        yield load_engine(str(tiny_model), "vllm", **VLLM_ARGS)
     else:
-        server = request.getfixturevalue("vllm_server")
+        log = tmp_path_factory.mktemp("vllm") / "server.log"
+        server = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS).start(timeout=600)
         yield load_engine(str(tiny_model), "openai", base_url=server.url + "/v1")
+        server.stop()
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 these in .venv-vllm): the drop-in API and `--engine vllm` load it, greedy decoding writes what the
 transformers engine writes, one BOS per prompt, engine options passed through, and a killed run
 that resumes (the engine contract, test_engine_contract.py, covers the rest). One `vllm.LLM` for
-the session (conftest.py): loading one takes half a minute."""
+the module: loading one takes half a minute."""
 
 import json
 import logging
@@ -24,7 +24,7 @@ from test_cli import run_cli  # noqa: E402
 from test_run import done_requests, query, tasks_of, wait_for  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from bonito import BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402
+from bonito import Bonito, BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402
 from bonito.engines import choose_engine, generate_all, load_engine  # noqa: E402
 from bonito.engines.transformers import TransformersEngine  # noqa: E402
 
@@ -35,8 +35,8 @@ PROMPTS = [build_prompt(p, t) for p in PASSAGES[:6] for t in ("ynqa", "exqa")]
 
 
 @pytest.fixture(scope="module")
-def bonito(vllm_bonito):
-    return vllm_bonito
+def bonito(tiny_model):
+    return Bonito(str(tiny_model), engine="vllm", **VLLM_ARGS)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make test` runs these tests in .venv-vllm"
 )
 
-from servers import FaultProxy  # noqa: E402
+from servers import VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve  # noqa: E402
 from test_openai_engine import (  # noqa: E402
     completions_of,
     counts_of,
@@ -29,9 +29,12 @@ SAMPLED = SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=4)
 
 
 @pytest.fixture(scope="module")
-def server(vllm_server):
-    """`vllm serve`, the session's (conftest.py)."""
-    return vllm_server
+def server(tiny_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    process = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS)
+    process.start(timeout=600)
+    yield process
+    process.stop()
 
 
 def test_greedy_run_through_vllm_serve_equals_the_in_process_run(

@@ -9,12 +9,8 @@ import torch
 
 from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import choose_engine, generate_all, load_engine
-from bonito.engines.transformers import (
-    NUCLEUS_CANDIDATES,
-    TransformersEngine,
-    pick_tokens,
-    race_noise,
-)
+from bonito.engines.sampling import NUCLEUS_CANDIDATES, pick_tokens, race_noise
+from bonito.engines.transformers import TransformersEngine
 from bonito.prompt.sampling import derive_seed
 
 PASSAGES = [

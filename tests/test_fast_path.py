@@ -15,15 +15,14 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from bonito import BonitoError, SamplingParams
 from bonito.engines import generate_all
+from bonito.engines.sampling import NUCLEUS_CANDIDATES, pick_tokens
 from bonito.engines.transformers import (
     GROUPED_SDPA,
-    NUCLEUS_CANDIDATES,
     CapturedStep,
     PhaseTimes,
     TransformersEngine,
     choose_decoder,
     grouped_sdpa,
-    pick_tokens,
 )
 from bonito.models import cache_keyword
 from bonito.prompt.sampling import derive_seed

@@ -71,3 +71,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.heavy)
+
+
+# What more than one test module uses (the engine contract and each engine's own tests), made
+# once per session; each skips, saying why, where its package is missing. (vLLM is loaded per
+# module instead: two at once would hold too much memory.)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny generator as one f32 GGUF file, written by the repository's script."""
+    from servers import convert_to_gguf
+
+    pytest.importorskip("gguf", reason="gguf is not installed (pip install 'bonito[llamacpp]')")
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-bonito.gguf"
+    result = convert_to_gguf(tiny_model, out, "--outtype", "f32")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_server(request, tmp_path_factory):
+    """llama-cpp-python's server with the session's tiny GGUF."""
+    from servers import CONVERT_SCRIPT, llama_cpp_serve, llama_cpp_server_missing
+
+    missing = llama_cpp_server_missing(CONVERT_SCRIPT)
+    if missing:
+        pytest.skip(missing)
+    gguf = request.getfixturevalue("tiny_gguf")
+    process = llama_cpp_serve(gguf, tmp_path_factory.mktemp("llama-server") / "server.log")
+    process.start()
+    yield process
+    process.stop()

@@ -311,3 +311,30 @@ def llama_cpp_serve(gguf: Path | str, log: Path, port: int | None = None) -> Ser
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
     return ServerProcess(command, port, log, health="/v1/models")
+
+
+CONVERT_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_to_gguf.py"
+
+
+def convert_to_gguf(model_dir: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    """scripts/convert_to_gguf.py run on `model_dir`, writing `out`."""
+    command = [sys.executable, str(CONVERT_SCRIPT), str(model_dir), str(out), *options]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+VLLM_ARGS = {
+    "dtype": "float32",
+    "max_model_len": 1024,
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.5,  # on vLLM's CPU backend: the share of RAM it may take
+    "kv_cache_memory_bytes": 1 << 28,  # ... unless the cache size is given (the tiny model's)
+}
+"""What `vllm.LLM` gets in the tests, and `--engine-arg` in the command line tests."""
+VLLM_SERVE_OPTIONS = (
+    "--dtype=float32",
+    "--max-model-len=1024",
+    "--enforce-eager",
+    f"--kv-cache-memory-bytes={1 << 28}",  # on the CPU backend, else a share of all RAM
+    "--no-enable-chunked-prefill",  # its CPU sampler cannot rewind a seeded partial prefill
+)
+"""What `vllm serve` gets in the tests."""

@@ -1,4 +1,5 @@
-"""The transformers engine on the project's tiny generator; engine choice and load errors."""
+"""The transformers engine on the project's tiny generator (the engine contract,
+test_engine_contract.py, covers the rest); engine choice and load errors."""
 
 import importlib.util
 import math
@@ -8,12 +9,8 @@ import torch
 
 from bonito import BonitoError, SamplingParams, build_prompt
 from bonito.engines import choose_engine, generate_all, load_engine
-from bonito.engines.transformers import (
-    NUCLEUS_CANDIDATES,
-    TransformersEngine,
-    pick_tokens,
-    race_noise,
-)
+from bonito.engines.sampling import NUCLEUS_CANDIDATES, pick_tokens, race_noise
+from bonito.engines.transformers import TransformersEngine
 from bonito.prompt.sampling import derive_seed
 
 PASSAGES = [
@@ -30,13 +27,6 @@ PROMPTS = [build_prompt(p, t) for p in PASSAGES for t in ("ynqa", "nli")]
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     return TransformersEngine(str(tiny_model), device="cpu")
-
-
-def test_bos_is_added_once_and_never_doubled(engine):
-    bos = engine.tokenizer.bos_token_id
-    ids = engine.encode(PROMPTS[0])
-    assert ids[0] == bos and ids[1] != bos
-    assert engine.encode(engine.tokenizer.bos_token + PROMPTS[0]) == ids
 
 
 def plain_greedy(engine, prompt, max_tokens):
@@ -74,23 +64,6 @@ def test_batches_are_length_sorted_and_sized(engine):
     assert sorted(i for b in batches for i in b) == list(range(len(PROMPTS)))
 
 
-def check_n_samples_seeded_reproducible_and_distinct(engine, prompts):
-    """Any engine: n samples a prompt, the same again with the same seed, others with another."""
-    sampling = SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=11)
-    first = generate_all(engine, prompts, sampling)
-    assert [len(o) for o in first] == [3] * len(prompts)
-    assert generate_all(engine, prompts, sampling) == first
-    other = generate_all(
-        engine, prompts, SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=12)
-    )
-    assert other != first
-    assert any(len({c.text for c in o}) > 1 for o in first)
-
-
-def test_n_samples_seeded_reproducible_and_distinct(engine):
-    check_n_samples_seeded_reproducible_and_distinct(engine, PROMPTS[:4])
-
-
 @pytest.mark.parametrize("spread", ["peaked", "flat"])
 def test_top_p_samples_the_nucleus_in_proportion(spread):
     """Draws stay inside the smallest set reaching top_p and follow its renormalised
@@ -113,39 +86,6 @@ def test_top_p_samples_the_nucleus_in_proportion(spread):
     assert torch.allclose(counts / counts.sum(), expected, atol=0.01)
 
 
-def test_text_is_only_the_completion(engine):
-    for outputs in generate_all(engine, PROMPTS, SamplingParams(max_tokens=64, seed=0)):
-        completion = outputs[0]
-        assert "<|tasktype|>" not in completion.text and "<|context|>" not in completion.text
-        assert engine.tokenizer.eos_token not in completion.text
-        assert completion.prompt_tokens > 10
-
-
-def check_stop_strings_and_finish_reasons(engine, prompts):
-    """Any engine: a stop string ends the text before it (finish "stop"), max_tokens cuts it
-    (finish "length"), end of sequence ends it, and no special token is left in the text."""
-    stopped = generate_all(
-        engine, prompts[:4], SamplingParams(max_tokens=64, seed=0, stop=("<|pipe|>",))
-    )
-    for outputs in stopped:
-        assert "<|pipe|>" not in outputs[0].text
-        assert outputs[0].finish_reason == "stop"
-    free = generate_all(engine, prompts[:4], SamplingParams(max_tokens=64, seed=0))
-    for cut, whole in zip(stopped, free, strict=True):
-        if "<|pipe|>" in whole[0].text:
-            assert whole[0].text.startswith(cut[0].text)
-            assert cut[0].completion_tokens < whole[0].completion_tokens
-    short = generate_all(engine, prompts[:2], SamplingParams(max_tokens=3, seed=0))
-    assert [(o[0].finish_reason, o[0].completion_tokens) for o in short] == [("length", 3)] * 2
-    ended = generate_all(engine, prompts[:2], SamplingParams(max_tokens=128, temperature=0))
-    assert all(o[0].finish_reason == "stop" and o[0].completion_tokens < 128 for o in ended)
-    assert all("</s>" not in o[0].text and "<|task|>" not in o[0].text for o in ended)
-
-
-def test_stop_strings_and_finish_reasons(engine):
-    check_stop_strings_and_finish_reasons(engine, PROMPTS)
-
-
 def test_every_prompt_is_yielded_once_in_groups(engine):
     engine.batch_size = 4
     try:
@@ -154,24 +94,6 @@ def test_every_prompt_is_yielded_once_in_groups(engine):
         engine.batch_size = None
     assert [len(g) for g in groups] == [4, 4, 2]
     assert sorted(i for g in groups for i, _ in g) == list(range(len(PROMPTS)))
-
-
-def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(engine):
-    """With per-prompt seeds, a prompt gets the same samples alone, in a batch of others, at
-    another position or batch size: what resuming a run relies on."""
-    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=32)
-    seeds = [derive_seed(7, i) for i in range(len(PROMPTS))]
-    together = generate_all(engine, PROMPTS, sampling, seeds)
-    engine.batch_size = 3
-    try:
-        alone = [
-            generate_all(engine, [p], sampling, [s])[0] for p, s in zip(PROMPTS, seeds, strict=True)
-        ]
-        reversed_ = generate_all(engine, PROMPTS[::-1], sampling, seeds[::-1])[::-1]
-    finally:
-        engine.batch_size = None
-    assert alone == together == reversed_
-    assert generate_all(engine, PROMPTS, sampling, [s + 1 for s in seeds]) != together
 
 
 def test_race_noise_is_splitmix64_and_exponential():

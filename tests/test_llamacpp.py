@@ -1,28 +1,21 @@
 """The llama.cpp engine on the tiny generator converted to GGUF by scripts/convert_to_gguf.py:
-the same prompt tokens and greedy tasks as the transformers engine, seeded n>1 sampling, stop
-strings, finish reasons, failures and bad paths. Skipped where the `llamacpp` extra is missing."""
+the same prompt tokens and greedy tasks as the transformers engine, prompts waiting for room,
+options and bad paths (the engine contract, test_engine_contract.py, covers the rest). Skipped
+where the `llamacpp` extra is missing."""
 
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_engines import (
-    check_n_samples_seeded_reproducible_and_distinct,
-    check_stop_strings_and_finish_reasons,
-)
+from servers import convert_to_gguf
 
 from bonito import BonitoError, SamplingParams, build_prompt, parse_task
 from bonito.engines import generate_all
-from bonito.engines.base import Failure
 from bonito.engines.llamacpp import LlamaCppEngine, check_gguf_path
-from bonito.prompt.sampling import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-CONVERT = ROOT / "scripts" / "convert_to_gguf.py"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 HAS_GGUF = importlib.util.find_spec("gguf") is not None
@@ -43,25 +36,6 @@ def read_passages(path: Path, limit: int | None = None) -> list[str]:
 
 EXAMPLES = read_passages(ROOT / "examples" / "passages.jsonl")
 PROMPTS = [build_prompt(p, t) for p in EXAMPLES[:6] for t in ("ynqa", "nli")]
-
-
-def convert(model_dir: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(CONVERT), str(model_dir), str(out), *options],
-        capture_output=True,
-        text=True,
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
-    """The session's tiny generator as one f32 GGUF file, written by the repository's script."""
-    if not HAS_GGUF:
-        pytest.skip("gguf is not installed (pip install 'bonito[llamacpp]')")
-    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-bonito.gguf"
-    result = convert(tiny_model, out, "--outtype", "f32")
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +80,7 @@ def test_conversion_keeps_the_markers_whole_and_the_special_tokens(tiny_model, t
 @pytest.mark.heavy
 def test_conversion_refuses_what_it_cannot_convert(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    result = convert(tmp_path, tmp_path / "out.gguf")
+    result = convert_to_gguf(tmp_path, tmp_path / "out.gguf")
     assert result.returncode == 1
     assert "GPT2LMHeadModel is not a Llama/Mistral architecture" in result.stderr
     assert "convert_hf_to_gguf.py" in result.stderr
@@ -122,10 +96,6 @@ def test_prompt_tokens_match_the_transformers_engine_on_real_passages(engine, tr
     kinds = ("exqa", "ynqa", "nli", "summarization", "qg", "sentiment")
     prompts = [build_prompt(p, kinds[i % len(kinds)]) for i, p in enumerate(passages)]
     assert [engine.encode(p) for p in prompts] == [transformers_engine.encode(p) for p in prompts]
-    ids = engine.encode(PROMPTS[0])
-    bos = transformers_engine.tokenizer.bos_token_id
-    assert ids[0] == bos and ids[1] != bos
-    assert engine.encode("<s>" + PROMPTS[0]) == ids
 
 
 @needs_llama
@@ -156,36 +126,6 @@ def test_greedy_tasks_match_the_transformers_engine(tiny_gguf, transformers_engi
 
 
 @needs_llama
-def test_n_samples_seeded_reproducible_and_distinct(engine):
-    check_n_samples_seeded_reproducible_and_distinct(engine, PROMPTS[:4])
-
-
-@needs_llama
-def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(tiny_gguf, engine):
-    """Per-prompt seeds: the same samples alone, among others, in another order or with fewer
-    sequences decoded together."""
-    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=32)
-    seeds = [derive_seed(7, i) for i in range(len(PROMPTS))]
-    together = generate_all(engine, PROMPTS, sampling, seeds)
-    alone = [
-        generate_all(engine, [p], sampling, [s])[0] for p, s in zip(PROMPTS, seeds, strict=True)
-    ]
-    reversed_ = generate_all(engine, PROMPTS[::-1], sampling, seeds[::-1])[::-1]
-    narrow = LlamaCppEngine(str(tiny_gguf), n_threads=1, n_parallel=2)
-    try:
-        two_at_a_time = generate_all(narrow, PROMPTS, sampling, seeds)
-    finally:
-        narrow.close()
-    assert alone == together == reversed_ == two_at_a_time
-    assert generate_all(engine, PROMPTS, sampling, [s + 1 for s in seeds]) != together
-
-
-@needs_llama
-def test_stop_strings_and_finish_reasons(engine):
-    check_stop_strings_and_finish_reasons(engine, PROMPTS)
-
-
-@needs_llama
 def test_every_prompt_is_yielded_once_as_its_samples_finish(tiny_gguf, engine):
     """Few slots, a small cache and prompts read in parts of 32 tokens: prompts wait for room,
     each comes back exactly once, with the samples it gets from the roomy engine."""
@@ -204,19 +144,13 @@ def test_every_prompt_is_yielded_once_as_its_samples_finish(tiny_gguf, engine):
 
 
 @needs_llama
-def test_a_prompt_that_cannot_fit_fails_alone(tiny_gguf):
+def test_more_samples_than_sequences_are_refused(tiny_gguf):
     small = LlamaCppEngine(str(tiny_gguf), n_threads=1, n_ctx=256, n_parallel=2)
-    long_prompt = build_prompt(" ".join(EXAMPLES), "nli")
     try:
-        groups = list(small.generate([PROMPTS[0], long_prompt], SamplingParams(max_tokens=8)))
         with pytest.raises(BonitoError, match="n=3 samples per prompt need n_parallel"):
             list(small.generate(PROMPTS[:1], SamplingParams(n=3)))
     finally:
         small.close()
-    results = dict(item for group in groups for item in group)
-    assert isinstance(results[1], Failure)
-    assert "this engine runs sequences of at most 256" in results[1].reason
-    assert not isinstance(results[0], Failure) and results[0][0].completion_tokens > 0
 
 
 @needs_llama

@@ -8,8 +8,6 @@ import functools
 import json
 import logging
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
@@ -21,8 +19,6 @@ from servers import (
     FaultProxy,
     free_port,
     http_server,
-    llama_cpp_serve,
-    llama_cpp_server_missing,
     serving_missing,
     transformers_serve,
 )
@@ -54,7 +50,6 @@ from bonito.runs.run import RunConfig, generate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "passages.jsonl"
-CONVERT = ROOT / "scripts" / "convert_to_gguf.py"
 GREEDY = SamplingParams(temperature=0, max_tokens=40, seed=3)
 
 
@@ -173,29 +168,13 @@ def test_samples_are_asked_one_by_one_from_a_server_that_ignores_n(server, tiny_
     }
 
 
-@pytest.fixture(scope="module")
-def llama_server(tiny_model, tmp_path_factory):
-    """llama-cpp-python's server with the tiny generator converted to GGUF."""
-    missing = llama_cpp_server_missing(CONVERT)
-    if missing:
-        pytest.skip(missing)
-    folder = tmp_path_factory.mktemp("llama-server")
-    converted = subprocess.run(
-        [sys.executable, str(CONVERT), str(tiny_model), str(folder / "tiny.gguf")],
-        capture_output=True,
-        text=True,
-    )
-    assert converted.returncode == 0, converted.stderr
-    process = llama_cpp_serve(folder / "tiny.gguf", folder / "server.log").start()
-    yield process
-    process.stop()
-
-
-def test_a_llama_cpp_server_gets_bos_once_and_seeded_samples_one_by_one(llama_server, tiny_model):
+def test_a_llama_cpp_server_gets_bos_once_and_seeded_samples_one_by_one(
+    llama_server, tiny_model, tiny_gguf
+):
     """llama.cpp adds BOS itself (the prompt counts as many tokens as with the transformers
     tokenizer), ignores n and honours seeds: samples are asked one by one, reproducibly."""
     engine = load_engine(str(tiny_model), "openai", base_url=llama_server.url)
-    assert engine.model.endswith("tiny.gguf") and engine.split_n  # the one model it lists
+    assert engine.model.endswith(tiny_gguf.name) and engine.split_n  # the one model it lists
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()[:3]]
     prompts = [build_prompt(t, "ynqa") for t in texts]

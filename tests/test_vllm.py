@@ -1,8 +1,8 @@
 """vLLM in-process on the tiny generator, with the community CPU build of vLLM (`make test` runs
 these in .venv-vllm): the drop-in API and `--engine vllm` load it, greedy decoding writes what the
-transformers engine writes, one BOS per prompt, seeded n>1 sampling, stop strings, finish reasons
-and token counts, engine options passed through, and a killed run that resumes. One `vllm.LLM`
-for the module: loading one takes half a minute."""
+transformers engine writes, one BOS per prompt, engine options passed through, and a killed run
+that resumes (the engine contract, test_engine_contract.py, covers the rest). One `vllm.LLM` for
+the module: loading one takes half a minute."""
 
 import json
 import logging
@@ -20,34 +20,22 @@ vllm = pytest.importorskip(
 )
 
 from helpers import done_requests, query, run_cli, tasks_of, wait_for  # noqa: E402
-from test_engines import (  # noqa: E402
-    check_n_samples_seeded_reproducible_and_distinct,
-    check_stop_strings_and_finish_reasons,
-)
+from servers import VLLM_ARGS  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from bonito import Bonito, BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402
 from bonito.engines import choose_engine, generate_all, load_engine  # noqa: E402
 from bonito.engines.transformers import TransformersEngine  # noqa: E402
-from bonito.prompt.sampling import derive_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "passages.jsonl"
 PASSAGES = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
 PROMPTS = [build_prompt(p, t) for p in PASSAGES[:6] for t in ("ynqa", "exqa")]
-LLM_ARGS = {
-    "dtype": "float32",
-    "max_model_len": 1024,
-    "enforce_eager": True,
-    "gpu_memory_utilization": 0.5,  # on vLLM's CPU backend: the share of RAM it may take
-    "kv_cache_memory_bytes": 1 << 28,  # ... unless the cache size is given (the tiny model's)
-}
-"""What `vllm.LLM` gets here, and `--engine-arg` in the command line tests."""
 
 
 @pytest.fixture(scope="module")
 def bonito(tiny_model):
-    return Bonito(str(tiny_model), engine="vllm", **LLM_ARGS)
+    return Bonito(str(tiny_model), engine="vllm", **VLLM_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -110,27 +98,6 @@ def test_one_bos_per_prompt(engine, tiny_model):
         assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
-def test_n_samples_seeded_reproducible_and_distinct(engine):
-    check_n_samples_seeded_reproducible_and_distinct(engine, PROMPTS[:4])
-
-
-def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(engine):
-    """vLLM's per-request seeds: the same samples alone, among others and in another order."""
-    sampling = SamplingParams(n=2, temperature=1.0, max_tokens=32)
-    seeds = [derive_seed(7, i) for i in range(len(PROMPTS))]
-    together = generate_all(engine, PROMPTS, sampling, seeds)
-    alone = [
-        generate_all(engine, [p], sampling, [s])[0] for p, s in zip(PROMPTS, seeds, strict=True)
-    ]
-    reversed_ = generate_all(engine, PROMPTS[::-1], sampling, seeds[::-1])[::-1]
-    assert alone == together == reversed_
-    assert generate_all(engine, PROMPTS, sampling, [s + 1 for s in seeds]) != together
-
-
-def test_stop_strings_and_finish_reasons(engine):
-    check_stop_strings_and_finish_reasons(engine, PROMPTS)
-
-
 def test_auto_chooses_vllm_only_with_a_cuda_device(tiny_model, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="bonito"):
         assert choose_engine("auto", str(tiny_model)) == "transformers"
@@ -141,11 +108,11 @@ def test_auto_chooses_vllm_only_with_a_cuda_device(tiny_model, monkeypatch, capl
 
 def test_an_option_vllm_refuses_is_one_sentence(tiny_model):
     with pytest.raises(BonitoError):
-        load_engine(str(tiny_model), "vllm", **{**LLM_ARGS, "quantization": "no-such-method"})
+        load_engine(str(tiny_model), "vllm", **{**VLLM_ARGS, "quantization": "no-such-method"})
 
 
 def generate_args(passages: Path, model: Path, out: Path) -> list[str]:
-    engine_args = [a for k, v in LLM_ARGS.items() for a in ("--engine-arg", f"{k}={v}")]
+    engine_args = [a for k, v in VLLM_ARGS.items() for a in ("--engine-arg", f"{k}={v}")]
     return [
         "generate",
         str(passages),

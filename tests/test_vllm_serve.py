@@ -10,7 +10,7 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make test` runs these tests in .venv-vllm"
 )
 
-from servers import FaultProxy, vllm_serve  # noqa: E402
+from servers import VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve  # noqa: E402
 from test_openai_engine import (  # noqa: E402
     completions_of,
     counts_of,
@@ -25,19 +25,13 @@ from bonito.engines.openai import PROBE_PROMPT, OpenAIEngine  # noqa: E402
 from bonito.engines.transformers import TransformersEngine  # noqa: E402
 from bonito.runs.run import generate_run  # noqa: E402
 
-SERVE_OPTIONS = (
-    "--dtype=float32",
-    "--max-model-len=1024",
-    "--enforce-eager",
-    f"--kv-cache-memory-bytes={1 << 28}",  # on the CPU backend, else a share of all RAM
-    "--no-enable-chunked-prefill",  # its CPU sampler cannot rewind a seeded partial prefill
-)
 SAMPLED = SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=4)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    process = vllm_serve(tiny_model, tmp_path_factory.mktemp("vllm") / "server.log", *SERVE_OPTIONS)
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    process = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS)
     process.start(timeout=600)
     yield process
     process.stop()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
-from bonito.engines.transformers import pick_tokens
+from bonito.engines.sampling import pick_tokens
 from bonito.errors import BonitoError
 from bonito.prompt.sampling import SamplingParams, derive_seed
 

@@ -1,32 +1,31 @@
-"""A generator behind an OpenAI-compatible server (vLLM, llama.cpp's llama-server, TGI, Ollama,
-`transformers serve`): the raw bonito prompt to the legacy `/v1/completions` endpoint, never a
-chat template (it would change the text the generator was trained on), many requests in flight,
-retries with backoff, and a concurrency that halves when the server pushes back and grows again
-after."""
+"""The openai engine: checking the server at start, then every prompt's requests, retried."""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import ipaddress
-import json
+import functools
 import logging
-import math
 import os
-import queue
 import random
-import socket
-import threading
 import time
-import urllib.request
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
+from bonito.engines.openai.answers import completions_from
+from bonito.engines.openai.bridge import run_apart, stream_apart
+from bonito.engines.openai.concurrency import NOT_SERVING_CAUSES, Concurrency, Stats
+from bonito.engines.openai.http import (
+    Answer,
+    api_root,
+    env_proxy,
+    error_message,
+    fetch,
+    is_local,
+    retry_after,
+    to_json,
+)
 from bonito.errors import BonitoError
 from bonito.prompt.sampling import SamplingParams, derive_seed
 
@@ -36,7 +35,6 @@ except ImportError:  # pragma: no cover - a dependency of bonito; only a broken 
     aiohttp = None  # type: ignore[assignment]
 
 log = logging.getLogger("bonito")
-T = TypeVar("T")
 
 PUSHBACK_STATUSES = frozenset({429, 503})
 """Answers that mean "too much load": the concurrency halves (as it does on a timeout)."""
@@ -46,343 +44,13 @@ but NO_ENDPOINT_STATUSES is too."""
 NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 """Answers that mean "no completions endpoint here" (unless they name the model): sending
 again cannot help."""
-NOT_SERVING_CAUSES = frozenset({"timeout", "connection", "HTTP 429", "HTTP 503"})
-"""Failures that say the server serves nobody: two requests that end on such, with no success
-between, mean it is down (a 500 may be one prompt's crash: the server is up)."""
-MAX_ERROR_CHARS = 200
-"""Longest server message kept in an error."""
-MAX_ANSWER_BYTES = 8 * 2**20
-"""Longest answer body read; a longer one is unreadable (and its rest is not read)."""
-MAX_TOKEN_COUNT = 2**31 - 1
-"""Largest token count believed in an answer's usage."""
 PROBE_PROMPT = "<|tasktype|>\n"
 """What the test request at start sends: the first line of every bonito prompt."""
-
-
-def api_root(url: str) -> str:
-    """The server's API root ending in /v1, from its root, its /v1 or its /v1/completions;
-    BonitoError for anything but an http(s) URL."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BonitoError(
-            f"--base-url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
-            f"got '{url}'."
-        )
-    if parts.username or parts.password:
-        raise BonitoError(
-            "--base-url must not carry a user name or password (they would show in logs); put "
-            "the key in an environment variable and name it with --api-key-env."
-        )
-    path = parts.path.rstrip("/")
-    path = path.removesuffix("/completions").removesuffix("/chat")
-    if not path.endswith("/v1"):
-        path += "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def is_local(host: str) -> bool:
-    """Whether `host` is this machine or a private network (every address it resolves to is
-    loopback, private or link-local); unresolvable names count as not local."""
-    host = host.strip("[]").split("%")[0]
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, None)
-        except OSError:
-            return False
-        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    return bool(addresses) and all(
-        a.is_loopback or a.is_private or a.is_link_local for a in addresses
-    )
-
-
-def retry_after(value: str | None, longest: float) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), at most `longest`;
-    None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), longest)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """The text before the first stop string, and whether one was found. vLLM and llama.cpp
-    leave stop strings out; `transformers serve` keeps the one it stopped at."""
-    cuts = [text.find(s) for s in stop if s in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def split_tokens(total: int | None, texts: Sequence[str]) -> list[int]:
-    """Per-choice completion tokens from a response's usage, which counts all choices together:
-    exact for one choice; for several, the total apportioned by text length (the sum stays
-    exact); zeros when the server sent no usage (nothing is guessed)."""
-    if total is None:
-        return [0] * len(texts)
-    if len(texts) == 1:
-        return [total]
-    weights = [len(t) + 1 for t in texts]
-    shares = [total * w / sum(weights) for w in weights]
-    counts = [int(s) for s in shares]
-    by_remainder = sorted(range(len(texts)), key=lambda i: counts[i] - shares[i])
-    for i in by_remainder[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def token_count(value: Any) -> int | None:
-    """A token count from an answer's usage: None if absent; ValueError unless a whole number
-    from 0 to MAX_TOKEN_COUNT (a server that sends Infinity or 10**30 is not believed)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"a token count of {value!r}")
-    if not (0 <= value <= MAX_TOKEN_COUNT) or value != int(value):
-        raise ValueError(f"a token count of {value!r}")
-    return int(value)
-
-
-def completions_from(
-    payload: Any,
-    stop: Sequence[str],
-    n: int | None = None,
-    count: Callable[[list[str]], list[int]] | None = None,
-) -> list[Completion]:
-    """Our completions from a /v1/completions answer with at most `n` choices, their tokens
-    counted by `count` if the answer has no usage; ValueError if it is not one."""
-    try:
-        choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
-        texts = [c["text"] for c in choices]
-        if not all(isinstance(text, str) for text in texts):
-            raise ValueError("a choice's text is not a string")
-        usage = payload.get("usage") or {}
-        prompt_tokens = token_count(usage.get("prompt_tokens")) or 0
-        total = token_count(usage.get("completion_tokens"))
-        reasons = [c.get("finish_reason") for c in choices]
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise ValueError(f"not a completions answer: {type(error).__name__} {error}") from None
-    if not choices:
-        raise ValueError("an answer with no choices")
-    if n is not None and len(choices) > n:
-        raise ValueError(f"{len(choices)} choices where {n} were asked for")
-    counts = count(texts) if total is None and count else split_tokens(total, texts)
-    completions = []
-    for text, reason, tokens in zip(texts, reasons, counts, strict=True):
-        text, stopped = cut_at_stop(text, stop)
-        ended = "length" if reason in ("length", "max_tokens") and not stopped else "stop"
-        completions.append(Completion(text, ended, prompt_tokens, tokens))
-    return completions
-
-
-def env_proxy(url: str) -> str | None:
-    """The proxy HTTP_PROXY or HTTPS_PROXY names for `url`, unless NO_PROXY exempts its host,
-    read as requests reads them; None if there is none."""
-    parts = urlsplit(url)
-    if urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
-
-
-def to_json(value: Any) -> str:
-    """A request body: compact JSON, UTF-8 text left as it is."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-@dataclass
-class Answer:
-    """An HTTP answer: its body read in full, or its first MAX_ANSWER_BYTES if `cut`."""
-
-    status: int
-    reason: str
-    body: bytes
-    retry_after: str | None = None
-    cut: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def json(self) -> Any:
-        """The body as JSON; ValueError if it is not, or was too long to read."""
-        if self.cut:
-            raise ValueError(f"an answer over {MAX_ANSWER_BYTES // 2**20} MiB")
-        return json.loads(self.body)
-
-
-async def fetch(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any] | None = None
-) -> Answer:
-    """GET `url`, or POST `body` to it as JSON, and read the answer (up to MAX_ANSWER_BYTES);
-    aiohttp.ClientError or asyncio.TimeoutError if no answer came."""
-    request = session.get(url) if body is None else session.post(url, json=body)
-    async with request as response:
-        content = bytearray()
-        async for chunk in response.content.iter_any():
-            content += chunk
-            if len(content) > MAX_ANSWER_BYTES:
-                break
-        cut = len(content) > MAX_ANSWER_BYTES
-        return Answer(
-            response.status,
-            response.reason or "",
-            bytes(content[:MAX_ANSWER_BYTES]),
-            response.headers.get("Retry-After"),
-            cut,
-        )
-
-
-def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
-    """What `coroutine` returns, run on an event loop in a thread of its own: this works under a
-    running event loop too, and Ctrl-C does not wait for it."""
-    outcome: Future = Future()
-
-    def run() -> None:
-        try:
-            outcome.set_result(asyncio.run(coroutine))
-        except BaseException as error:
-            outcome.set_exception(error)
-
-    threading.Thread(target=run, name="bonito-openai-check", daemon=True).start()
-    return outcome.result()
-
-
-def error_message(answer: Answer, secret: str | None = None) -> str:
-    """The server's own words for an error answer in one short line of printable text, with
-    the API key blanked out: a JSON error's message, the first line of a text, the reason phrase
-    of an HTML page."""
-    try:
-        payload = answer.json()
-    except ValueError:
-        text = answer.body.decode("utf-8", "replace").strip()
-        payload = answer.reason if text.startswith("<") else text.partition("\n")[0]
-    if isinstance(payload, dict):
-        error = payload.get("error", payload)
-        if isinstance(error, dict):
-            payload = error.get("message") or error.get("detail") or error
-        else:
-            payload = payload.get("message") or payload.get("detail") or error
-    text = " ".join(str(payload).split()) or answer.reason
-    if secret:
-        text = text.replace(secret, "***")  # before the cut, which could leave a part of it
-    return "".join(c if c.isprintable() else "\ufffd" for c in text[:MAX_ERROR_CHARS])
 
 
 def sample_seed(seed: int, k: int) -> int:
     """The seed of sample k when the samples of a prompt are asked for one by one."""
     return seed if k == 0 else derive_seed(seed, k)
-
-
-@dataclass
-class Stats:
-    """What the engine did: HTTP requests sent (retries included), answered and given up on,
-    retries by cause, seconds slept before retries, seconds from sending to an answer summed
-    over answered requests, and the concurrency after each change."""
-
-    sent: int = 0
-    answered: int = 0
-    failed: int = 0
-    retries: Counter = field(default_factory=Counter)
-    waited: float = 0.0
-    seconds: float = 0.0
-    concurrency: list[int] = field(default_factory=list)
-
-
-class Concurrency:
-    """How many requests may be in flight (AIMD): it starts at the maximum, halves when the
-    server pushes back (429, 503 or a timeout), once per burst (answers to requests sent before
-    the last cut do not cut again), and grows by one after as many successes as the current
-    limit, back up to the maximum. Lives on one event loop.
-
-    It also says whether the server is down: once two requests have used up their attempts on
-    failures that say it serves nobody (NOT_SERVING_CAUSES) with no success from any request
-    since they were first sent, `down` holds the last error, and the
-    requests still waiting fail at once instead of each spending its own attempts."""
-
-    def __init__(self, maximum: int, start: int, stats: Stats) -> None:
-        self.maximum, self.limit, self.stats = maximum, start, stats
-        self.active = self.successes = self.epoch = 0
-        self.succeeded_at = -math.inf
-        self.given_up = 0  # requests that used up their attempts since the last success
-        self.down: str | None = None
-        self.retries: deque[asyncio.Future] = deque()
-        self.firsts: deque[asyncio.Future] = deque()
-
-    async def acquire(self, retry: bool = False) -> int:
-        """Wait for a free slot, retries before first attempts (so a request, once sent, ends
-        within about its attempts' timeouts); the epoch to pass to `release`."""
-        waiters = self.retries if retry else self.firsts
-        while self.active >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                else:
-                    self._wake()  # pass on the wake-up this task no longer needs
-                raise
-        self.active += 1
-        return self.epoch
-
-    def release(self, epoch: int, outcome: str) -> None:
-        """Free a slot; outcome "ok" (counts to growing), "pushback" (cuts) or "neutral"."""
-        self.active -= 1
-        if outcome == "ok":
-            self.succeeded_at, self.given_up = time.monotonic(), 0
-        if outcome == "pushback" and epoch == self.epoch:
-            self._set(max(1, self.limit // 2), "the server pushed back")
-            self.epoch += 1
-        elif outcome == "ok" and self.limit < self.maximum:
-            self.successes += 1
-            if self.successes >= self.limit:
-                self._set(self.limit + 1, "the server keeps up")
-        self._wake()
-
-    def give_up(self, why: str) -> None:
-        """Count a request that used up its attempts with no success from any since it was
-        first sent; the second such takes the server for down."""
-        self.given_up += 1
-        if self.given_up >= 2 and not self.down:
-            self.down = why
-            log.warning(
-                "openai engine: the server answers nothing (%s); the requests still waiting "
-                "fail at once: run the same command to send them again",
-                why,
-            )
-
-    def _set(self, limit: int, why: str) -> None:
-        log_at = logging.INFO if limit < self.limit or limit == self.maximum else logging.DEBUG
-        log.log(log_at, "openai engine: concurrency %d -> %d (%s)", self.limit, limit, why)
-        self.limit, self.successes = limit, 0
-        self.stats.concurrency.append(limit)
-
-    def _wake(self) -> None:
-        free = self.limit - self.active
-        while free > 0 and (self.retries or self.firsts):
-            waiter = (self.retries or self.firsts).popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
-
-
-class _Fatal(Exception):
-    """Wraps an error that ends the whole generate call, crossing from the loop thread."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
 
 
 class OpenAIEngine:
@@ -666,53 +334,8 @@ class OpenAIEngine:
         seeds = prompt_seeds(sampling, len(prompts), seeds)
         if not prompts:
             return
-        finished: queue.SimpleQueue = queue.SimpleQueue()
-        started = threading.Event()
-        handle: dict[str, Any] = {}
-
-        async def main() -> None:
-            handle["loop"], handle["task"] = asyncio.get_running_loop(), asyncio.current_task()
-            started.set()
-            try:
-                await self._generate(prompts, sampling, seeds, finished.put)
-            except asyncio.CancelledError:
-                pass
-            except BaseException as error:
-                finished.put(_Fatal(error))
-            finally:
-                finished.put(_DONE)
-
-        thread = threading.Thread(
-            target=asyncio.run, args=(main(),), name="bonito-openai", daemon=True
-        )
-        thread.start()
-        started.wait()
-        try:
-            while True:
-                try:
-                    item = finished.get(timeout=0.5)  # a timeout keeps Ctrl-C working
-                except queue.Empty:
-                    continue
-                group = []
-                while item is not _DONE and not isinstance(item, _Fatal):
-                    group.append(item)
-                    try:
-                        item = finished.get_nowait()
-                    except queue.Empty:
-                        break
-                if group:
-                    yield group
-                if isinstance(item, _Fatal):
-                    raise item.error
-                if item is _DONE:
-                    return
-        finally:
-            if thread.is_alive():
-                try:
-                    handle["loop"].call_soon_threadsafe(handle["task"].cancel)
-                except RuntimeError:  # the loop just closed
-                    pass
-            thread.join()
+        produce = functools.partial(self._generate, prompts, sampling, seeds)
+        yield from stream_apart(produce, "bonito-openai")
 
     async def _generate(
         self,

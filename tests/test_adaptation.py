@@ -30,6 +30,7 @@ from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import SamplingParams
 from bonito.publish.decontamination import EvaluationData
 from bonito.publish.export import export_run
+from bonito.read.config import Chunking
 from bonito.runs.run import RunConfig, generate_run
 from bonito.runs.store import RunStore
 from bonito.train.trainer import IGNORE_INDEX, Recipe
@@ -53,7 +54,7 @@ def run_folder(tiny_model, tmp_path_factory) -> Path:
         mix,
         2,
         SamplingParams(n=2, seed=0),
-        chunking={"max_tokens": 128, "min_tokens": 16},
+        chunking=Chunking(max_tokens=128, min_tokens=16),
     )
     folder = tmp_path_factory.mktemp("adapt") / "run"
     from bonito.engines.transformers import TransformersEngine

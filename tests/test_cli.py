@@ -182,7 +182,7 @@ def test_context_col_limit_and_saved_dataset(tiny_model, inputs, capsys, monkeyp
         (["--max-tokens", "100000"], "window of 4096 tokens; use --max-tokens 3570 or less."),
         (
             ["--overlap", "300"],
-            "--overlap must be between 0 and half of --max-context-tokens (256)",
+            "overlap (--overlap) must be between 0 and half of max_tokens (256)",
         ),
         (["--model", "./missing-model"], "The model path './missing-model' does not exist"),
         (["--engine", "tgi"], "Unknown engine 'tgi'"),

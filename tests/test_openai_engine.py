@@ -50,6 +50,7 @@ from bonito.engines.openai import (
 from bonito.engines.transformers import TransformersEngine
 from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import derive_seed
+from bonito.read.config import Reading
 from bonito.runs.run import RunConfig, generate_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def run_config(model, passages, sampling=GREEDY, limit=6) -> RunConfig:
         TaskMix.parse(["ynqa", "nli"]),
         1,
         sampling,
-        reading={"limit": limit},
+        Reading(limit=limit),
     )
 
 

@@ -27,6 +27,7 @@ from bonito.engines.openai import PROBE_PROMPT
 from bonito.engines.transformers import TransformersEngine
 from bonito.generate.mix import TaskMix
 from bonito.publish.report import write_report
+from bonito.read.config import Reading
 from bonito.read.sources import InputPrint
 from bonito.runs.run import Run, RunConfig, generate_run, status
 from bonito.runs.store import PlannedRequest, RunStore, SavedSample
@@ -178,7 +179,7 @@ def test_failed_requests_are_recorded_and_sent_again_on_resume(tiny_model, passa
         mix,
         1,
         SamplingParams(max_tokens=32, seed=1),
-        reading={"limit": 30},
+        Reading(limit=30),
     )
     run = tmp_path / "run"
     first = generate_run(run, config, lambda: Flaky(engine))
@@ -516,7 +517,7 @@ def test_changing_per_document_on_a_run_is_a_configuration_change(
     code, _, err = run_cli([*args, 2], capsys, monkeypatch)
     assert code == 1 and "reading.per_document: 1 -> 2" in err
     code, _, err = run_cli([*args, 0], capsys, monkeypatch)
-    assert code == 1 and "--per-document must be at least 1, got 0." in err
+    assert code == 1 and "per_document (--per-document) must be at least 1, got 0." in err
 
 
 @pytest.fixture
@@ -625,7 +626,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=32),
-        reading={"limit": 3},
+        Reading(limit=3),
     )
     with pytest.raises(BonitoError, match="failed to load"):
         generate_run(tmp_path / "run", config, broken)
@@ -635,7 +636,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=16),
-        reading={"limit": 3},
+        Reading(limit=3),
     )
     engine = TransformersEngine(str(tiny_model), device="cpu")
     with caplog.at_level("INFO", logger="bonito"):
@@ -648,7 +649,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=24),
-        reading={"limit": 3},
+        Reading(limit=3),
     )
     with pytest.raises(BonitoError, match="sampling.max_tokens: 16 -> 24"):
         generate_run(tmp_path / "run", changed, lambda: engine)

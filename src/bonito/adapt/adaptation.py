@@ -32,10 +32,12 @@ from bonito.generate.judge import Summary
 from bonito.models import resolve_device
 from bonito.publish.decontamination import Decontamination, EvaluationData, overlapping_tasks
 from bonito.read.chunking import Chunker
+from bonito.read.config import Reading
 from bonito.read.sources import fingerprint as input_fingerprint
 from bonito.runs.run import SKIPPED_FILE, Budgets, Outcome, RunConfig, generate_run, read_contexts
 from bonito.runs.store import STORE_FILE, RunStore
 from bonito.train.ctga import read_rows
+from bonito.train.recipe import TARGET_RECIPE
 from bonito.train.trainer import (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -54,9 +56,6 @@ from bonito.train.trainer import (
 )
 from bonito.util.outputs import output_folder
 
-TARGET_RECIPE = Recipe(lora_alpha=16.0)
-"""The paper's recipe for target models: bonito-v1's (Q-LoRA on CUDA, LoRA r 64, lr 1e-4 linear,
-paged AdamW, gradient norm 0.3, 16 pairs a step) with LoRA alpha 16."""
 MAX_STEPS = 10_000
 """The paper's cap on optimizer steps; smaller data gets one epoch."""
 GENERATE, FINETUNE, TAPT, EVALUATIONS = "generate", "finetune", "tapt", "evaluations"
@@ -190,7 +189,7 @@ def continued_pretraining(
     output: str | Path,
     recipe: Recipe | None = None,
     *,
-    reading: dict[str, Any] | None = None,
+    reading: Reading | None = None,
     max_tokens: int | None = None,
     leave_out: EvaluationData | None = None,
     overwrite: bool = False,
@@ -239,7 +238,7 @@ def passage_chunks(
     base_model: str,
     max_tokens: int,
     skipped: Path,
-    reading: dict[str, Any] | None = None,
+    reading: Reading | None = None,
 ) -> tuple[list[str], Summary]:
     """The texts of `inputs` cut into pieces of at most `max_tokens` tokens of the base model's
     tokenizer (however short: none is dropped for it), and the reading's counts; every skip is
@@ -248,7 +247,7 @@ def passage_chunks(
         base_model, max_tokens=max_tokens, min_tokens=1, max_input_tokens=sys.maxsize
     )  # no prompt goes around a passage here: any length of input fits
     summary = Summary()
-    contexts = read_contexts(inputs, chunker, summary, skipped, **(reading or {}))
+    contexts = read_contexts(inputs, chunker, summary, skipped, reading)
     return [context.text for context in contexts], summary
 
 
@@ -535,7 +534,7 @@ def generation_facts(
         "passages": input_fingerprint(generation.inputs),
         "engine": engine,
         "sampling": generation.sampling.to_dict(),
-        "chunking": generation.chunking,
+        "chunking": asdict(generation.chunking),
         "budgets": asdict(budgets),
         "state": run.state,
         "samples": summary.samples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,6 @@ from rich.table import Table
 
 from bonito.cli.common import (
     DEFAULT_DEVICE,
-    LONGEST,
-    SHORTEST,
     BatchSize,
     DataFormat,
     Epochs,
@@ -22,27 +21,32 @@ from bonito.cli.common import (
     LoraAlpha,
     LoraDropout,
     LoraRank,
+    MaxContextTokens,
     MaxGradNorm,
     MaxSourceTokens,
     MaxTargetTokens,
     MicroBatchSize,
+    MinContextTokens,
     Optimizer,
     PromptFormat,
     Quantize,
+    Samples,
     SaveSteps,
     Split,
+    Temperature,
     Templates,
     TextField,
     WarmupSteps,
     WeightDecay,
     console,
     engine_kwargs,
-    recipe_from,
+    option,
     stdout,
     training_table,
 )
 from bonito.prompt.sampling import SamplingParams
-from bonito.read.chunking import MAX_INPUT_TOKENS
+from bonito.read.config import Chunking, Reading
+from bonito.train.recipe import TARGET_RECIPE, Recipe
 
 
 def evaluate(
@@ -112,28 +116,28 @@ def finetune(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the adapter.")],
     prompt_format: PromptFormat = "input-output",
     split: Split = "train",
-    lora_r: LoraRank = 64,
-    lora_alpha: LoraAlpha = 16.0,
-    lora_dropout: LoraDropout = 0.0,
+    lora_r: LoraRank = TARGET_RECIPE.lora_r,
+    lora_alpha: LoraAlpha = TARGET_RECIPE.lora_alpha,
+    lora_dropout: LoraDropout = TARGET_RECIPE.lora_dropout,
     full: Full = False,
-    quantize: Quantize = None,
-    learning_rate: LearningRate = 1e-4,
-    warmup_steps: WarmupSteps = 0,
-    weight_decay: WeightDecay = 0.0,
-    max_grad_norm: MaxGradNorm = 0.3,
-    batch_size: BatchSize = 16,
-    micro_batch_size: MicroBatchSize = 4,
-    epochs: Epochs = 1.0,
+    quantize: Quantize = TARGET_RECIPE.quantize,
+    learning_rate: LearningRate = TARGET_RECIPE.learning_rate,
+    warmup_steps: WarmupSteps = TARGET_RECIPE.warmup_steps,
+    weight_decay: WeightDecay = TARGET_RECIPE.weight_decay,
+    max_grad_norm: MaxGradNorm = TARGET_RECIPE.max_grad_norm,
+    batch_size: BatchSize = TARGET_RECIPE.batch_size,
+    micro_batch_size: MicroBatchSize = TARGET_RECIPE.micro_batch_size,
+    epochs: Epochs = TARGET_RECIPE.epochs,
     max_steps: Annotated[
         int | None,
         typer.Option(help="Optimizer steps.", show_default="--epochs passes, at most 10,000"),
-    ] = None,
-    max_source_tokens: MaxSourceTokens = 2048,
-    max_target_tokens: MaxTargetTokens = 2048,
-    optimizer: Optimizer = None,
-    save_steps: SaveSteps = 500,
-    logging_steps: LoggingSteps = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the order and initialisation.")] = 0,
+    ] = TARGET_RECIPE.max_steps,
+    max_source_tokens: MaxSourceTokens = TARGET_RECIPE.max_source_tokens,
+    max_target_tokens: MaxTargetTokens = TARGET_RECIPE.max_target_tokens,
+    optimizer: Optimizer = TARGET_RECIPE.optimizer,
+    save_steps: SaveSteps = TARGET_RECIPE.save_steps,
+    logging_steps: LoggingSteps = TARGET_RECIPE.logging_steps,
+    seed: Annotated[int, option(Recipe, "seed")] = TARGET_RECIPE.seed,
     overwrite: Annotated[
         bool, typer.Option(help="Start over, dropping the checkpoints in OUTPUT.")
     ] = False,
@@ -144,7 +148,27 @@ def finetune(
     scores the result."""
     from bonito.adapt.adaptation import finetune as finetune_tasks
 
-    recipe = recipe_from(locals())
+    recipe = replace(
+        TARGET_RECIPE,
+        lora_r=None if full else lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        quantize=quantize,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        warmup_steps=warmup_steps,
+        batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
+        epochs=epochs,
+        max_steps=max_steps,
+        max_source_tokens=max_source_tokens,
+        max_target_tokens=max_target_tokens,
+        optimizer=optimizer,
+        save_steps=save_steps,
+        logging_steps=logging_steps,
+        seed=seed,
+    )
     summary = finetune_tasks(
         tasks,
         base_model,
@@ -190,14 +214,12 @@ def adapt(
             help="cpu, cuda, cuda:1... for generation and evaluation.", show_default=DEFAULT_DEVICE
         ),
     ] = None,
-    text_field: TextField = "text",
-    split: Split = "train",
-    max_context_tokens: Annotated[int, typer.Option(help=LONGEST)] = 512,
-    min_context_tokens: Annotated[int, typer.Option(help=SHORTEST)] = 32,
-    n: Annotated[int, typer.Option(help="Samples per prompt.")] = SamplingParams.n,
-    temperature: Annotated[
-        float, typer.Option(help="Sampling temperature (0: greedy).")
-    ] = SamplingParams.temperature,
+    text_field: TextField = Reading.text_field,
+    split: Split = Reading.split,
+    max_context_tokens: MaxContextTokens = Chunking.max_tokens,
+    min_context_tokens: MinContextTokens = Chunking.min_tokens,
+    n: Samples = SamplingParams.n,
+    temperature: Temperature = SamplingParams.temperature,
     max_tasks: Annotated[
         int | None,
         typer.Option(
@@ -208,21 +230,23 @@ def adapt(
     templates: Templates = "all",
     limit: EvalLimit = None,
     eval_batch_size: Annotated[int, typer.Option(help="Prompts per evaluation pass.")] = 8,
-    lora_r: LoraRank = 64,
-    lora_alpha: LoraAlpha = 16.0,
-    quantize: Quantize = None,
-    learning_rate: LearningRate = 1e-4,
+    lora_r: LoraRank = TARGET_RECIPE.lora_r,
+    lora_alpha: LoraAlpha = TARGET_RECIPE.lora_alpha,
+    quantize: Quantize = TARGET_RECIPE.quantize,
+    learning_rate: LearningRate = TARGET_RECIPE.learning_rate,
     max_steps: Annotated[
         int | None,
         typer.Option(
             help="Optimizer steps of the fine-tuning.", show_default="1 epoch, at most 10,000"
         ),
-    ] = None,
-    batch_size: BatchSize = 16,
-    micro_batch_size: MicroBatchSize = 4,
-    save_steps: SaveSteps = 500,
-    logging_steps: LoggingSteps = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the generation and the trainings.")] = 0,
+    ] = TARGET_RECIPE.max_steps,
+    batch_size: BatchSize = TARGET_RECIPE.batch_size,
+    micro_batch_size: MicroBatchSize = TARGET_RECIPE.micro_batch_size,
+    save_steps: SaveSteps = TARGET_RECIPE.save_steps,
+    logging_steps: LoggingSteps = TARGET_RECIPE.logging_steps,
+    seed: Annotated[int, typer.Option(help="Seed of the generation and the trainings.")] = (
+        TARGET_RECIPE.seed
+    ),
     keep_contaminated: Annotated[
         bool, typer.Option(help="Train on tasks that share 13 words with the labelled data too.")
     ] = False,
@@ -239,7 +263,19 @@ def adapt(
     from bonito.generate.mix import TaskMix
     from bonito.runs.run import Budgets, RunConfig
 
-    recipe = recipe_from(locals())
+    recipe = replace(
+        TARGET_RECIPE,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        quantize=quantize,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
+        save_steps=save_steps,
+        logging_steps=logging_steps,
+        seed=seed,
+    )
     mix = TaskMix.parse([task_type])
     generation = RunConfig(
         generator,
@@ -247,21 +283,8 @@ def adapt(
         mix,
         mix.check_per_context(None),
         SamplingParams(n=n, temperature=temperature, seed=seed),
-        # as `generate` writes them, so that a run it made in OUTPUT/generate is taken up
-        reading={
-            "text_field": text_field,
-            "split": split,
-            "include": [],
-            "exclude": [],
-            "limit": None,
-            "per_document": None,
-        },
-        chunking={
-            "max_tokens": max_context_tokens,
-            "min_tokens": min_context_tokens,
-            "overlap": 0,
-            "max_input_tokens": MAX_INPUT_TOKENS,
-        },
+        Reading(text_field, split),
+        Chunking(max_context_tokens, min_context_tokens),
     )
     benchmark = Benchmark(
         str(labelled), task_type, data_format, templates, limit, eval_batch_size, device

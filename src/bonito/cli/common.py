@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,9 @@ from rich.text import Text
 
 from bonito.errors import BonitoError
 from bonito.generate.judge import counts
+from bonito.prompt.sampling import SamplingParams
+from bonito.read.config import Chunking, Reading
+from bonito.train.recipe import Recipe
 
 APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
@@ -34,6 +38,13 @@ SHOWN_SKIPS = 5
 """Skips printed at the end of a reading; all of them are in skipped.jsonl."""
 
 
+def option(settings: type, name: str, *flags: str, **options: Any) -> Any:
+    """A typer option for the library's setting `name`, with the help its dataclass field
+    gives; the command takes the default from the dataclass too (`= Settings.name`)."""
+    (help_text,) = (f.metadata["help"] for f in fields(settings) if f.name == name)
+    return typer.Option(*flags, help=help_text, **options)
+
+
 TaskTypesFile = Annotated[
     Path | None,
     typer.Option(
@@ -51,79 +62,52 @@ Inputs = Annotated[
         "saved datasets or hub dataset ids.",
     ),
 ]
-TextField = Annotated[
-    str, typer.Option("--text-field", "--context-col", help="Field or column holding the text.")
-]
-Split = Annotated[str, typer.Option(help="Split of a dataset input.")]
+TextField = Annotated[str, option(Reading, "text_field", "--text-field", "--context-col")]
+Split = Annotated[str, option(Reading, "split")]
 RunFolder = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder.")]
-Include = Annotated[
-    list[str] | None,
-    typer.Option(metavar="GLOB", help="In folders, read only files matching this glob."),
-]
-Exclude = Annotated[
-    list[str] | None, typer.Option(metavar="GLOB", help="In folders, leave out files matching.")
-]
-LONGEST, SHORTEST = "Longest context, in tokens.", "Shortest context, unless a whole document."
-Overlap = Annotated[int, typer.Option(help="Tokens a context repeats from the one before.")]
-MaxInputTokens = Annotated[int, typer.Option(help="Longest prompt the model takes, in tokens.")]
-Limit = Annotated[
-    int | None, typer.Option(help="Read at most this many contexts.", show_default="all")
-]
+Include = Annotated[list[str] | None, option(Reading, "include", metavar="GLOB")]
+Exclude = Annotated[list[str] | None, option(Reading, "exclude", metavar="GLOB")]
+MaxContextTokens = Annotated[int, option(Chunking, "max_tokens", "--max-context-tokens")]
+MinContextTokens = Annotated[int, option(Chunking, "min_tokens", "--min-context-tokens")]
+Overlap = Annotated[int, option(Chunking, "overlap")]
+MaxInputTokens = Annotated[int, option(Chunking, "max_input_tokens")]
+Limit = Annotated[int | None, option(Reading, "limit", show_default="all")]
 PerDocument = Annotated[
-    int | None,
-    typer.Option(
-        metavar="K",
-        help="Read at most the first K contexts of each document (with --limit: a sample of "
-        "many documents, not all of the first).",
-        show_default="all",
-    ),
+    int | None, option(Reading, "per_document", metavar="K", show_default="all")
 ]
+Samples = Annotated[int, option(SamplingParams, "n")]
+Temperature = Annotated[float, option(SamplingParams, "temperature")]
 Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one is skipped.")]
 
 
-# the training recipe's options, shared by train, finetune and adapt (defaults are each one's)
-LoraRank = Annotated[int, typer.Option(help="LoRA rank.")]
-LoraAlpha = Annotated[float, typer.Option(help="LoRA alpha.")]
-LoraDropout = Annotated[float, typer.Option(help="LoRA dropout.")]
+# the training recipe's options, shared by train, finetune and adapt (defaults: each one's recipe)
+LoraRank = Annotated[int | None, option(Recipe, "lora_r")]
+LoraAlpha = Annotated[float, option(Recipe, "lora_alpha")]
+LoraDropout = Annotated[float, option(Recipe, "lora_dropout")]
 Full = Annotated[bool, typer.Option(help="Train every weight instead of LoRA adapters.")]
 Quantize = Annotated[
-    bool | None,
-    typer.Option(help="4-bit NF4 base (Q-LoRA).", show_default="on with CUDA for LoRA, else off"),
+    bool | None, option(Recipe, "quantize", show_default="on with CUDA for LoRA, else off")
 ]
-LearningRate = Annotated[float, typer.Option(help="Peak learning rate.")]
-WarmupSteps = Annotated[int, typer.Option(help="Steps of linear warm-up.")]
-WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
-MaxGradNorm = Annotated[float, typer.Option(help="Gradient norm clipping.")]
-BatchSize = Annotated[int, typer.Option(help="Pairs per optimizer step.")]
-MicroBatchSize = Annotated[
-    int, typer.Option(help="Pairs per forward pass (gradient accumulation makes the rest).")
-]
-Epochs = Annotated[float, typer.Option(help="Passes over the pairs.")]
-MaxSteps = Annotated[
-    int | None, typer.Option(help="Optimizer steps, instead of --epochs.", show_default="none")
-]
-MaxSourceTokens = Annotated[int, typer.Option(help="Longer sources are skipped and counted.")]
-MaxTargetTokens = Annotated[int, typer.Option(help="Longer targets are skipped and counted.")]
+LearningRate = Annotated[float, option(Recipe, "learning_rate")]
+WarmupSteps = Annotated[int, option(Recipe, "warmup_steps")]
+WeightDecay = Annotated[float, option(Recipe, "weight_decay")]
+MaxGradNorm = Annotated[float, option(Recipe, "max_grad_norm")]
+BatchSize = Annotated[int, option(Recipe, "batch_size")]
+MicroBatchSize = Annotated[int, option(Recipe, "micro_batch_size")]
+Epochs = Annotated[float, option(Recipe, "epochs")]
+MaxSteps = Annotated[int | None, option(Recipe, "max_steps", show_default="none")]
+MaxSourceTokens = Annotated[int, option(Recipe, "max_source_tokens")]
+MaxTargetTokens = Annotated[int, option(Recipe, "max_target_tokens")]
 Optimizer = Annotated[
     str | None,
-    typer.Option(
-        help="A transformers optimizer name.",
+    option(
+        Recipe,
+        "optimizer",
         show_default="paged_adamw_32bit on CUDA with bitsandbytes, else adamw_torch",
     ),
 ]
-SaveSteps = Annotated[int, typer.Option(help="Steps between checkpoints (0: none).")]
-LoggingSteps = Annotated[int, typer.Option(help="Steps between loss lines.")]
-
-
-def recipe_from(options: dict[str, Any]):
-    """The training recipe from a command's parameters (its `locals()`): those named like
-    Recipe's fields, the rest at Recipe's defaults; --full trains every weight (no LoRA)."""
-    from dataclasses import fields
-
-    from bonito.train.trainer import Recipe
-
-    values = {f.name: options[f.name] for f in fields(Recipe) if f.name in options}
-    return Recipe(**values | ({"lora_r": None} if options.get("full") else {}))
+SaveSteps = Annotated[int, option(Recipe, "save_steps")]
+LoggingSteps = Annotated[int, option(Recipe, "logging_steps")]
 
 
 def training_table(title: str, summary: dict[str, Any], pairs: str) -> Table:

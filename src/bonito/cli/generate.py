@@ -6,31 +6,35 @@ import functools
 import json
 import shlex
 from collections.abc import Sequence
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from bonito.cli.common import (
     DEFAULT_DEVICE,
-    LONGEST,
-    SHORTEST,
     SHOWN_SKIPS,
     Exclude,
     Include,
     Inputs,
     Limit,
+    MaxContextTokens,
     MaxInputTokens,
+    MinContextTokens,
     Overlap,
     PerDocument,
     RunFolder,
+    Samples,
     Split,
     Strict,
     TaskTypesFile,
+    Temperature,
     TextField,
     engine_kwargs,
+    option,
     say,
     stdout,
     working,
@@ -39,7 +43,8 @@ from bonito.errors import BonitoError
 from bonito.generate.judge import counts
 from bonito.prompt.sampling import SamplingParams
 from bonito.prompt.task_types import TASK_TYPES, TaskType, load_task_types
-from bonito.read.chunking import MAX_INPUT_TOKENS
+from bonito.read.config import Chunking, Reading
+from bonito.runs.run import SKIPPED_FILE, Budgets, RunConfig
 
 
 def chunk(
@@ -49,43 +54,42 @@ def chunk(
         "BatsResearch/bonito-v1"
     ),
     max_tokens: Annotated[
-        int, typer.Option("--max-tokens", "--max-context-tokens", help=LONGEST)
-    ] = 512,
+        int, option(Chunking, "max_tokens", "--max-tokens", "--max-context-tokens")
+    ] = Chunking.max_tokens,
     min_tokens: Annotated[
-        int, typer.Option("--min-tokens", "--min-context-tokens", help=SHORTEST)
-    ] = 32,
-    overlap: Overlap = 0,
-    max_input_tokens: MaxInputTokens = MAX_INPUT_TOKENS,
-    text_field: TextField = "text",
-    split: Split = "train",
+        int, option(Chunking, "min_tokens", "--min-tokens", "--min-context-tokens")
+    ] = Chunking.min_tokens,
+    overlap: Overlap = Chunking.overlap,
+    max_input_tokens: MaxInputTokens = Chunking.max_input_tokens,
+    text_field: TextField = Reading.text_field,
+    split: Split = Reading.split,
     include: Include = None,
     exclude: Exclude = None,
-    limit: Limit = None,
-    per_document: PerDocument = None,
+    limit: Limit = Reading.limit,
+    per_document: PerDocument = Reading.per_document,
     strict: Strict = False,
 ) -> None:
     """Show what `generate` would send, without running the model: write the contexts to OUTPUT
     (JSON Lines) and every skipped input to skipped.jsonl beside it."""
-    from bonito.generate.judge import Summary
-    from bonito.read.sources import check_inputs
-    from bonito.runs.run import check_strict
-    from bonito.util.outputs import output_file, written_whole
+    from bonito.runs.run import write_contexts
 
-    check_inputs(inputs, include or (), exclude or ())
-    output_file(output)
-    chunker = _chunker(model, max_tokens, min_tokens, overlap, max_input_tokens)
-    summary, skipped = Summary(), output.parent / "skipped.jsonl"
-    reading: dict[str, Any] = dict(
-        text_field=text_field, split=split, include=include, exclude=exclude
+    chunking = Chunking(max_tokens, min_tokens, overlap, max_input_tokens)
+    reading = Reading(
+        text_field, split, tuple(include or ()), tuple(exclude or ()), limit, per_document
     )
-    reading["per_document"] = per_document
-    with written_whole(output) as file:
-        for context in _contexts(inputs, chunker, summary, skipped, limit=limit, **reading):
-            file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
+    summary = write_contexts(
+        output,
+        model,
+        inputs,
+        reading,
+        chunking,
+        strict=strict,
+        make_chunker=lambda: _chunker(model, chunking),
+    )
+    skipped = output.parent / SKIPPED_FILE
     table = _reading_table("bonito chunk", summary, skipped)
     table.add_row("contexts file", str(output))
     stdout.print(table)
-    check_strict(summary, strict, skipped)
 
 
 def generate(
@@ -108,14 +112,14 @@ def generate(
             help="auto, transformers, vllm, openai (a server: --base-url) or llamacpp (a .gguf)."
         ),
     ] = "auto",
-    text_field: TextField = "text",
-    split: Split = "train",
+    text_field: TextField = Reading.text_field,
+    split: Split = Reading.split,
     include: Include = None,
     exclude: Exclude = None,
-    max_context_tokens: Annotated[int, typer.Option(help=LONGEST)] = 512,
-    min_context_tokens: Annotated[int, typer.Option(help=SHORTEST)] = 32,
-    overlap: Overlap = 0,
-    max_input_tokens: MaxInputTokens = MAX_INPUT_TOKENS,
+    max_context_tokens: MaxContextTokens = Chunking.max_tokens,
+    min_context_tokens: MinContextTokens = Chunking.min_tokens,
+    overlap: Overlap = Chunking.overlap,
+    max_input_tokens: MaxInputTokens = Chunking.max_input_tokens,
     per_context: Annotated[
         int | None,
         typer.Option(
@@ -123,36 +127,27 @@ def generate(
             show_default="all",
         ),
     ] = None,
-    n: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.5,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling's probability mass.")] = 0.95,
-    max_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 256,
+    n: Samples = SamplingParams.n,
+    temperature: Temperature = SamplingParams.temperature,
+    top_p: Annotated[float, option(SamplingParams, "top_p")] = SamplingParams.top_p,
+    max_tokens: Annotated[int, option(SamplingParams, "max_tokens")] = SamplingParams.max_tokens,
     seed: Annotated[int, typer.Option(help="Seed of the task-type draws and sampling.")] = 0,
-    limit: Limit = None,
-    per_document: PerDocument = None,
-    checks: Annotated[
-        bool, typer.Option(help="Task-aware checks; --no-checks keeps every parseable sample.")
-    ] = True,
+    limit: Limit = Reading.limit,
+    per_document: PerDocument = Reading.per_document,
+    checks: Annotated[bool, option(RunConfig, "checks")] = RunConfig.checks,
     dedup: Annotated[
-        str | None,
-        typer.Option(help="near, exact or off.", show_default="near; off with --no-checks"),
-    ] = None,
+        str | None, option(RunConfig, "dedup", show_default="near; off with --no-checks")
+    ] = RunConfig.dedup,
     dedup_threshold: Annotated[
-        float,
-        typer.Option(help="Word-shingle Jaccard similarity from which tasks are near-duplicates."),
-    ] = 0.8,
+        float, option(RunConfig, "dedup_threshold")
+    ] = RunConfig.dedup_threshold,
     max_tasks: Annotated[
-        int | None,
-        typer.Option(help="Stop after this many accepted tasks.", show_default="no limit"),
-    ] = None,
+        int | None, option(Budgets, "max_tasks", show_default="no limit")
+    ] = Budgets.max_tasks,
     max_output_tokens: Annotated[
-        int | None,
-        typer.Option(help="Stop after generating this many tokens.", show_default="no limit"),
-    ] = None,
-    retry_rejected: Annotated[
-        int,
-        typer.Option(help="Ask again, up to this many times, for contexts with no accepted task."),
-    ] = 0,
+        int | None, option(Budgets, "max_output_tokens", show_default="no limit")
+    ] = Budgets.max_output_tokens,
+    retry_rejected: Annotated[int, option(Budgets, "retry_rejected")] = Budgets.retry_rejected,
     strict: Strict = False,
     batch_size: Annotated[
         int | None,
@@ -251,14 +246,7 @@ def generate(
     from bonito.generate.mix import TaskMix
     from bonito.models import resolve_device
     from bonito.prompt.task_types import load_declared_task_types
-    from bonito.runs.run import (
-        SKIPPED_FILE,
-        TASKS_FILE,
-        Budgets,
-        RunConfig,
-        accepted_line,
-        generate_run,
-    )
+    from bonito.runs.run import TASKS_FILE, accepted_line, generate_run
     from bonito.runs.scale import cluster_option
 
     load_declared_task_types(model)
@@ -269,19 +257,9 @@ def generate(
         n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
     budgets = Budgets(max_tasks, max_output_tokens, retry_rejected)
-    chunking = dict(
-        max_tokens=max_context_tokens,
-        min_tokens=min_context_tokens,
-        overlap=overlap,
-        max_input_tokens=max_input_tokens,
-    )
-    reading = dict(
-        text_field=text_field,
-        split=split,
-        include=include or [],
-        exclude=exclude or [],
-        limit=limit,
-        per_document=per_document,
+    chunking = Chunking(max_context_tokens, min_context_tokens, overlap, max_input_tokens)
+    reading = Reading(
+        text_field, split, tuple(include or ()), tuple(exclude or ()), limit, per_document
     )
     config = RunConfig(
         model,
@@ -292,7 +270,7 @@ def generate(
         reading,
         chunking,
         checks,
-        dedup or ("near" if checks else "off"),  # --no-checks alone: the original's output
+        dedup,
         dedup_threshold,
     )
     if device:
@@ -326,7 +304,7 @@ def generate(
         budgets=budgets,
         overwrite=overwrite,
         strict=strict,
-        make_chunker=lambda: _chunker(model, **chunking, task_types=mix.types),
+        make_chunker=lambda: _chunker(model, chunking, mix.types),
         engine_name=engine,
         cluster=cluster,
     )
@@ -372,44 +350,11 @@ def status(
     stdout.print(table)
 
 
-def _chunker(
-    model: str,
-    max_tokens: int,
-    min_tokens: int,
-    overlap: int,
-    max_input_tokens: int,
-    task_types: Sequence[TaskType] = TASK_TYPES,
-):
+def _chunker(model: str, chunking: Chunking, task_types: Sequence[TaskType] = TASK_TYPES):
     from bonito.read.chunking import Chunker
 
     with working(f"loading the tokenizer of {model}"):
-        return Chunker.from_model(
-            model,
-            max_tokens=max_tokens,
-            min_tokens=min_tokens,
-            overlap=overlap,
-            max_input_tokens=max_input_tokens,
-            task_types=task_types,
-        )
-
-
-def _contexts(
-    inputs: list[str],
-    chunker,
-    summary,
-    skipped: Path,
-    *,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    **reading: Any,
-):
-    """The contexts of the inputs, with a progress bar on a terminal."""
-    from bonito.runs.run import bar, read_contexts
-
-    contexts = read_contexts(
-        inputs, chunker, summary, skipped, include=include or (), exclude=exclude or (), **reading
-    )
-    return bar(contexts, desc="reading", unit=" contexts", total=reading.get("limit"))
+        return Chunker.from_model(model, **asdict(chunking), task_types=task_types)
 
 
 def _reading_table(title: str, summary, skipped: Path) -> Table:

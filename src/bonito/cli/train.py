@@ -32,7 +32,7 @@ from bonito.cli.common import (
     WarmupSteps,
     WeightDecay,
     console,
-    recipe_from,
+    option,
     stdout,
     training_table,
     working,
@@ -40,6 +40,7 @@ from bonito.cli.common import (
 from bonito.errors import BonitoError
 from bonito.generate.judge import counts
 from bonito.prompt.task_types import load_task_types
+from bonito.train.recipe import Recipe
 
 
 def tiny_model(
@@ -154,26 +155,28 @@ def train(
         int, typer.Option(help="Held-out pairs completed greedily at each evaluation.")
     ] = 64,
     eval_max_tokens: Annotated[int, typer.Option(help="New tokens per such completion.")] = 256,
-    lora_r: LoraRank = 64,
-    lora_alpha: LoraAlpha = 4.0,
-    lora_dropout: LoraDropout = 0.0,
+    lora_r: LoraRank = Recipe.lora_r,
+    lora_alpha: LoraAlpha = Recipe.lora_alpha,
+    lora_dropout: LoraDropout = Recipe.lora_dropout,
     full: Full = False,
-    quantize: Quantize = None,
-    learning_rate: LearningRate = 1e-4,
-    warmup_steps: WarmupSteps = 0,
-    weight_decay: WeightDecay = 0.0,
-    max_grad_norm: MaxGradNorm = 0.3,
-    batch_size: BatchSize = 16,
-    micro_batch_size: MicroBatchSize = 4,
-    epochs: Epochs = 1.0,
-    max_steps: MaxSteps = None,
-    max_source_tokens: MaxSourceTokens = 2048,
-    max_target_tokens: MaxTargetTokens = 2048,
-    optimizer: Optimizer = None,
-    save_steps: SaveSteps = 500,
-    eval_steps: Annotated[int, typer.Option(help="Steps between evaluations.")] = 500,
-    logging_steps: LoggingSteps = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the split, order and initialisation.")] = 0,
+    quantize: Quantize = Recipe.quantize,
+    learning_rate: LearningRate = Recipe.learning_rate,
+    warmup_steps: WarmupSteps = Recipe.warmup_steps,
+    weight_decay: WeightDecay = Recipe.weight_decay,
+    max_grad_norm: MaxGradNorm = Recipe.max_grad_norm,
+    batch_size: BatchSize = Recipe.batch_size,
+    micro_batch_size: MicroBatchSize = Recipe.micro_batch_size,
+    epochs: Epochs = Recipe.epochs,
+    max_steps: MaxSteps = Recipe.max_steps,
+    max_source_tokens: MaxSourceTokens = Recipe.max_source_tokens,
+    max_target_tokens: MaxTargetTokens = Recipe.max_target_tokens,
+    optimizer: Optimizer = Recipe.optimizer,
+    save_steps: SaveSteps = Recipe.save_steps,
+    eval_steps: Annotated[int, option(Recipe, "eval_steps")] = Recipe.eval_steps,
+    logging_steps: LoggingSteps = Recipe.logging_steps,
+    seed: Annotated[int, typer.Option(help="Seed of the split, order and initialisation.")] = (
+        Recipe.seed
+    ),
     merged: Annotated[
         bool, typer.Option(help="Also save the adapter merged into its base (OUTPUT/merged).")
     ] = False,
@@ -187,7 +190,27 @@ def train(
     from bonito.train.ctga import load_pairs
     from bonito.train.generator import train_generator
 
-    recipe = recipe_from(locals())
+    recipe = Recipe(
+        lora_r=None if full else lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        quantize=quantize,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        warmup_steps=warmup_steps,
+        batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
+        epochs=epochs,
+        max_steps=max_steps,
+        max_source_tokens=max_source_tokens,
+        max_target_tokens=max_target_tokens,
+        optimizer=optimizer,
+        save_steps=save_steps,
+        eval_steps=eval_steps,
+        logging_steps=logging_steps,
+        seed=seed,
+    )
     if task_types_file:
         load_task_types(task_types_file)
     with working(f"reading {data}"):

@@ -19,7 +19,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,6 +43,7 @@ from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import SamplingParams, derive_seed
 from bonito.prompt.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
 from bonito.read.chunking import Chunker, Context
+from bonito.read.config import Chunking, Reading
 from bonito.read.sources import (
     Document,
     InputPrint,
@@ -62,7 +63,7 @@ from bonito.runs.store import (
     block_of,
     is_damaged,
 )
-from bonito.util.outputs import output_error, written_whole
+from bonito.util.outputs import output_error, output_file, written_whole
 
 if TYPE_CHECKING:
     from bonito.runs.scale import Cluster
@@ -84,45 +85,61 @@ log = logging.getLogger("bonito")
 class Budgets:
     """Limits that end a run cleanly; raising one and running again continues it."""
 
-    max_tasks: int | None = None
-    max_output_tokens: int | None = None
-    retry_rejected: int = 0
+    max_tasks: int | None = field(
+        default=None, metadata={"help": "Stop after this many accepted tasks."}
+    )
+    max_output_tokens: int | None = field(
+        default=None, metadata={"help": "Stop after generating this many tokens."}
+    )
+    retry_rejected: int = field(
+        default=0,
+        metadata={"help": "Ask again, up to this many times, for contexts with no accepted task."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_tasks", "max_output_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 flag = "--" + name.replace("_", "-")
-                raise BonitoError(f"{flag} must be at least 1, got {value}.")
+                raise BonitoError(f"{name} ({flag}) must be at least 1, got {value}.")
         if self.retry_rejected < 0:
-            raise BonitoError(f"--retry-rejected must be 0 or more, got {self.retry_rejected}.")
+            raise BonitoError(
+                f"retry_rejected (--retry-rejected) must be 0 or more, got {self.retry_rejected}."
+            )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """What a run is: running again with the same configuration resumes it, a different one is
-    refused. Engine choice, batch size and budgets are not part of it, nor `reading["limit"]`
-    (--limit, a budget too: a larger one reads on, a smaller one keeps what was read); the
-    inputs are compared by the files read, not by how their paths are spelled."""
+    refused. Engine choice, batch size and budgets are not part of it, nor `reading.limit`
+    (a budget too: a larger one reads on, a smaller one keeps what was read); the inputs are
+    compared by the files read, not by how their paths are spelled."""
 
     model: str
     inputs: tuple[str, ...]
     mix: TaskMix
     per_context: int
     sampling: SamplingParams
-    reading: dict[str, Any] = field(default_factory=dict)
-    chunking: dict[str, Any] = field(default_factory=dict)
-    checks: bool = True
-    dedup: str = "near"
-    dedup_threshold: float = 0.8
+    reading: Reading = Reading()
+    chunking: Chunking = Chunking()
+    checks: bool = field(
+        default=True,
+        metadata={"help": "Task-aware checks; without them every parseable sample is kept."},
+    )
+    dedup: str | None = field(default=None, metadata={"help": "near, exact or off."})
+    """None: near, or off without checks (the original's output)."""
+    dedup_threshold: float = field(
+        default=0.8,
+        metadata={"help": "Word-shingle Jaccard similarity from which tasks are near-duplicates."},
+    )
 
     def __post_init__(self) -> None:
+        if self.dedup is None:
+            object.__setattr__(self, "dedup", "near" if self.checks else "off")
         if self.dedup not in ("near", "exact", "off"):
-            raise BonitoError(f"--dedup must be near, exact or off, got '{self.dedup}'.")
+            raise BonitoError(f"dedup (--dedup) must be near, exact or off, got '{self.dedup}'.")
         self.deduplicator()  # refuses a bad threshold before anything is read
-        reading = self.reading
-        check_reading(reading.get("limit"), reading.get("per_document"))
-        check_inputs(self.inputs, reading.get("include", ()), reading.get("exclude", ()))
+        check_inputs(self.inputs, self.reading.include, self.reading.exclude)
 
     @property
     def seed(self) -> int:
@@ -135,15 +152,15 @@ class RunConfig:
             "task_mix": self.mix.to_dict(),
             "per_context": self.per_context,
             "sampling": self.sampling.to_dict(),
-            "reading": {key: value for key, value in self.reading.items() if key != "limit"},
-            "chunking": self.chunking,
+            "reading": {k: v for k, v in self.reading.to_dict().items() if k != "limit"},
+            "chunking": asdict(self.chunking),
             "checks": self.checks,
             "dedup": {"mode": self.dedup, "threshold": self.dedup_threshold},
         }
 
     def chunker(self) -> Chunker:
         """A chunker with the model's own tokenizer and the run's limits."""
-        return Chunker.from_model(self.model, **self.chunking, task_types=self.mix.types)
+        return Chunker.from_model(self.model, **asdict(self.chunking), task_types=self.mix.types)
 
     def deduplicator(self) -> Deduplicator | None:
         if self.dedup == "off":
@@ -186,7 +203,7 @@ def generate_run(
         check_sampling(engine_name, config.sampling, config.model)
     skipped = folder / SKIPPED_FILE
     reading = reading_options(config, folder)
-    prints = input_prints(config.inputs, include=reading["include"], exclude=reading["exclude"])
+    prints = input_prints(config.inputs, include=reading.include, exclude=reading.exclude)
     config_dict = config.to_dict([found.to_dict() for found in prints])
     if cluster is not None:
         from bonito.runs.scale import RayEngines  # imports Ray only here
@@ -198,13 +215,13 @@ def generate_run(
         remote = nullcontext()
     with remote as engines, Run(folder, config_dict, prints, overwrite=overwrite) as run:
         run.write_summary("running", engine_name)  # an earlier one no longer describes the run
-        if run.must_read(reading["limit"]):
+        if run.must_read(reading.limit):
             chunker = make_chunker() if make_chunker else config.chunker()
             chunker.check_window(config.sampling.max_tokens)
             summary = Summary()
-            contexts = read_contexts(config.inputs, chunker, summary, skipped, **reading)
-            shown = bar(contexts, desc="reading", unit=" contexts", total=reading["limit"])
-            run.read(shown, summary, config, reading["limit"])
+            contexts = read_contexts(config.inputs, chunker, summary, skipped, reading)
+            shown = bar(contexts, desc="reading", unit=" contexts", total=reading.limit)
+            run.read(shown, summary, config, reading.limit)
             save_task_types(config.mix.types, folder)
         check_strict(run.summary(), strict, skipped)
         totals = run.store.counts()
@@ -263,10 +280,9 @@ def requests_of(chunk: Sequence[StoredRequest]) -> list[Request]:
     ]
 
 
-def reading_options(config: RunConfig, folder: Path) -> dict[str, Any]:
+def reading_options(config: RunConfig, folder: Path) -> Reading:
     """The run's reading options, with the run's own folder left out of every input folder
     that holds it (its files are not documents)."""
-    reading = {"include": (), "exclude": (), "limit": None} | config.reading
     own = []
     for item in config.inputs:
         inside = _inside(folder, Path(item).expanduser())
@@ -274,7 +290,7 @@ def reading_options(config: RunConfig, folder: Path) -> dict[str, Any]:
             raise BonitoError(f"--output {folder} is the input {item}; choose another --output.")
         if inside is not None:
             own.append(glob.escape(inside.as_posix()) + "/*")
-    return reading | {"exclude": [*reading["exclude"], *own]}
+    return replace(config.reading, exclude=(*config.reading.exclude, *own))
 
 
 def _inside(folder: Path, parent: Path) -> Path | None:
@@ -845,27 +861,55 @@ def task_record(task: dict[str, Any]) -> dict[str, Any]:
     return {key: task[key] for key in keys}
 
 
+def write_contexts(
+    output: Path,
+    model: str,
+    inputs: Sequence[str],
+    reading: Reading | None = None,
+    chunking: Chunking | None = None,
+    *,
+    strict: bool = False,
+    make_chunker: Callable[[], Chunker] | None = None,
+) -> Summary:
+    """What `generate` would send, without running the model (`bonito chunk`): the contexts of
+    `inputs` as `model`'s tokenizer cuts them, written to `output` (JSON Lines, whole or not at
+    all), every Skip to skipped.jsonl beside it; the reading's counts. `make_chunker` (default:
+    the model's tokenizer) makes the chunker; with `strict`, anything skipped is an error."""
+    reading, chunking = reading or Reading(), chunking or Chunking()
+    check_inputs(inputs, reading.include, reading.exclude)
+    output_file(output)
+    chunker = make_chunker() if make_chunker else Chunker.from_model(model, **asdict(chunking))
+    summary, skipped = Summary(), output.parent / SKIPPED_FILE
+    with written_whole(output) as file:
+        contexts = read_contexts(inputs, chunker, summary, skipped, reading)
+        for context in bar(contexts, desc="reading", unit=" contexts", total=reading.limit):
+            file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
+    check_strict(summary, strict, skipped)
+    return summary
+
+
 def read_contexts(
     inputs: Sequence[str | Path],
     chunker: Chunker,
     summary: Summary,
     skipped: Path,
-    *,
-    text_field: str = "text",
-    split: str = "train",
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    limit: int | None = None,
-    per_document: int | None = None,
+    reading: Reading | None = None,
 ) -> Iterator[Context]:
-    """Contexts from the inputs, read and chunked lazily, at most `limit`, and at most the
-    first `per_document` of each document: the reading stops where the next context would
-    start, so the skips before it are reached too. Documents reached, contexts, their tokens,
-    the contexts left out by `per_document` and skips by reason are counted in `summary`, and
-    every Skip is written to the file `skipped` as a JSON line; BonitoError when no context
-    comes out."""
-    check_reading(limit, per_document)
-    documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
+    """Contexts from the inputs, read and chunked lazily, at most `reading.limit`, and at most
+    the first `reading.per_document` of each document: the reading stops where the next context
+    would start, so the skips before it are reached too. Documents reached, contexts, their
+    tokens, the contexts left out by `per_document` and skips by reason are counted in
+    `summary`, and every Skip is written to the file `skipped` as a JSON line; BonitoError when
+    no context comes out."""
+    reading = reading or Reading()
+    limit, per_document = reading.limit, reading.per_document
+    documents = read_documents(
+        inputs,
+        reading.text_field,
+        split=reading.split,
+        include=reading.include,
+        exclude=reading.exclude,
+    )
     reached = Reached(summary)
     first_skip, document, taken = None, None, 0
     with written_whole(skipped) as file:
@@ -897,13 +941,6 @@ def read_contexts(
                 else "there is no text in them."
             )
         )
-
-
-def check_reading(limit: int | None, per_document: int | None) -> None:
-    """BonitoError unless --limit and --per-document, where given, are at least 1."""
-    for flag, value in (("--limit", limit), ("--per-document", per_document)):
-        if value is not None and value < 1:
-            raise BonitoError(f"{flag} must be at least 1, got {value}.")
 
 
 class Reached:

@@ -35,6 +35,7 @@ from bonito.read.chunking import Chunker
 from bonito.read.config import Reading
 from bonito.read.sources import fingerprint as input_fingerprint
 from bonito.runs.run import SKIPPED_FILE, Budgets, Outcome, RunConfig, generate_run, read_contexts
+from bonito.runs.state import state_line
 from bonito.runs.store import STORE_FILE, RunStore
 from bonito.train.ctga import read_rows
 from bonito.train.recipe import TARGET_RECIPE
@@ -426,7 +427,8 @@ def adapt(
         overwrite=overwrite,
         engine_name=engine,
     )
-    log.info("%s: %d accepted tasks (%s)", output / GENERATE, run.summary.accepted, run.state)
+    state = state_line(run.state, run.detail)
+    log.info("%s: %d accepted tasks (%s)", output / GENERATE, run.summary.accepted, state)
     if run.error:
         log.warning("%s: %s", output / GENERATE, run.error)
     release()
@@ -536,7 +538,7 @@ def generation_facts(
         "sampling": generation.sampling.to_dict(),
         "chunking": asdict(generation.chunking),
         "budgets": asdict(budgets),
-        "state": run.state,
+        "state": state_line(run.state, run.detail),
         "samples": summary.samples,
         "accepted": summary.accepted,
         "duplicates": summary.duplicates,

@@ -45,6 +45,7 @@ from bonito.prompt.sampling import SamplingParams
 from bonito.prompt.task_types import TASK_TYPES, TaskType, load_task_types
 from bonito.read.config import Chunking, Reading
 from bonito.runs.run import SKIPPED_FILE, Budgets, RunConfig
+from bonito.runs.state import state_line
 
 
 def chunk(
@@ -316,7 +317,7 @@ def generate(
     table.add_row("rejected", counts(summary.rejected) or "0")
     table.add_row("generation time", f"{summary.elapsed:.1f}s")
     table.add_row("output tokens/s", f"{summary.tokens_per_second:.1f}")
-    table.add_row("state", state)
+    table.add_row("state", state_line(state, outcome.detail))
     table.add_row("tasks", str(output / TASKS_FILE))
     stdout.print(table)
     if outcome.error:

@@ -31,6 +31,7 @@ from bonito.publish.decontamination import Decontamination, EvaluationData, over
 from bonito.read.sources import is_hub_id
 from bonito.runs.reviews import Tally, decisions, reviewed_tasks, tally
 from bonito.runs.run import status, stored
+from bonito.runs.state import State, parse_state
 from bonito.runs.store import RunStore
 from bonito.util.outputs import writable
 
@@ -201,6 +202,10 @@ class RunView:
     config: dict[str, Any]
     reading: dict[str, Any]
     counts: dict[str, Any]
+
+    @property
+    def state(self) -> State:
+        return parse_state(self.status["state"])[0]
 
     @property
     def seed(self) -> int:

@@ -24,6 +24,7 @@ from bonito.prompt.sampling import derive_seed
 from bonito.publish.export import RunView, generator_facts, open_run
 from bonito.runs.reviews import tally
 from bonito.runs.run import failed_note, summary_from
+from bonito.runs.state import State
 from bonito.util.outputs import writable, written_whole
 
 SAMPLE_SIZE = 200
@@ -360,7 +361,7 @@ def report_context(view: RunView, sample_size: int) -> dict[str, Any]:
         "version": __version__,
         "status": view.status,
         "facts": generator_facts(view.config),
-        "finished": view.status["state"] == "finished",
+        "finished": view.state is State.FINISHED,
         "failures": failed_note(summary_from(view.reading, view.counts)),
         "coverage": {
             f"{name} with accepted tasks": share(*counts) for name, counts in coverage.items()

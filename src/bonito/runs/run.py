@@ -53,6 +53,7 @@ from bonito.read.sources import (
     read_documents,
 )
 from bonito.runs.reviews import status_lines, tally
+from bonito.runs.state import State, parse_state, state_line
 from bonito.runs.store import (
     CANDIDATE,
     STORE_FILE,
@@ -170,11 +171,12 @@ class RunConfig:
 
 @dataclass
 class Outcome:
-    """How a run ended: its counts and why it stopped ("finished", or the budget reached);
-    `error` says what went wrong when requests failed (None when none did)."""
+    """How a run ended: its counts, its state (finished, or stopped with the budget reached as
+    its detail); `error` says what went wrong when requests failed (None when none did)."""
 
     summary: Summary
-    state: str
+    state: State
+    detail: str = ""
 
     @property
     def error(self) -> str | None:
@@ -214,7 +216,7 @@ def generate_run(
     else:
         remote = nullcontext()
     with remote as engines, Run(folder, config_dict, prints, overwrite=overwrite) as run:
-        run.write_summary("running", engine_name)  # an earlier one no longer describes the run
+        run.write_summary(State.RUNNING, "", engine_name)  # the earlier one is out of date
         if run.must_read(reading.limit):
             chunker = make_chunker() if make_chunker else config.chunker()
             chunker.check_window(config.sampling.max_tokens)
@@ -238,13 +240,13 @@ def generate_run(
                 finally:
                     progress.refresh()
 
-            state = run.generate(
+            state, detail = run.generate(
                 engines or LocalEngine(load, config.sampling, config.checks),
                 config,
                 budgets,
                 advance,
             )
-        return Outcome(run.write_summary(state, engine_name), state)
+        return Outcome(run.write_summary(state, detail, engine_name), state, detail)
 
 
 class Engines(Protocol):
@@ -611,15 +613,16 @@ class Run:
         config: RunConfig,
         budgets: Budgets,
         progress: Callable[[int, int], None] | None = None,
-    ) -> str:
+    ) -> tuple[State, str]:
         """Send every pending request, block by block, saving results as each group finishes
         and deciding dedup in request order once a block is done (so neither the order in which
         groups finish nor a resume changes which tasks are kept); returns why it stopped:
-        "finished" or the budget reached. `engines` are asked only if something is pending, and
-        `progress` is called with the requests each group finished and the run's total."""
+        finished, or stopped with the budget reached. `engines` are asked only if something is
+        pending, and `progress` is called with the requests each group finished and the run's
+        total."""
         store = self.store
         with writing(self.folder):
-            store.put("state", "running")
+            store.put("state", state_line(State.RUNNING))
             store.retry_failed()
             dedup = self._rebuild_dedup(config)
             self._rewrite_tasks_file()
@@ -629,19 +632,20 @@ class Run:
             with (self.folder / TASKS_FILE).open("a", encoding="utf-8") as tasks_file:
                 while True:
                     chunk = store.next_chunk(CHUNK_SIZE)
-                    if budget_state(budgets, tally) or not self._continues_block(chunk):
+                    if budget_reached(budgets, tally) or not self._continues_block(chunk):
                         tally.accepted -= self._decide(dedup, tasks_file)
-                    if state := budget_state(budgets, tally):
+                    if reached := budget_reached(budgets, tally):
+                        state, detail = State.STOPPED, reached
                         break
                     if not chunk and budgets.retry_rejected:
                         tally.requests += self._plan_retries(budgets.retry_rejected, config)
                         chunk = store.next_chunk(CHUNK_SIZE)
                     if not chunk:
-                        state = "finished"
+                        state, detail = State.FINISHED, ""
                         break
                     self._send(engines, chunk, budgets, tally, progress)
-            store.put("state", state)
-        return state
+            store.put("state", state_line(state, detail))
+        return state, detail
 
     def _ahead(self, after: int) -> Iterator[list[Request]]:
         """The pending blocks past request id `after`, read as they are asked for."""
@@ -672,7 +676,7 @@ class Run:
             self._save(group, budgets, tally)
             if progress:
                 progress(len({s.request.key for s in group.samples}), tally.requests)
-            if budget_state(budgets, tally):
+            if budget_reached(budgets, tally):
                 groups.close()
                 break
 
@@ -739,13 +743,13 @@ class Run:
         reading = self.store.get("reading", {})
         return summary_from(reading, self.store.counts())
 
-    def write_summary(self, state: str, engine: str | None = None) -> Summary:
+    def write_summary(self, state: State, detail: str = "", engine: str | None = None) -> Summary:
         self.check_folder()
         summary = self.summary()
         with writing(self.folder):
             record = {
                 "config": {**self.config, "engine": engine},
-                "state": state,
+                "state": state_line(state, detail),
                 "summary": summary.to_dict(),
             }
             with written_whole(self.folder / SUMMARY_FILE) as file:
@@ -793,12 +797,12 @@ class Tally:
     requests: int
 
 
-def budget_state(budgets: Budgets, tally: Tally) -> str | None:
-    """Which budget is used up, if any, as the run's state."""
+def budget_reached(budgets: Budgets, tally: Tally) -> str | None:
+    """Which budget is used up, if any, as the detail of the run's stopped state."""
     if budgets.max_tasks is not None and tally.accepted >= budgets.max_tasks:
-        return f"stopped: --max-tasks {budgets.max_tasks} reached"
+        return f"--max-tasks {budgets.max_tasks} reached"
     if budgets.max_output_tokens is not None and tally.tokens >= budgets.max_output_tokens:
-        return f"stopped: --max-output-tokens {budgets.max_output_tokens} reached"
+        return f"--max-output-tokens {budgets.max_output_tokens} reached"
     return None
 
 
@@ -814,7 +818,7 @@ def within_budgets(samples: list[Sample], budgets: Budgets, tally: Tally) -> lis
         last_of_request = (
             position + 1 == len(samples) or samples[position + 1].request is not sample.request
         )
-        if last_of_request and budget_state(budgets, after):
+        if last_of_request and budget_reached(budgets, after):
             return samples[: position + 1]
     return samples
 
@@ -979,16 +983,12 @@ def status_facts(folder: Path) -> dict[str, Any]:
         raise BonitoError(f"{where}.")
     now = running(folder)
     with stored(folder) as store:
-        config, state, totals = store.get("config"), store.get("state"), store.counts()
+        config, store_state, totals = store.get("config"), store.get("state"), store.counts()
         rate = store.recent_rate() if now else 0.0
         summary = summary_from(store.get("reading", {}), totals)
         reviews = tally(store)
-    if now:
-        state = "running"
-    elif state in (None, "running"):
-        state = "interrupted: run the same `bonito generate` command to continue"
     facts = {
-        "state": state,
+        "state": state_line(*run_state(store_state, now)),
         "model": config["model"],
         "task_mix": config["task_mix"],
         "requests": totals["requests"],
@@ -1003,6 +1003,16 @@ def status_facts(folder: Path) -> dict[str, Any]:
         facts["requests_per_second"] = round(rate, 3)
         facts["eta_s"] = round(left / rate) if rate else None
     return facts
+
+
+def run_state(stored_line: str | None, now_running: bool) -> tuple[State, str]:
+    """A run's state from the one its store keeps and whether a process holds it now: a run
+    the store calls running that no process holds was interrupted."""
+    if now_running:
+        return State.RUNNING, ""
+    if stored_line is None or parse_state(stored_line)[0] is State.RUNNING:
+        return State.INTERRUPTED, "run the same `bonito generate` command to continue"
+    return parse_state(stored_line)
 
 
 def status(folder: Path) -> dict[str, str]:

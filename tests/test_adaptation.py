@@ -205,7 +205,7 @@ def test_finetune_from_an_export_file_trains_on_the_same_pairs(run_folder, tiny_
         output,
         Recipe(lora_r=4, batch_size=4, micro_batch_size=4, max_steps=2, save_steps=0),
     )
-    assert summary["steps"] == 2 and summary["pairs"]["train"] == len(accepted(run_folder))
+    assert summary.steps == 2 and summary.pairs["train"] == len(accepted(run_folder))
     from bonito.train.trainer import fingerprint
 
     config = json.loads((output / "train_config.json").read_text())
@@ -233,10 +233,10 @@ def test_continued_pretraining_trains_on_passage_chunks(tiny_model, tmp_path):
     output = tmp_path / "tapt"
     recipe = Recipe(lora_r=4, batch_size=4, micro_batch_size=4, max_steps=2, save_steps=0)
     summary = continued_pretraining([str(passages)], str(tiny_model), output, recipe, max_tokens=24)
-    assert summary["passages"]["chunks"] == len(chunks) == summary["pairs"]["train"]
+    assert summary.facts["passages"]["chunks"] == len(chunks) == summary.pairs["train"]
     config = json.loads((output / "train_config.json").read_text())
     assert config["prompt_format"] is None and config["pairs"]["count"] == len(chunks)
-    assert summary["steps"] == 2
+    assert summary.steps == 2
 
 
 # --- the whole loop ---------------------------------------------------------------------------

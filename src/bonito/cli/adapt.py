@@ -178,7 +178,7 @@ def finetune(
         split=split,
         overwrite=overwrite,
     )
-    trained = f"{summary['pairs']['train']} tasks from {tasks}"
+    trained = f"{summary.pairs['train']} tasks from {tasks}"
     stdout.print(training_table(f"bonito finetune -> {output}", summary, trained))
 
 
@@ -303,10 +303,10 @@ def adapt(
         keep_contaminated=keep_contaminated,
         overwrite=overwrite,
     )
-    metrics = table["metrics"]
-    title = f"bonito adapt ({table['examples']} examples, %, mean of the templates)"
+    metrics = table.metrics
+    title = f"bonito adapt ({table.examples} examples, %, mean of the templates)"
     shown = Table("model", *(metric_name(m) for m in metrics), title=title)
-    for row in table["rows"]:
-        shown.add_row(row["label"], *(f"{100 * row['scores'][m]:.1f}" for m in metrics))
+    for row in table.rows:
+        shown.add_row(row.label, *(f"{100 * row.scores[m]:.1f}" for m in metrics))
     stdout.print(shown)
     console.print(f"table and settings written to {output / RESULTS_MD}")

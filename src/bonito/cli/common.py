@@ -7,7 +7,7 @@ import signal
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from bonito.generate.judge import counts
 from bonito.prompt.sampling import SamplingParams
 from bonito.read.config import Chunking, Reading
 from bonito.train.recipe import Recipe
+
+if TYPE_CHECKING:
+    from bonito.train.trainer import TrainingSummary
 
 APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
@@ -110,17 +113,17 @@ SaveSteps = Annotated[int, option(Recipe, "save_steps")]
 LoggingSteps = Annotated[int, option(Recipe, "logging_steps")]
 
 
-def training_table(title: str, summary: dict[str, Any], pairs: str) -> Table:
+def training_table(title: str, summary: TrainingSummary, pairs: str) -> Table:
     """A training's summary: its pairs, those skipped, steps, loss and speed."""
     table = Table(title=title, show_header=False)
     table.add_row("pairs", pairs)
-    table.add_row("skipped", counts(Counter(summary["pairs"]["skipped"])) or "0")
-    table.add_row("steps", str(summary["steps"]))
-    if summary["train_loss"]:
-        first, last = summary["train_loss"][0][1], summary["train_loss"][-1][1]
+    table.add_row("skipped", counts(Counter(summary.pairs["skipped"])) or "0")
+    table.add_row("steps", str(summary.steps))
+    if summary.train_loss:
+        first, last = summary.train_loss[0][1], summary.train_loss[-1][1]
         table.add_row("train loss", f"{first:.4f} -> {last:.4f}")
-    if summary["tokens_per_second"]:
-        table.add_row("tokens/s", f"{summary['tokens_per_second']:,.0f}")
+    if summary.tokens_per_second:
+        table.add_row("tokens/s", f"{summary.tokens_per_second:,.0f}")
     return table
 
 

@@ -227,16 +227,14 @@ def train(
         overwrite=overwrite,
         data=data,
     )
-    counted = summary["pairs"]
+    counted = summary.pairs
     pairs_line = f"{counted['train']} train, {counted['held_out']} held out"
     table = training_table(f"bonito train -> {output}", summary, pairs_line)
-    if summary["eval_loss"]:
-        table.add_row(
-            "held-out loss",
-            f"{summary['eval_loss'][0][1]:.4f} -> {summary['eval_loss'][-1][1]:.4f}",
-        )
-    if summary["generations"]:
-        scores = summary["generations"]["all"]
+    if summary.eval_loss:
+        first, last = summary.eval_loss[0][1], summary.eval_loss[-1][1]
+        table.add_row("held-out loss", f"{first:.4f} -> {last:.4f}")
+    if summary.generations:
+        scores = summary.generations["all"]
         table.add_row("held-out parse", f"{scores['parse_rate']:.0%}")
         table.add_row("passage in instruction", f"{scores['placeholder_rate']:.0%}")
     stdout.print(table)

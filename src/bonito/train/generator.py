@@ -27,6 +27,7 @@ from bonito.train.trainer import (
     EVALUATIONS_FILE,
     SUMMARY_FILE,
     Recipe,
+    TrainingSummary,
     check_config,
     fine_tune,
     fingerprint,
@@ -182,7 +183,7 @@ def train_generator(
     merged: bool = False,
     overwrite: bool = False,
     data: str | None = None,
-) -> dict[str, Any]:
+) -> TrainingSummary:
     """Fine-tune `base_model` into a bonito generator on the pairs with the recipe and save it
     (the adapter or whole model, the tokenizer, the declarations of non-built-in task types,
     the settings, a summary and a model card naming `data`, where the pairs came from) in
@@ -220,20 +221,20 @@ def train_generator(
     if merged and recipe.lora_r is not None:
         merge(output, output / "merged")
         save_task_types(kinds, output / "merged")
-    summary = {
-        "output": str(output),
-        "pairs": {
+    summary = TrainingSummary(
+        output=str(output),
+        pairs={
             "train": len(train_examples.items),
             "held_out": len(held_examples.items),
             "skipped": dict(train_examples.skipped + held_examples.skipped),
             "task_types": dict(Counter(p.task_type for p in pairs)),
         },
-        "train_tokens": train_examples.tokens,
+        train_tokens=train_examples.tokens,
         **history,
-        "generations": checks.last["generations"] if checks.last else None,
-    }
-    write_json(output / SUMMARY_FILE, summary)
-    generator_card(output, base_model, recipe, summary, data)
+        generations=checks.last["generations"] if checks.last else None,
+    )
+    write_json(output / SUMMARY_FILE, summary.to_dict())
+    generator_card(output, base_model, recipe, summary.to_dict(), data)
     return summary
 
 

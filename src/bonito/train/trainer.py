@@ -11,7 +11,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,43 @@ def check_optimizer_runs(arguments: TrainingArguments, model: torch.nn.Module) -
             f"The optimizer {arguments.optim.value} cannot run here ({reason}); choose another "
             "--optimizer (adamw_torch runs everywhere)."
         ) from error
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What a training did; training_summary.json holds `to_dict()`."""
+
+    output: str
+    pairs: dict[str, Any]
+    """Pairs trained on (`train`; a generator's `held_out` and `task_types` too) and skipped."""
+    train_tokens: int
+    steps: int
+    resumed_from: str | None
+    seconds: float
+    tokens_per_second: float | None
+    train_loss: list[tuple[int, float]]
+    eval_loss: list[tuple[int, float]]
+    final_eval: dict[str, float]
+    facts: dict[str, Any] = field(default_factory=dict)
+    """Where the pairs came from: a target's `tasks` and `task_types`, or TAPT's `passages`."""
+    generations: dict[str, Any] | None = None
+    """A generator's held-out checks at the end (parse and placeholder rates)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as one flat JSON object (the facts among the counts)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "facts"}
+        return {"output": self.output, **self.facts} | data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingSummary:
+        names = {f.name for f in fields(cls)}
+        known = {key: value for key, value in data.items() if key in names}
+        losses = {name: [tuple(point) for point in known[name]] for name in LOSSES}
+        facts = {key: value for key, value in data.items() if key not in names}
+        return cls(**known | losses, facts=facts)
+
+
+LOSSES = ("train_loss", "eval_loss")
 
 
 @dataclass

@@ -387,4 +387,7 @@ def test_adapt_refuses_a_bad_device_before_any_stage(tiny_model, tmp_path, monke
     ]  # fmt: skip
     result = runner.invoke(app, args)
     assert isinstance(result.exception, BonitoError)
-    assert str(result.exception) == "--device tpu is not a device; use cpu, cuda, cuda:N or mps."
+    assert (
+        str(result.exception)
+        == "device (--device) tpu is not a device; use cpu, cuda, cuda:N or mps."
+    )

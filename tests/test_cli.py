@@ -473,15 +473,21 @@ def test_a_file_given_for_an_output_folder_is_one_sentence(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["generate", "{p}", "-t", "ynqa", "--device", "tpu"], "--device tpu is not a device"),
-        (["generate", "{p}", "-t", "ynqa", "--device", "cuda"], "--device cuda: this PyTorch"),
+        (
+            ["generate", "{p}", "-t", "ynqa", "--device", "tpu"],
+            "device (--device) tpu is not a device",
+        ),
+        (
+            ["generate", "{p}", "-t", "ynqa", "--device", "cuda"],
+            "device (--device) cuda: this PyTorch",
+        ),
         (
             ["evaluate", "--data", "{labelled}", "-t", "ynqa", "--device", "cuda"],
-            "--device cuda: this PyTorch has no CUDA (a CPU build); use --device cpu.",
+            "device (--device) cuda: this PyTorch has no CUDA (a CPU build); use cpu.",
         ),
         (
             ["evaluate", "--data", "{labelled}", "-t", "ynqa", "--device", "cuda:x"],
-            "--device cuda:x is not a device; use cpu, cuda, cuda:N or mps.",
+            "device (--device) cuda:x is not a device; use cpu, cuda, cuda:N or mps.",
         ),
         (
             [

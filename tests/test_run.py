@@ -321,7 +321,9 @@ def test_mix_parses_weights_all_and_refuses_mistakes():
     ]:
         with pytest.raises(BonitoError, match=message):
             TaskMix.parse(values)
-    with pytest.raises(BonitoError, match="--per-context must be between 1 and the 3"):
+    with pytest.raises(
+        BonitoError, match=r"per_context \(--per-context\) must be between 1 and the 3"
+    ):
         mix.check_per_context(4)
 
 

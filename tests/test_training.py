@@ -421,10 +421,16 @@ def test_a_different_training_in_the_same_folder_is_refused(trained, workspace, 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--held-out", "-1"], "--held-out must be at least 0, got -1."),
-        (["--eval-generations", "-2"], "--eval-generations must be at least 0, got -2."),
+        (["--held-out", "-1"], "held_out (--held-out) must be at least 0, got -1."),
+        (
+            ["--eval-generations", "-2"],
+            "eval_generations (--eval-generations) must be at least 0, got -2.",
+        ),
         (["--max-steps", "0"], "max_steps (--max-steps) must be at least 1, got 0."),
-        (["--full", "--merged"], "--merged folds LoRA adapters into their base, and --full"),
+        (
+            ["--full", "--merged"],
+            "merged (--merged) folds LoRA adapters into their base, and a full fine-tuning",
+        ),
         (["--optimizer", "nonsense"], "Unknown optimizer 'nonsense'"),
     ],
 )

@@ -704,11 +704,13 @@ def export_run(
     apply: the tasks they rejected are left out, those they rescued put in, their edits written;
     `reviewed_only` writes only the tasks a person accepted."""
     if format_name not in FORMATS:
-        raise BonitoError(f"--format must be one of {', '.join(FORMATS)}; got '{format_name}'.")
+        raise BonitoError(
+            f"format_name (--format) must be one of {', '.join(FORMATS)}; got '{format_name}'."
+        )
     if split_by_document is not None and not 0 < split_by_document < 1:
         raise BonitoError(
-            f"--split-by-document is the test share, between 0 and 1 (e.g. 0.1); got "
-            f"{split_by_document}."
+            "split_by_document (--split-by-document) is the test share, between 0 and 1 (e.g. "
+            f"0.1); got {split_by_document}."
         )
     if push_to_hub is not None:
         check_repo_id(push_to_hub)

@@ -409,7 +409,7 @@ def write_report(run: Path, output: Path | None = None, sample_size: int = SAMPL
     """Write the report of the run folder `run` to `output` (default: RUN/report.html), with up
     to `sample_size` tasks to browse, stratified by task type and status, seeded by the run."""
     if sample_size < 1:
-        raise BonitoError(f"--sample must be at least 1, got {sample_size}.")
+        raise BonitoError(f"sample_size (--sample) must be at least 1, got {sample_size}.")
     with open_run(run) as view:
         path = output or run / "report.html"
         if path.is_dir():

@@ -163,11 +163,13 @@ def check_options(
         ("eval_max_tokens", eval_max_tokens, 1),
     ):
         if value < least:
-            raise BonitoError(f"--{name.replace('_', '-')} must be at least {least}, got {value}.")
+            flag = "--" + name.replace("_", "-")
+            raise BonitoError(f"{name} ({flag}) must be at least {least}, got {value}.")
     if merged and recipe.lora_r is None:
         raise BonitoError(
-            "--merged folds LoRA adapters into their base, and --full trains every weight (no "
-            "adapters: OUTPUT holds the whole model already); drop one of them."
+            "merged (--merged) folds LoRA adapters into their base, and a full fine-tuning "
+            "(lora_r None, --full) trains every weight (no adapters: the output holds the whole "
+            "model already); drop one of them."
         )
 
 

@@ -24,16 +24,16 @@ class Reading:
     exclude: tuple[str, ...] = field(
         default=(), metadata={"help": "In folders, leave out files matching these globs."}
     )
-    limit: int | None = field(
-        default=None, metadata={"help": "Read at most this many contexts (None: all)."}
-    )
+    limit: int | None = field(default=None, metadata={"help": "Read at most this many contexts."})
+    """None: all."""
     per_document: int | None = field(
         default=None,
         metadata={
             "help": "Read at most the first K contexts of each document (with a limit: a sample "
-            "of many documents, not all of the first; None: all)."
+            "of many documents, not all of the first)."
         },
     )
+    """None: all."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", tuple(self.include or ()))

@@ -9,6 +9,8 @@ from typing import Any
 
 from bonito.errors import BonitoError, first_line
 
+DEFAULT_GENERATOR = "BatsResearch/bonito-v1"
+"""The generator used unless another is named."""
 ADAPTER_CONFIG = "adapter_config.json"
 WINDOW_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
 """Config fields that give a model's window, the longest prompt and completion it takes."""

@@ -44,6 +44,7 @@ from bonito.cli.common import (
     stdout,
     training_table,
 )
+from bonito.models import DEFAULT_GENERATOR
 from bonito.prompt.sampling import SamplingParams
 from bonito.read.config import Chunking, Reading
 from bonito.train.recipe import TARGET_RECIPE, Recipe
@@ -199,7 +200,7 @@ def adapt(
         Path, typer.Option("--output", "-o", help="Folder for every stage and the table.")
     ],
     generator: Annotated[str, typer.Option(help="Bonito generator: hub id or local folder.")] = (
-        "BatsResearch/bonito-v1"
+        DEFAULT_GENERATOR
     ),
     baseline: Annotated[
         str | None, typer.Option(help="tapt: also a copy continued-pretrained on the passages.")

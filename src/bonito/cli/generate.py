@@ -41,6 +41,7 @@ from bonito.cli.common import (
 )
 from bonito.errors import BonitoError
 from bonito.generate.judge import counts
+from bonito.models import DEFAULT_GENERATOR
 from bonito.prompt.sampling import SamplingParams
 from bonito.prompt.task_types import TASK_TYPES, TaskType, load_task_types
 from bonito.read.config import Chunking, Reading
@@ -52,7 +53,7 @@ def chunk(
     inputs: Inputs,
     output: Annotated[Path, typer.Option("--output", "-o", help="Contexts file to write.")],
     model: Annotated[str, typer.Option(help="Generator whose tokenizer counts tokens.")] = (
-        "BatsResearch/bonito-v1"
+        DEFAULT_GENERATOR
     ),
     max_tokens: Annotated[
         int, option(Chunking, "max_tokens", "--max-tokens", "--max-context-tokens")
@@ -106,7 +107,7 @@ def generate(
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder.")],
-    model: Annotated[str, typer.Option(help="Hub id or local folder.")] = "BatsResearch/bonito-v1",
+    model: Annotated[str, typer.Option(help="Hub id or local folder.")] = DEFAULT_GENERATOR,
     engine: Annotated[
         str,
         typer.Option(

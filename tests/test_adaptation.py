@@ -30,6 +30,7 @@ from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import SamplingParams
 from bonito.publish.decontamination import EvaluationData
 from bonito.publish.export import export_run
+from bonito.read.config import Chunking
 from bonito.runs.run import RunConfig, generate_run
 from bonito.runs.store import RunStore
 from bonito.train.trainer import IGNORE_INDEX, Recipe
@@ -53,7 +54,7 @@ def run_folder(tiny_model, tmp_path_factory) -> Path:
         mix,
         2,
         SamplingParams(n=2, seed=0),
-        chunking={"max_tokens": 128, "min_tokens": 16},
+        chunking=Chunking(max_tokens=128, min_tokens=16),
     )
     folder = tmp_path_factory.mktemp("adapt") / "run"
     from bonito.engines.transformers import TransformersEngine
@@ -204,7 +205,7 @@ def test_finetune_from_an_export_file_trains_on_the_same_pairs(run_folder, tiny_
         output,
         Recipe(lora_r=4, batch_size=4, micro_batch_size=4, max_steps=2, save_steps=0),
     )
-    assert summary["steps"] == 2 and summary["pairs"]["train"] == len(accepted(run_folder))
+    assert summary.steps == 2 and summary.pairs["train"] == len(accepted(run_folder))
     from bonito.train.trainer import fingerprint
 
     config = json.loads((output / "train_config.json").read_text())
@@ -232,10 +233,10 @@ def test_continued_pretraining_trains_on_passage_chunks(tiny_model, tmp_path):
     output = tmp_path / "tapt"
     recipe = Recipe(lora_r=4, batch_size=4, micro_batch_size=4, max_steps=2, save_steps=0)
     summary = continued_pretraining([str(passages)], str(tiny_model), output, recipe, max_tokens=24)
-    assert summary["passages"]["chunks"] == len(chunks) == summary["pairs"]["train"]
+    assert summary.facts["passages"]["chunks"] == len(chunks) == summary.pairs["train"]
     config = json.loads((output / "train_config.json").read_text())
     assert config["prompt_format"] is None and config["pairs"]["count"] == len(chunks)
-    assert summary["steps"] == 2
+    assert summary.steps == 2
 
 
 # --- the whole loop ---------------------------------------------------------------------------
@@ -386,4 +387,7 @@ def test_adapt_refuses_a_bad_device_before_any_stage(tiny_model, tmp_path, monke
     ]  # fmt: skip
     result = runner.invoke(app, args)
     assert isinstance(result.exception, BonitoError)
-    assert str(result.exception) == "--device tpu is not a device; use cpu, cuda, cuda:N or mps."
+    assert (
+        str(result.exception)
+        == "device (--device) tpu is not a device; use cpu, cuda, cuda:N or mps."
+    )

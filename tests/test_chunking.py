@@ -263,11 +263,11 @@ def test_the_configuration_is_checked_up_front(tokenizer):
     with pytest.raises(BonitoError, match=f"use --max-context-tokens {fits} or less"):
         Chunker(tokenizer, max_tokens=fits + 1)
     with pytest.raises(
-        BonitoError, match="--min-context-tokens must be between 1 and --max-context-tokens"
+        BonitoError, match=r"min_tokens \(--min-context-tokens\) must be between 1 and max_tokens"
     ):
         Chunker(tokenizer, max_tokens=10, min_tokens=11)
     with pytest.raises(
-        BonitoError, match="--overlap must be between 0 and half of --max-context-tokens"
+        BonitoError, match=r"overlap \(--overlap\) must be between 0 and half of max_tokens"
     ):
         Chunker(tokenizer, max_tokens=10, min_tokens=1, overlap=6)
 

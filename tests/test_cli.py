@@ -184,7 +184,7 @@ def test_context_col_limit_and_saved_dataset(
         (["--max-tokens", "100000"], "window of 4096 tokens; use --max-tokens 3570 or less."),
         (
             ["--overlap", "300"],
-            "--overlap must be between 0 and half of --max-context-tokens (256)",
+            "overlap (--overlap) must be between 0 and half of max_tokens (256)",
         ),
         (["--model", "./missing-model"], "The model path './missing-model' does not exist"),
         (["--engine", "tgi"], "Unknown engine 'tgi'"),
@@ -487,15 +487,21 @@ def test_a_file_given_for_an_output_folder_is_one_sentence(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["generate", "{p}", "-t", "ynqa", "--device", "tpu"], "--device tpu is not a device"),
-        (["generate", "{p}", "-t", "ynqa", "--device", "cuda"], "--device cuda: this PyTorch"),
+        (
+            ["generate", "{p}", "-t", "ynqa", "--device", "tpu"],
+            "device (--device) tpu is not a device",
+        ),
+        (
+            ["generate", "{p}", "-t", "ynqa", "--device", "cuda"],
+            "device (--device) cuda: this PyTorch",
+        ),
         (
             ["evaluate", "--data", "{labelled}", "-t", "ynqa", "--device", "cuda"],
-            "--device cuda: this PyTorch has no CUDA (a CPU build); use --device cpu.",
+            "device (--device) cuda: this PyTorch has no CUDA (a CPU build); use cpu.",
         ),
         (
             ["evaluate", "--data", "{labelled}", "-t", "ynqa", "--device", "cuda:x"],
-            "--device cuda:x is not a device; use cpu, cuda, cuda:N or mps.",
+            "device (--device) cuda:x is not a device; use cpu, cuda, cuda:N or mps.",
         ),
         (
             [

@@ -365,7 +365,10 @@ def mistakes(run: Path, tmp: Path) -> list[tuple[list, str]]:
     out = tmp / "out"
     return [
         (["export", tmp, "-o", out], "is not a bonito run (it has no run.sqlite)"),
-        (["export", run, "-o", out, "-f", "csv"], "--format must be one of jsonl, parquet, hf"),
+        (
+            ["export", run, "-o", out, "-f", "csv"],
+            "format_name (--format) must be one of jsonl, parquet, hf",
+        ),
         (["export", run, "-o", out, "--split-by-document", 0], "between 0 and 1"),
         (["export", run, "-o", out, "--split-by-document", 1], "between 0 and 1"),
         (["export", run, "-o", out, "--split-by-document", 1.5], "between 0 and 1"),

@@ -46,6 +46,7 @@ from bonito.engines.openai import (
 from bonito.engines.transformers import TransformersEngine
 from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import derive_seed
+from bonito.read.config import Reading
 from bonito.runs.run import RunConfig, generate_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def run_config(model, passages, sampling=GREEDY, limit=6) -> RunConfig:
         TaskMix.parse(["ynqa", "nli"]),
         1,
         sampling,
-        reading={"limit": limit},
+        Reading(limit=limit),
     )
 
 

@@ -194,7 +194,7 @@ def test_default_output_and_mistakes(run, tmp_path, capsys, monkeypatch):
     assert len(Page((run / "report.html").read_text()).rows) == 5
     for args, message in [
         (["report", tmp_path], "is not a bonito run (it has no run.sqlite)"),
-        (["report", run, "--sample", 0], "--sample must be at least 1"),
+        (["report", run, "--sample", 0], "sample_size (--sample) must be at least 1"),
         (["report", run, "-o", tmp_path], "is a folder; give the HTML file to write"),
         (
             ["report", run, "-o", run / "run.sqlite" / "r.html"],

@@ -303,7 +303,7 @@ def test_mistakes_are_one_sentence(small_run, tmp_path, capsys, monkeypatch):
     documents = tmp_path / "documents"
     documents.mkdir()
     assert "is not a bonito run (it has no run.sqlite)" in refused(documents)
-    assert "--sample must be at least 1" in refused(small_run, "--sample", "0")
+    assert "sample (--sample) must be at least 1" in refused(small_run, "--sample", "0")
     with serving(small_run) as server:
         port = server.root.rsplit(":", 1)[1].strip("/")
         assert f"Port {port} on 127.0.0.1 is in use; pass another --port" in refused(

@@ -38,6 +38,7 @@ from bonito.engines import Failure
 from bonito.engines.openai import PROBE_PROMPT
 from bonito.generate.mix import TaskMix
 from bonito.publish.report import write_report
+from bonito.read.config import Reading
 from bonito.read.sources import InputPrint
 from bonito.runs.run import Run, RunConfig, generate_run, status
 from bonito.runs.store import PlannedRequest, RunStore, SavedSample
@@ -146,7 +147,7 @@ def test_failed_requests_are_recorded_and_sent_again_on_resume(tokenizer_model, 
         mix,
         1,
         SamplingParams(max_tokens=32, seed=1),
-        reading={"limit": 30},
+        Reading(limit=30),
     )
     run = tmp_path / "run"
     first = generate_run(run, config, lambda: ScriptedEngine(str(tokenizer_model), flaky))
@@ -290,7 +291,9 @@ def test_mix_parses_weights_all_and_refuses_mistakes():
     ]:
         with pytest.raises(BonitoError, match=message):
             TaskMix.parse(values)
-    with pytest.raises(BonitoError, match="--per-context must be between 1 and the 3"):
+    with pytest.raises(
+        BonitoError, match=r"per_context \(--per-context\) must be between 1 and the 3"
+    ):
         mix.check_per_context(4)
 
 
@@ -504,7 +507,7 @@ def test_changing_per_document_on_a_run_is_a_configuration_change(
     code, _, err = run_cli([*args, 2], capsys, monkeypatch)
     assert code == 1 and "reading.per_document: 1 -> 2" in err
     code, _, err = run_cli([*args, 0], capsys, monkeypatch)
-    assert code == 1 and "--per-document must be at least 1, got 0." in err
+    assert code == 1 and "per_document (--per-document) must be at least 1, got 0." in err
 
 
 @pytest.fixture
@@ -615,7 +618,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=32),
-        reading={"limit": 3},
+        Reading(limit=3),
     )
     with pytest.raises(BonitoError, match="failed to load"):
         generate_run(tmp_path / "run", config, broken)
@@ -625,7 +628,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=16),
-        reading={"limit": 3},
+        Reading(limit=3),
     )
     engine = ScriptedEngine(str(tokenizer_model))
     with caplog.at_level("INFO", logger="bonito"):
@@ -638,7 +641,7 @@ def test_a_run_that_generated_nothing_takes_another_configuration(
         TaskMix.parse(["ynqa"]),
         1,
         SamplingParams(max_tokens=24),
-        reading={"limit": 3},
+        Reading(limit=3),
     )
     with pytest.raises(BonitoError, match="sampling.max_tokens: 16 -> 24"):
         generate_run(tmp_path / "run", changed, lambda: engine)

@@ -26,6 +26,7 @@ from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import SamplingParams
 from bonito.runs.run import Budgets, RunConfig, generate_run
 from bonito.runs.scale import Cluster, RayEngines, warn_network_folder
+from bonito.runs.state import State
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "passages.jsonl"
 BLOCK = 8
@@ -259,7 +260,8 @@ def test_a_budget_stops_a_ray_run_and_the_run_goes_on_without_ray(
     stopped = generate_run(
         folder, config, load, budgets=Budgets(max_tasks=4), cluster=Cluster(cluster.address)
     )
-    assert stopped.state == "stopped: --max-tasks 4 reached" and stopped.summary.accepted == 4
+    assert (stopped.state, stopped.detail) == (State.STOPPED, "--max-tasks 4 reached")
+    assert stopped.summary.accepted == 4
     assert done_requests(folder) < 96
     assert generate_run(folder, config, load).state == "finished"
     assert contents(folder, save_order=False) == contents(reference[False], save_order=False)

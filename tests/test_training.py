@@ -216,8 +216,8 @@ def test_full_fine_tuning_on_cuda_loads_the_base_unquantized(monkeypatch):
     with pytest.raises(BonitoError) as error:
         Recipe(lora_r=None, quantize=True)
     assert str(error.value) == (
-        "A full fine-tuning (--full) trains every weight, which a 4-bit base cannot: drop "
-        "--quantize, or train LoRA adapters (without --full)."
+        "A full fine-tuning (lora_r None, --full) trains every weight, which a 4-bit base "
+        "cannot: drop quantize (--quantize), or train LoRA adapters."
     )
 
 
@@ -421,10 +421,16 @@ def test_a_different_training_in_the_same_folder_is_refused(trained, workspace, 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--held-out", "-1"], "--held-out must be at least 0, got -1."),
-        (["--eval-generations", "-2"], "--eval-generations must be at least 0, got -2."),
+        (["--held-out", "-1"], "held_out (--held-out) must be at least 0, got -1."),
+        (
+            ["--eval-generations", "-2"],
+            "eval_generations (--eval-generations) must be at least 0, got -2.",
+        ),
         (["--max-steps", "0"], "max_steps (--max-steps) must be at least 1, got 0."),
-        (["--full", "--merged"], "--merged folds LoRA adapters into their base, and --full"),
+        (
+            ["--full", "--merged"],
+            "merged (--merged) folds LoRA adapters into their base, and a full fine-tuning",
+        ),
         (["--optimizer", "nonsense"], "Unknown optimizer 'nonsense'"),
     ],
 )

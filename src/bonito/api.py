@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from bonito.engines import load_engine
 from bonito.errors import BonitoError
 from bonito.generate.judge import Request, Summary, generate_samples
+from bonito.models import DEFAULT_GENERATOR
 from bonito.prompt.sampling import SamplingParams, derive_seed
 from bonito.prompt.task_types import load_declared_task_types, resolve_task_type
 
@@ -20,7 +21,7 @@ class Bonito:
     A generator trained by `bonito train` on new task types brings them along."""
 
     def __init__(
-        self, model: str = "BatsResearch/bonito-v1", engine: str = "auto", **engine_kwargs: Any
+        self, model: str = DEFAULT_GENERATOR, engine: str = "auto", **engine_kwargs: Any
     ) -> None:
         load_declared_task_types(model)
         self.engine = load_engine(model, engine, **engine_kwargs)

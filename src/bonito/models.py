@@ -9,6 +9,8 @@ from typing import Any
 
 from bonito.errors import BonitoError, first_line
 
+DEFAULT_GENERATOR = "BatsResearch/bonito-v1"
+"""The generator used unless another is named."""
 ADAPTER_CONFIG = "adapter_config.json"
 WINDOW_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
 """Config fields that give a model's window, the longest prompt and completion it takes."""
@@ -28,11 +30,11 @@ def resolve_device(device: str | None) -> str:
     except RuntimeError:
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
-        raise BonitoError(f"--device {device} is not a device; use {DEVICES}.")
+        raise BonitoError(f"device (--device) {device} is not a device; use {DEVICES}.")
     if parsed.type == "cuda":
         check_cuda(device, parsed.index or 0)
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise BonitoError(f"--device {device}: MPS is not available here; use --device cpu.")
+        raise BonitoError(f"device (--device) {device}: MPS is not available here; use cpu.")
     return device
 
 
@@ -42,13 +44,13 @@ def check_cuda(device: str, index: int) -> None:
 
     if not torch.backends.cuda.is_built():
         raise BonitoError(
-            f"--device {device}: this PyTorch has no CUDA (a CPU build); use --device cpu."
+            f"device (--device) {device}: this PyTorch has no CUDA (a CPU build); use cpu."
         )
     found = torch.cuda.device_count()
     if index >= found:
-        instead = {0: "--device cpu", 1: "cuda:0"}.get(found, f"cuda:0 to cuda:{found - 1}")
+        instead = {0: "cpu", 1: "cuda:0"}.get(found, f"cuda:0 to cuda:{found - 1}")
         raise BonitoError(
-            f"--device {device}: this machine has no CUDA device {index}; use {instead}."
+            f"device (--device) {device}: this machine has no CUDA device {index}; use {instead}."
         )
 
 

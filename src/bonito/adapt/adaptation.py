@@ -32,15 +32,19 @@ from bonito.generate.judge import Summary
 from bonito.models import resolve_device
 from bonito.publish.decontamination import Decontamination, EvaluationData, overlapping_tasks
 from bonito.read.chunking import Chunker
+from bonito.read.config import Reading
 from bonito.read.sources import fingerprint as input_fingerprint
 from bonito.runs.run import SKIPPED_FILE, Budgets, Outcome, RunConfig, generate_run, read_contexts
+from bonito.runs.state import state_line
 from bonito.runs.store import STORE_FILE, RunStore
 from bonito.train.ctga import read_rows
+from bonito.train.recipe import TARGET_RECIPE
 from bonito.train.trainer import (
     CONFIG_FILE,
     SUMMARY_FILE,
     Examples,
     Recipe,
+    TrainingSummary,
     as_json,
     check_config,
     fine_tune,
@@ -54,9 +58,6 @@ from bonito.train.trainer import (
 )
 from bonito.util.outputs import output_folder
 
-TARGET_RECIPE = Recipe(lora_alpha=16.0)
-"""The paper's recipe for target models: bonito-v1's (Q-LoRA on CUDA, LoRA r 64, lr 1e-4 linear,
-paged AdamW, gradient norm 0.3, 16 pairs a step) with LoRA alpha 16."""
 MAX_STEPS = 10_000
 """The paper's cap on optimizer steps; smaller data gets one epoch."""
 GENERATE, FINETUNE, TAPT, EVALUATIONS = "generate", "finetune", "tapt", "evaluations"
@@ -162,7 +163,7 @@ def finetune(
     split: str = "train",
     overwrite: bool = False,
     retrain: bool = False,
-) -> dict[str, Any]:
+) -> TrainingSummary:
     """Fine-tune `base_model` on generated tasks (see `load_tasks`) with the loss on the output
     only, by the paper's recipe unless another is given, and save the adapter (or whole model),
     tokenizer, settings and summary in `output`. The same call continues a stopped training
@@ -190,12 +191,12 @@ def continued_pretraining(
     output: str | Path,
     recipe: Recipe | None = None,
     *,
-    reading: dict[str, Any] | None = None,
+    reading: Reading | None = None,
     max_tokens: int | None = None,
     leave_out: EvaluationData | None = None,
     overwrite: bool = False,
     retrain: bool = False,
-) -> dict[str, Any]:
+) -> TrainingSummary:
     """Continue the pretraining of `base_model` on the passages of `inputs` (read as `bonito
     generate` reads them) by next-word prediction: each piece is BOS + text + EOS with every
     token after BOS labelled, pieces cut at paragraph, sentence or word breaks to at most
@@ -239,7 +240,7 @@ def passage_chunks(
     base_model: str,
     max_tokens: int,
     skipped: Path,
-    reading: dict[str, Any] | None = None,
+    reading: Reading | None = None,
 ) -> tuple[list[str], Summary]:
     """The texts of `inputs` cut into pieces of at most `max_tokens` tokens of the base model's
     tokenizer (however short: none is dropped for it), and the reading's counts; every skip is
@@ -248,7 +249,7 @@ def passage_chunks(
         base_model, max_tokens=max_tokens, min_tokens=1, max_input_tokens=sys.maxsize
     )  # no prompt goes around a passage here: any length of input fits
     summary = Summary()
-    contexts = read_contexts(inputs, chunker, summary, skipped, **(reading or {}))
+    contexts = read_contexts(inputs, chunker, summary, skipped, reading)
     return [context.text for context in contexts], summary
 
 
@@ -263,7 +264,7 @@ def train_target(
     prompt_format: str | None,
     overwrite: bool,
     retrain: bool = False,
-) -> dict[str, Any]:
+) -> TrainingSummary:
     """Train `base_model` on the pairs (`target_examples`) with the recipe's steps fixed by
     `paper_steps`; `settings` join the training's configuration (a folder holding another is
     refused, or with `retrain` started over), `facts` its summary. A finished training with the
@@ -280,7 +281,7 @@ def train_target(
     same = saved == as_json(config)
     if not overwrite and same and (summary := read_json(output / SUMMARY_FILE)):
         log.info("%s holds this training, finished: reused", output)
-        return summary
+        return TrainingSummary.from_dict(summary)
     if retrain and saved is not None and not same:
         log.info("%s holds a training with other settings: starting it over", output)
         overwrite = True
@@ -290,15 +291,15 @@ def train_target(
     examples = target_examples(pairs, tokenizer, recipe, prompt_format)
     description = "fine-tuning" if prompt_format else "continued pretraining"
     history = fine_tune(model, tokenizer, examples, output, recipe, description=description)
-    summary = {
-        "output": str(output),
-        **facts,
-        "pairs": {"train": len(examples.items), "skipped": dict(examples.skipped)},
-        "train_tokens": examples.tokens,
+    summary = TrainingSummary(
+        output=str(output),
+        pairs={"train": len(examples.items), "skipped": dict(examples.skipped)},
+        train_tokens=examples.tokens,
         **history,
-    }
-    write_json(output / SUMMARY_FILE, summary)
-    target_card(output, base_model, recipe, summary, prompt_format)
+        facts=facts,
+    )
+    write_json(output / SUMMARY_FILE, summary.to_dict())
+    target_card(output, base_model, recipe, summary.to_dict(), prompt_format)
     return summary
 
 
@@ -400,7 +401,7 @@ def adapt(
     baseline: str | None = None,
     keep_contaminated: bool = False,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> AdaptResult:
     """The paper's loop in the folder `output`: generate tasks from the passages with the
     generator (a run in generate/), fine-tune `base_model` on them (finetune/), with baseline
     "tapt" continue its pretraining on the same passages (tapt/), evaluate the zero-shot base and
@@ -427,7 +428,8 @@ def adapt(
         overwrite=overwrite,
         engine_name=engine,
     )
-    log.info("%s: %d accepted tasks (%s)", output / GENERATE, run.summary.accepted, run.state)
+    state = state_line(run.state, run.detail)
+    log.info("%s: %d accepted tasks (%s)", output / GENERATE, run.summary.accepted, state)
     if run.error:
         log.warning("%s: %s", output / GENERATE, run.error)
     release()
@@ -476,7 +478,7 @@ def adapt(
         "generation": generation_facts(generation, run, engine, budgets),
         "decontamination": decontamination_facts(decontamination, trainings),
         "trainings": {
-            name: {"pairs": summary["pairs"], "steps": summary["steps"]}
+            name: {"pairs": summary.pairs, "steps": summary.steps}
             for name, summary in trainings.items()
         },
         "recipe": asdict(recipe),
@@ -485,7 +487,7 @@ def adapt(
         "bonito": __version__,
     }
     table = results_table(evaluations, settings)
-    write_json(output / RESULTS_JSON, table)
+    write_json(output / RESULTS_JSON, asdict(table))
     (output / RESULTS_MD).write_text(results_markdown(table), encoding="utf-8")
     return table
 
@@ -514,11 +516,11 @@ def decontaminated_pairs(
 
 
 def decontamination_facts(
-    found: Decontamination, trainings: dict[str, dict[str, Any]]
+    found: Decontamination, trainings: dict[str, TrainingSummary]
 ) -> dict[str, Any]:
     """What overlapped the labelled data: tasks and passages, and TAPT's passage pieces."""
     facts = found.to_dict()
-    passages = trainings.get(TAPT, {}).get("passages", {})
+    passages = trainings[TAPT].facts.get("passages", {}) if TAPT in trainings else {}
     if "overlapping" in passages:
         pieces = passages["chunks"] + passages["overlapping"]
         facts["tapt_pieces"] = {"pieces": pieces, "overlapping": passages["overlapping"]}
@@ -535,9 +537,9 @@ def generation_facts(
         "passages": input_fingerprint(generation.inputs),
         "engine": engine,
         "sampling": generation.sampling.to_dict(),
-        "chunking": generation.chunking,
+        "chunking": asdict(generation.chunking),
         "budgets": asdict(budgets),
-        "state": run.state,
+        "state": state_line(run.state, run.detail),
         "samples": summary.samples,
         "accepted": summary.accepted,
         "duplicates": summary.duplicates,
@@ -585,46 +587,64 @@ def evaluation(
     return record
 
 
-def results_table(evaluations: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict:
-    """The table: one row per evaluation (zero-shot, TAPT, bonito) with its scores averaged over
-    the templates, and the settings that made them."""
+@dataclass(frozen=True)
+class ResultRow:
+    """One evaluated model of the table: its scores, the mean over the templates."""
+
+    name: str
+    label: str
+    scores: dict[str, float]
+    evaluation: str
+    """The file with every template's scores and predictions, in the output folder."""
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """The table `adapt` makes (results.json holds it as JSON): one row per evaluated model
+    (zero-shot, TAPT, bonito), and the settings that made them."""
+
+    task_type: str
+    examples: int
+    templates: list[str]
+    metrics: list[str]
+    rows: list[ResultRow]
+    settings: dict[str, Any]
+
+
+def results_table(evaluations: dict[str, dict[str, Any]], settings: dict[str, Any]) -> AdaptResult:
+    """The table: one row per evaluation with its scores averaged over the templates."""
     first = next(iter(evaluations.values()))
-    return {
-        "task_type": first["task_type"],
-        "examples": first["examples"],
-        "templates": [t["template"] for t in first["templates"]],
-        "metrics": list(first["average"]),
-        "rows": [
-            {
-                "name": name,
-                "label": ROWS[name],
-                "scores": record["average"],
-                "evaluation": f"{EVALUATIONS}/{name}.json",
-            }
+    return AdaptResult(
+        task_type=first["task_type"],
+        examples=first["examples"],
+        templates=[t["template"] for t in first["templates"]],
+        metrics=list(first["average"]),
+        rows=[
+            ResultRow(name, ROWS[name], record["average"], f"{EVALUATIONS}/{name}.json")
             for name, record in evaluations.items()
         ],
-        "settings": settings,
-    }
+        settings=settings,
+    )
 
 
-def results_markdown(table: dict[str, Any]) -> str:
+def results_markdown(table: AdaptResult) -> str:
     """The table as Markdown: scores in percent, then the settings."""
-    settings, metrics = table["settings"], table["metrics"]
+    settings, metrics = table.settings, table.metrics
     names = [metric_name(metric) for metric in metrics]
     lines = [
-        f"# {settings['base_model']} adapted with bonito ({table['task_type']})",
+        f"# {settings['base_model']} adapted with bonito ({table.task_type})",
         "",
         "| model | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(metrics),
         *(
-            f"| {row['label']} | "
-            + " | ".join(f"{100 * row['scores'][metric]:.1f}" for metric in metrics)
+            f"| {row.label} | "
+            + " | ".join(f"{100 * row.scores[metric]:.1f}" for metric in metrics)
             + " |"
-            for row in table["rows"]
+            for row in table.rows
         ),
         "",
-        f"Percentages on {table['examples']} examples, each the mean over the prompt templates "
-        f"{', '.join(table['templates'])}; every template's scores and predictions are in "
+        f"Percentages on {table.examples} examples, each the mean over the prompt templates "
+        f"{', '.join(table.templates)}; every template's scores and predictions are in "
         f"{EVALUATIONS}/<model>.json.",
         "",
         *decontamination_lines(settings["decontamination"]),

@@ -59,8 +59,9 @@ class TaskMix:
             return len(self.types)
         if not 1 <= per_context <= len(self.types):
             raise BonitoError(
-                f"--per-context must be between 1 and the {len(self.types)} task type(s) of the "
-                f"mix, got {per_context}; for more samples of one prompt use --n."
+                f"per_context (--per-context) must be between 1 and the {len(self.types)} task "
+                f"type(s) of the mix, got {per_context}; for more samples of one prompt raise n "
+                "(--n)."
             )
         return per_context
 

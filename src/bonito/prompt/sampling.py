@@ -27,13 +27,21 @@ class SamplingParams:
     (`bonito.engines.check_sampling`).
     """
 
-    n: int = 1
-    temperature: float = 0.5
-    top_p: float = 0.95
-    max_tokens: int = 256
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict, hash=False)
+    n: int = field(default=1, metadata={"help": "Samples per prompt."})
+    temperature: float = field(default=0.5, metadata={"help": "Sampling temperature (0: greedy)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling's probability mass."})
+    max_tokens: int = field(default=256, metadata={"help": "Longest completion, in tokens."})
+    seed: int | None = field(
+        default=None, metadata={"help": "Seed of the sampling (None: unseeded; 0 in a run)."}
+    )
+    stop: tuple[str, ...] = field(
+        default=(), metadata={"help": "Strings at which a completion ends (not kept)."}
+    )
+    extra: dict[str, Any] = field(
+        default_factory=dict,
+        hash=False,
+        metadata={"help": "vLLM's sampling settings beyond these, by vLLM's names."},
+    )
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

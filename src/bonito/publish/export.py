@@ -31,6 +31,7 @@ from bonito.publish.decontamination import Decontamination, EvaluationData, over
 from bonito.read.sources import is_hub_id
 from bonito.runs.reviews import Tally, decisions, reviewed_tasks, tally
 from bonito.runs.run import status, stored
+from bonito.runs.state import State, parse_state
 from bonito.runs.store import RunStore
 from bonito.util.outputs import writable
 
@@ -201,6 +202,10 @@ class RunView:
     config: dict[str, Any]
     reading: dict[str, Any]
     counts: dict[str, Any]
+
+    @property
+    def state(self) -> State:
+        return parse_state(self.status["state"])[0]
 
     @property
     def seed(self) -> int:
@@ -699,11 +704,13 @@ def export_run(
     apply: the tasks they rejected are left out, those they rescued put in, their edits written;
     `reviewed_only` writes only the tasks a person accepted."""
     if format_name not in FORMATS:
-        raise BonitoError(f"--format must be one of {', '.join(FORMATS)}; got '{format_name}'.")
+        raise BonitoError(
+            f"format_name (--format) must be one of {', '.join(FORMATS)}; got '{format_name}'."
+        )
     if split_by_document is not None and not 0 < split_by_document < 1:
         raise BonitoError(
-            f"--split-by-document is the test share, between 0 and 1 (e.g. 0.1); got "
-            f"{split_by_document}."
+            "split_by_document (--split-by-document) is the test share, between 0 and 1 (e.g. "
+            f"0.1); got {split_by_document}."
         )
     if push_to_hub is not None:
         check_repo_id(push_to_hub)

@@ -24,6 +24,7 @@ from bonito.prompt.sampling import derive_seed
 from bonito.publish.export import RunView, generator_facts, open_run
 from bonito.runs.reviews import tally
 from bonito.runs.run import failed_note, summary_from
+from bonito.runs.state import State
 from bonito.util.outputs import writable, written_whole
 
 SAMPLE_SIZE = 200
@@ -360,7 +361,7 @@ def report_context(view: RunView, sample_size: int) -> dict[str, Any]:
         "version": __version__,
         "status": view.status,
         "facts": generator_facts(view.config),
-        "finished": view.status["state"] == "finished",
+        "finished": view.state is State.FINISHED,
         "failures": failed_note(summary_from(view.reading, view.counts)),
         "coverage": {
             f"{name} with accepted tasks": share(*counts) for name, counts in coverage.items()
@@ -408,7 +409,7 @@ def write_report(run: Path, output: Path | None = None, sample_size: int = SAMPL
     """Write the report of the run folder `run` to `output` (default: RUN/report.html), with up
     to `sample_size` tasks to browse, stratified by task type and status, seeded by the run."""
     if sample_size < 1:
-        raise BonitoError(f"--sample must be at least 1, got {sample_size}.")
+        raise BonitoError(f"sample_size (--sample) must be at least 1, got {sample_size}.")
     with open_run(run) as view:
         path = output or run / "report.html"
         if path.is_dir():

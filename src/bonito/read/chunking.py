@@ -22,10 +22,9 @@ from typing import Any, NamedTuple
 from bonito.errors import BonitoError
 from bonito.prompt.format import build_prompt
 from bonito.prompt.task_types import TASK_TYPES, TaskType
+from bonito.read.config import MAX_INPUT_TOKENS, Chunking
 from bonito.read.sources import Document, Skip
 
-MAX_INPUT_TOKENS = 2048
-"""The longest prompt bonito-v1 saw in training."""
 MARGIN = 4
 """Contexts and prompts estimated this many tokens or fewer from a limit are measured exactly."""
 SECTION_CHARS = 2**20
@@ -144,25 +143,14 @@ class Chunker:
         self,
         tokenizer: Any,
         *,
-        max_tokens: int = 512,
-        min_tokens: int = 32,
-        overlap: int = 0,
+        max_tokens: int = Chunking.max_tokens,
+        min_tokens: int = Chunking.min_tokens,
+        overlap: int = Chunking.overlap,
         max_input_tokens: int = MAX_INPUT_TOKENS,
         task_types: Sequence[TaskType] = TASK_TYPES,
         window: int | None = None,
     ) -> None:
-        if max_tokens < 1:
-            raise BonitoError(f"--max-context-tokens must be at least 1, got {max_tokens}.")
-        if not 1 <= min_tokens <= max_tokens:
-            raise BonitoError(
-                f"--min-context-tokens must be between 1 and --max-context-tokens ({max_tokens}), "
-                f"got {min_tokens}."
-            )
-        if not 0 <= overlap <= max_tokens // 2:
-            raise BonitoError(
-                f"--overlap must be between 0 and half of --max-context-tokens "
-                f"({max_tokens // 2}), got {overlap}."
-            )
+        Chunking(max_tokens, min_tokens, overlap, max_input_tokens)  # refuses what cannot be
         if not getattr(tokenizer, "is_fast", False):
             raise BonitoError(
                 "Chunking needs a fast (Rust) tokenizer; this model's tokenizer has none."

@@ -19,7 +19,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,6 +43,7 @@ from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import SamplingParams, derive_seed
 from bonito.prompt.task_types import TASK_TYPES_FILE, resolve_task_type, save_task_types
 from bonito.read.chunking import Chunker, Context
+from bonito.read.config import Chunking, Reading
 from bonito.read.sources import (
     Document,
     InputPrint,
@@ -52,6 +53,7 @@ from bonito.read.sources import (
     read_documents,
 )
 from bonito.runs.reviews import status_lines, tally
+from bonito.runs.state import State, parse_state, state_line
 from bonito.runs.store import (
     CANDIDATE,
     STORE_FILE,
@@ -62,7 +64,7 @@ from bonito.runs.store import (
     block_of,
     is_damaged,
 )
-from bonito.util.outputs import output_error, written_whole
+from bonito.util.outputs import output_error, output_file, written_whole
 
 if TYPE_CHECKING:
     from bonito.runs.scale import Cluster
@@ -84,45 +86,61 @@ log = logging.getLogger("bonito")
 class Budgets:
     """Limits that end a run cleanly; raising one and running again continues it."""
 
-    max_tasks: int | None = None
-    max_output_tokens: int | None = None
-    retry_rejected: int = 0
+    max_tasks: int | None = field(
+        default=None, metadata={"help": "Stop after this many accepted tasks."}
+    )
+    max_output_tokens: int | None = field(
+        default=None, metadata={"help": "Stop after generating this many tokens."}
+    )
+    retry_rejected: int = field(
+        default=0,
+        metadata={"help": "Ask again, up to this many times, for contexts with no accepted task."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_tasks", "max_output_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 flag = "--" + name.replace("_", "-")
-                raise BonitoError(f"{flag} must be at least 1, got {value}.")
+                raise BonitoError(f"{name} ({flag}) must be at least 1, got {value}.")
         if self.retry_rejected < 0:
-            raise BonitoError(f"--retry-rejected must be 0 or more, got {self.retry_rejected}.")
+            raise BonitoError(
+                f"retry_rejected (--retry-rejected) must be 0 or more, got {self.retry_rejected}."
+            )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """What a run is: running again with the same configuration resumes it, a different one is
-    refused. Engine choice, batch size and budgets are not part of it, nor `reading["limit"]`
-    (--limit, a budget too: a larger one reads on, a smaller one keeps what was read); the
-    inputs are compared by the files read, not by how their paths are spelled."""
+    refused. Engine choice, batch size and budgets are not part of it, nor `reading.limit`
+    (a budget too: a larger one reads on, a smaller one keeps what was read); the inputs are
+    compared by the files read, not by how their paths are spelled."""
 
     model: str
     inputs: tuple[str, ...]
     mix: TaskMix
     per_context: int
     sampling: SamplingParams
-    reading: dict[str, Any] = field(default_factory=dict)
-    chunking: dict[str, Any] = field(default_factory=dict)
-    checks: bool = True
-    dedup: str = "near"
-    dedup_threshold: float = 0.8
+    reading: Reading = Reading()
+    chunking: Chunking = Chunking()
+    checks: bool = field(
+        default=True,
+        metadata={"help": "Task-aware checks; without them every parseable sample is kept."},
+    )
+    dedup: str | None = field(default=None, metadata={"help": "near, exact or off."})
+    """None: near, or off without checks (the original's output)."""
+    dedup_threshold: float = field(
+        default=0.8,
+        metadata={"help": "Word-shingle Jaccard similarity from which tasks are near-duplicates."},
+    )
 
     def __post_init__(self) -> None:
+        if self.dedup is None:
+            object.__setattr__(self, "dedup", "near" if self.checks else "off")
         if self.dedup not in ("near", "exact", "off"):
-            raise BonitoError(f"--dedup must be near, exact or off, got '{self.dedup}'.")
+            raise BonitoError(f"dedup (--dedup) must be near, exact or off, got '{self.dedup}'.")
         self.deduplicator()  # refuses a bad threshold before anything is read
-        reading = self.reading
-        check_reading(reading.get("limit"), reading.get("per_document"))
-        check_inputs(self.inputs, reading.get("include", ()), reading.get("exclude", ()))
+        check_inputs(self.inputs, self.reading.include, self.reading.exclude)
 
     @property
     def seed(self) -> int:
@@ -135,15 +153,15 @@ class RunConfig:
             "task_mix": self.mix.to_dict(),
             "per_context": self.per_context,
             "sampling": self.sampling.to_dict(),
-            "reading": {key: value for key, value in self.reading.items() if key != "limit"},
-            "chunking": self.chunking,
+            "reading": {k: v for k, v in self.reading.to_dict().items() if k != "limit"},
+            "chunking": asdict(self.chunking),
             "checks": self.checks,
             "dedup": {"mode": self.dedup, "threshold": self.dedup_threshold},
         }
 
     def chunker(self) -> Chunker:
         """A chunker with the model's own tokenizer and the run's limits."""
-        return Chunker.from_model(self.model, **self.chunking, task_types=self.mix.types)
+        return Chunker.from_model(self.model, **asdict(self.chunking), task_types=self.mix.types)
 
     def deduplicator(self) -> Deduplicator | None:
         if self.dedup == "off":
@@ -153,11 +171,12 @@ class RunConfig:
 
 @dataclass
 class Outcome:
-    """How a run ended: its counts and why it stopped ("finished", or the budget reached);
-    `error` says what went wrong when requests failed (None when none did)."""
+    """How a run ended: its counts, its state (finished, or stopped with the budget reached as
+    its detail); `error` says what went wrong when requests failed (None when none did)."""
 
     summary: Summary
-    state: str
+    state: State
+    detail: str = ""
 
     @property
     def error(self) -> str | None:
@@ -186,7 +205,7 @@ def generate_run(
         check_sampling(engine_name, config.sampling, config.model)
     skipped = folder / SKIPPED_FILE
     reading = reading_options(config, folder)
-    prints = input_prints(config.inputs, include=reading["include"], exclude=reading["exclude"])
+    prints = input_prints(config.inputs, include=reading.include, exclude=reading.exclude)
     config_dict = config.to_dict([found.to_dict() for found in prints])
     if cluster is not None:
         from bonito.runs.scale import RayEngines  # imports Ray only here
@@ -197,14 +216,14 @@ def generate_run(
     else:
         remote = nullcontext()
     with remote as engines, Run(folder, config_dict, prints, overwrite=overwrite) as run:
-        run.write_summary("running", engine_name)  # an earlier one no longer describes the run
-        if run.must_read(reading["limit"]):
+        run.write_summary(State.RUNNING, "", engine_name)  # the earlier one is out of date
+        if run.must_read(reading.limit):
             chunker = make_chunker() if make_chunker else config.chunker()
             chunker.check_window(config.sampling.max_tokens)
             summary = Summary()
-            contexts = read_contexts(config.inputs, chunker, summary, skipped, **reading)
-            shown = bar(contexts, desc="reading", unit=" contexts", total=reading["limit"])
-            run.read(shown, summary, config, reading["limit"])
+            contexts = read_contexts(config.inputs, chunker, summary, skipped, reading)
+            shown = bar(contexts, desc="reading", unit=" contexts", total=reading.limit)
+            run.read(shown, summary, config, reading.limit)
             save_task_types(config.mix.types, folder)
         check_strict(run.summary(), strict, skipped)
         totals = run.store.counts()
@@ -221,13 +240,13 @@ def generate_run(
                 finally:
                     progress.refresh()
 
-            state = run.generate(
+            state, detail = run.generate(
                 engines or LocalEngine(load, config.sampling, config.checks),
                 config,
                 budgets,
                 advance,
             )
-        return Outcome(run.write_summary(state, engine_name), state)
+        return Outcome(run.write_summary(state, detail, engine_name), state, detail)
 
 
 class Engines(Protocol):
@@ -263,10 +282,9 @@ def requests_of(chunk: Sequence[StoredRequest]) -> list[Request]:
     ]
 
 
-def reading_options(config: RunConfig, folder: Path) -> dict[str, Any]:
+def reading_options(config: RunConfig, folder: Path) -> Reading:
     """The run's reading options, with the run's own folder left out of every input folder
     that holds it (its files are not documents)."""
-    reading = {"include": (), "exclude": (), "limit": None} | config.reading
     own = []
     for item in config.inputs:
         inside = _inside(folder, Path(item).expanduser())
@@ -274,7 +292,7 @@ def reading_options(config: RunConfig, folder: Path) -> dict[str, Any]:
             raise BonitoError(f"--output {folder} is the input {item}; choose another --output.")
         if inside is not None:
             own.append(glob.escape(inside.as_posix()) + "/*")
-    return reading | {"exclude": [*reading["exclude"], *own]}
+    return replace(config.reading, exclude=(*config.reading.exclude, *own))
 
 
 def _inside(folder: Path, parent: Path) -> Path | None:
@@ -595,15 +613,16 @@ class Run:
         config: RunConfig,
         budgets: Budgets,
         progress: Callable[[int, int], None] | None = None,
-    ) -> str:
+    ) -> tuple[State, str]:
         """Send every pending request, block by block, saving results as each group finishes
         and deciding dedup in request order once a block is done (so neither the order in which
         groups finish nor a resume changes which tasks are kept); returns why it stopped:
-        "finished" or the budget reached. `engines` are asked only if something is pending, and
-        `progress` is called with the requests each group finished and the run's total."""
+        finished, or stopped with the budget reached. `engines` are asked only if something is
+        pending, and `progress` is called with the requests each group finished and the run's
+        total."""
         store = self.store
         with writing(self.folder):
-            store.put("state", "running")
+            store.put("state", state_line(State.RUNNING))
             store.retry_failed()
             dedup = self._rebuild_dedup(config)
             self._rewrite_tasks_file()
@@ -613,19 +632,20 @@ class Run:
             with (self.folder / TASKS_FILE).open("a", encoding="utf-8") as tasks_file:
                 while True:
                     chunk = store.next_chunk(CHUNK_SIZE)
-                    if budget_state(budgets, tally) or not self._continues_block(chunk):
+                    if budget_reached(budgets, tally) or not self._continues_block(chunk):
                         tally.accepted -= self._decide(dedup, tasks_file)
-                    if state := budget_state(budgets, tally):
+                    if reached := budget_reached(budgets, tally):
+                        state, detail = State.STOPPED, reached
                         break
                     if not chunk and budgets.retry_rejected:
                         tally.requests += self._plan_retries(budgets.retry_rejected, config)
                         chunk = store.next_chunk(CHUNK_SIZE)
                     if not chunk:
-                        state = "finished"
+                        state, detail = State.FINISHED, ""
                         break
                     self._send(engines, chunk, budgets, tally, progress)
-            store.put("state", state)
-        return state
+            store.put("state", state_line(state, detail))
+        return state, detail
 
     def _ahead(self, after: int) -> Iterator[list[Request]]:
         """The pending blocks past request id `after`, read as they are asked for."""
@@ -656,7 +676,7 @@ class Run:
             self._save(group, budgets, tally)
             if progress:
                 progress(len({s.request.key for s in group.samples}), tally.requests)
-            if budget_state(budgets, tally):
+            if budget_reached(budgets, tally):
                 groups.close()
                 break
 
@@ -723,13 +743,13 @@ class Run:
         reading = self.store.get("reading", {})
         return summary_from(reading, self.store.counts())
 
-    def write_summary(self, state: str, engine: str | None = None) -> Summary:
+    def write_summary(self, state: State, detail: str = "", engine: str | None = None) -> Summary:
         self.check_folder()
         summary = self.summary()
         with writing(self.folder):
             record = {
                 "config": {**self.config, "engine": engine},
-                "state": state,
+                "state": state_line(state, detail),
                 "summary": summary.to_dict(),
             }
             with written_whole(self.folder / SUMMARY_FILE) as file:
@@ -777,12 +797,12 @@ class Tally:
     requests: int
 
 
-def budget_state(budgets: Budgets, tally: Tally) -> str | None:
-    """Which budget is used up, if any, as the run's state."""
+def budget_reached(budgets: Budgets, tally: Tally) -> str | None:
+    """Which budget is used up, if any, as the detail of the run's stopped state."""
     if budgets.max_tasks is not None and tally.accepted >= budgets.max_tasks:
-        return f"stopped: --max-tasks {budgets.max_tasks} reached"
+        return f"--max-tasks {budgets.max_tasks} reached"
     if budgets.max_output_tokens is not None and tally.tokens >= budgets.max_output_tokens:
-        return f"stopped: --max-output-tokens {budgets.max_output_tokens} reached"
+        return f"--max-output-tokens {budgets.max_output_tokens} reached"
     return None
 
 
@@ -798,7 +818,7 @@ def within_budgets(samples: list[Sample], budgets: Budgets, tally: Tally) -> lis
         last_of_request = (
             position + 1 == len(samples) or samples[position + 1].request is not sample.request
         )
-        if last_of_request and budget_state(budgets, after):
+        if last_of_request and budget_reached(budgets, after):
             return samples[: position + 1]
     return samples
 
@@ -845,27 +865,55 @@ def task_record(task: dict[str, Any]) -> dict[str, Any]:
     return {key: task[key] for key in keys}
 
 
+def write_contexts(
+    output: Path,
+    model: str,
+    inputs: Sequence[str],
+    reading: Reading | None = None,
+    chunking: Chunking | None = None,
+    *,
+    strict: bool = False,
+    make_chunker: Callable[[], Chunker] | None = None,
+) -> Summary:
+    """What `generate` would send, without running the model (`bonito chunk`): the contexts of
+    `inputs` as `model`'s tokenizer cuts them, written to `output` (JSON Lines, whole or not at
+    all), every Skip to skipped.jsonl beside it; the reading's counts. `make_chunker` (default:
+    the model's tokenizer) makes the chunker; with `strict`, anything skipped is an error."""
+    reading, chunking = reading or Reading(), chunking or Chunking()
+    check_inputs(inputs, reading.include, reading.exclude)
+    output_file(output)
+    chunker = make_chunker() if make_chunker else Chunker.from_model(model, **asdict(chunking))
+    summary, skipped = Summary(), output.parent / SKIPPED_FILE
+    with written_whole(output) as file:
+        contexts = read_contexts(inputs, chunker, summary, skipped, reading)
+        for context in bar(contexts, desc="reading", unit=" contexts", total=reading.limit):
+            file.write(json.dumps(context.to_dict(), ensure_ascii=False) + "\n")
+    check_strict(summary, strict, skipped)
+    return summary
+
+
 def read_contexts(
     inputs: Sequence[str | Path],
     chunker: Chunker,
     summary: Summary,
     skipped: Path,
-    *,
-    text_field: str = "text",
-    split: str = "train",
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    limit: int | None = None,
-    per_document: int | None = None,
+    reading: Reading | None = None,
 ) -> Iterator[Context]:
-    """Contexts from the inputs, read and chunked lazily, at most `limit`, and at most the
-    first `per_document` of each document: the reading stops where the next context would
-    start, so the skips before it are reached too. Documents reached, contexts, their tokens,
-    the contexts left out by `per_document` and skips by reason are counted in `summary`, and
-    every Skip is written to the file `skipped` as a JSON line; BonitoError when no context
-    comes out."""
-    check_reading(limit, per_document)
-    documents = read_documents(inputs, text_field, split=split, include=include, exclude=exclude)
+    """Contexts from the inputs, read and chunked lazily, at most `reading.limit`, and at most
+    the first `reading.per_document` of each document: the reading stops where the next context
+    would start, so the skips before it are reached too. Documents reached, contexts, their
+    tokens, the contexts left out by `per_document` and skips by reason are counted in
+    `summary`, and every Skip is written to the file `skipped` as a JSON line; BonitoError when
+    no context comes out."""
+    reading = reading or Reading()
+    limit, per_document = reading.limit, reading.per_document
+    documents = read_documents(
+        inputs,
+        reading.text_field,
+        split=reading.split,
+        include=reading.include,
+        exclude=reading.exclude,
+    )
     reached = Reached(summary)
     first_skip, document, taken = None, None, 0
     with written_whole(skipped) as file:
@@ -897,13 +945,6 @@ def read_contexts(
                 else "there is no text in them."
             )
         )
-
-
-def check_reading(limit: int | None, per_document: int | None) -> None:
-    """BonitoError unless --limit and --per-document, where given, are at least 1."""
-    for flag, value in (("--limit", limit), ("--per-document", per_document)):
-        if value is not None and value < 1:
-            raise BonitoError(f"{flag} must be at least 1, got {value}.")
 
 
 class Reached:
@@ -942,16 +983,12 @@ def status_facts(folder: Path) -> dict[str, Any]:
         raise BonitoError(f"{where}.")
     now = running(folder)
     with stored(folder) as store:
-        config, state, totals = store.get("config"), store.get("state"), store.counts()
+        config, store_state, totals = store.get("config"), store.get("state"), store.counts()
         rate = store.recent_rate() if now else 0.0
         summary = summary_from(store.get("reading", {}), totals)
         reviews = tally(store)
-    if now:
-        state = "running"
-    elif state in (None, "running"):
-        state = "interrupted: run the same `bonito generate` command to continue"
     facts = {
-        "state": state,
+        "state": state_line(*run_state(store_state, now)),
         "model": config["model"],
         "task_mix": config["task_mix"],
         "requests": totals["requests"],
@@ -966,6 +1003,16 @@ def status_facts(folder: Path) -> dict[str, Any]:
         facts["requests_per_second"] = round(rate, 3)
         facts["eta_s"] = round(left / rate) if rate else None
     return facts
+
+
+def run_state(stored_line: str | None, now_running: bool) -> tuple[State, str]:
+    """A run's state from the one its store keeps and whether a process holds it now: a run
+    the store calls running that no process holds was interrupted."""
+    if now_running:
+        return State.RUNNING, ""
+    if stored_line is None or parse_state(stored_line)[0] is State.RUNNING:
+        return State.INTERRUPTED, "run the same `bonito generate` command to continue"
+    return parse_state(stored_line)
 
 
 def status(folder: Path) -> dict[str, str]:

@@ -49,9 +49,12 @@ class Cluster:
 
     def __post_init__(self) -> None:
         if self.engines is not None and self.engines < 1:
-            raise BonitoError(f"--engines must be at least 1, got {self.engines}.")
+            raise BonitoError(f"engines (--engines) must be at least 1, got {self.engines}.")
         if self.gpus_per_engine is not None and self.gpus_per_engine < 0:
-            raise BonitoError(f"--gpus-per-engine must be 0 or more, got {self.gpus_per_engine}.")
+            raise BonitoError(
+                "gpus_per_engine (--gpus-per-engine) must be 0 or more, got "
+                f"{self.gpus_per_engine}."
+            )
 
 
 def cluster_option(

@@ -505,7 +505,7 @@ def build_ctga(
     `summary`, when given, is filled with the counts as the pairs are produced. Templates and
     annotations are checked when this is called, the rows of a dataset when it is reached."""
     if per_dataset is not None and per_dataset < 1:
-        raise BonitoError(f"--per-dataset must be at least 1, not {per_dataset}.")
+        raise BonitoError(f"per_dataset (--per-dataset) must be at least 1, not {per_dataset}.")
     if not specs:
         raise BonitoError("Give at least one dataset to build ctga pairs from.")
     table = annotations if isinstance(annotations, dict) else load_annotations(annotations)

@@ -27,6 +27,7 @@ from bonito.train.trainer import (
     EVALUATIONS_FILE,
     SUMMARY_FILE,
     Recipe,
+    TrainingSummary,
     check_config,
     fine_tune,
     fingerprint,
@@ -162,11 +163,13 @@ def check_options(
         ("eval_max_tokens", eval_max_tokens, 1),
     ):
         if value < least:
-            raise BonitoError(f"--{name.replace('_', '-')} must be at least {least}, got {value}.")
+            flag = "--" + name.replace("_", "-")
+            raise BonitoError(f"{name} ({flag}) must be at least {least}, got {value}.")
     if merged and recipe.lora_r is None:
         raise BonitoError(
-            "--merged folds LoRA adapters into their base, and --full trains every weight (no "
-            "adapters: OUTPUT holds the whole model already); drop one of them."
+            "merged (--merged) folds LoRA adapters into their base, and a full fine-tuning "
+            "(lora_r None, --full) trains every weight (no adapters: the output holds the whole "
+            "model already); drop one of them."
         )
 
 
@@ -182,7 +185,7 @@ def train_generator(
     merged: bool = False,
     overwrite: bool = False,
     data: str | None = None,
-) -> dict[str, Any]:
+) -> TrainingSummary:
     """Fine-tune `base_model` into a bonito generator on the pairs with the recipe and save it
     (the adapter or whole model, the tokenizer, the declarations of non-built-in task types,
     the settings, a summary and a model card naming `data`, where the pairs came from) in
@@ -220,20 +223,20 @@ def train_generator(
     if merged and recipe.lora_r is not None:
         merge(output, output / "merged")
         save_task_types(kinds, output / "merged")
-    summary = {
-        "output": str(output),
-        "pairs": {
+    summary = TrainingSummary(
+        output=str(output),
+        pairs={
             "train": len(train_examples.items),
             "held_out": len(held_examples.items),
             "skipped": dict(train_examples.skipped + held_examples.skipped),
             "task_types": dict(Counter(p.task_type for p in pairs)),
         },
-        "train_tokens": train_examples.tokens,
+        train_tokens=train_examples.tokens,
         **history,
-        "generations": checks.last["generations"] if checks.last else None,
-    }
-    write_json(output / SUMMARY_FILE, summary)
-    generator_card(output, base_model, recipe, summary, data)
+        generations=checks.last["generations"] if checks.last else None,
+    )
+    write_json(output / SUMMARY_FILE, summary.to_dict())
+    generator_card(output, base_model, recipe, summary.to_dict(), data)
     return summary
 
 

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from transformers import (
 from bonito import __version__
 from bonito.errors import BonitoError
 from bonito.models import check_model_path, model_load_error, quiet_transformers
+from bonito.train.recipe import Recipe
 from bonito.util.outputs import output_folder, written_whole
 
 # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` at every wrap; nothing
@@ -47,90 +48,6 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 TOKENIZE_BATCH = 1024
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How to fine-tune. The defaults are bonito-v1's (its model card): LoRA r 64, alpha 4,
-    dropout 0 on every linear layer but lm_head; a 4-bit NF4 base with double quantization and
-    paged AdamW where CUDA is present (for adapters: a full fine-tuning loads the base whole);
-    lr 1e-4 falling linearly to 0; weight decay 0; gradient norm clipped at 0.3; 16 pairs per
-    optimizer step; sources and targets up to 2,048 tokens (longer pairs are skipped and
-    counted, never cut)."""
-
-    lora_r: int | None = 64
-    """LoRA rank; None trains every weight (full fine-tuning)."""
-    lora_alpha: float = 4.0
-    lora_dropout: float = 0.0
-    quantize: bool | None = None
-    """4-bit NF4 base (Q-LoRA); None: where CUDA is present, for LoRA only (a quantized base
-    cannot be trained whole)."""
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3
-    warmup_steps: int = 0
-    batch_size: int = 16
-    """Pairs per optimizer step: micro_batch_size times the gradient accumulation steps."""
-    micro_batch_size: int = 4
-    epochs: float = 1.0
-    max_steps: int | None = None
-    """Optimizer steps; None: `epochs` passes over the pairs."""
-    max_source_tokens: int = 2048
-    max_target_tokens: int = 2048
-    optimizer: str | None = None
-    """A transformers optimizer name; None: `default_optimizer()`."""
-    save_steps: int = 500
-    """Steps between checkpoints (0: none, so no resume)."""
-    eval_steps: int = 500
-    logging_steps: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        positive = ("batch_size", "micro_batch_size", "max_source_tokens", "max_target_tokens")
-        for name in positive + ("eval_steps", "logging_steps", "max_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BonitoError(
-                    f"The training option {name} (--{name.replace('_', '-')}) must be at least "
-                    f"1, got {value}."
-                )
-        if self.batch_size % self.micro_batch_size:
-            raise BonitoError(
-                f"The batch size {self.batch_size} is not a multiple of the micro-batch size "
-                f"{self.micro_batch_size}; choose sizes that divide evenly (e.g. 16 and 4)."
-            )
-        if self.lora_r is not None and self.lora_r < 1:
-            raise BonitoError("The LoRA rank must be at least 1 (or None for full fine-tuning).")
-        if self.quantize and self.lora_r is None:
-            raise BonitoError(
-                "A full fine-tuning (--full) trains every weight, which a 4-bit base cannot: "
-                "drop --quantize, or train LoRA adapters (without --full)."
-            )
-        if self.learning_rate <= 0 or self.epochs <= 0:
-            raise BonitoError("The learning rate and epochs must be positive.")
-        if self.optimizer is not None:
-            check_optimizer(self.optimizer)
-
-    @property
-    def accumulation(self) -> int:
-        return self.batch_size // self.micro_batch_size
-
-    def quantized(self) -> bool:
-        if self.quantize is None:
-            return self.lora_r is not None and torch.cuda.is_available()
-        return self.quantize
-
-
-def check_optimizer(name: str) -> None:
-    """Refuse a name that is not one of transformers' optimizers."""
-    from transformers.training_args import OptimizerNames
-
-    if name not in {option.value for option in OptimizerNames}:
-        raise BonitoError(
-            f"Unknown optimizer '{name}'; use a transformers optimizer name such as adamw_torch, "
-            "adamw_8bit, paged_adamw_32bit, adafactor or sgd (transformers' OptimizerNames lists "
-            "them all)."
-        )
-
-
 def check_optimizer_runs(arguments: TrainingArguments, model: torch.nn.Module) -> None:
     """Refuse an optimizer that cannot run here (its package missing, its device absent)."""
     try:
@@ -141,6 +58,43 @@ def check_optimizer_runs(arguments: TrainingArguments, model: torch.nn.Module) -
             f"The optimizer {arguments.optim.value} cannot run here ({reason}); choose another "
             "--optimizer (adamw_torch runs everywhere)."
         ) from error
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What a training did; training_summary.json holds `to_dict()`."""
+
+    output: str
+    pairs: dict[str, Any]
+    """Pairs trained on (`train`; a generator's `held_out` and `task_types` too) and skipped."""
+    train_tokens: int
+    steps: int
+    resumed_from: str | None
+    seconds: float
+    tokens_per_second: float | None
+    train_loss: list[tuple[int, float]]
+    eval_loss: list[tuple[int, float]]
+    final_eval: dict[str, float]
+    facts: dict[str, Any] = field(default_factory=dict)
+    """Where the pairs came from: a target's `tasks` and `task_types`, or TAPT's `passages`."""
+    generations: dict[str, Any] | None = None
+    """A generator's held-out checks at the end (parse and placeholder rates)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as one flat JSON object (the facts among the counts)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "facts"}
+        return {"output": self.output, **self.facts} | data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingSummary:
+        names = {f.name for f in fields(cls)}
+        known = {key: value for key, value in data.items() if key in names}
+        losses = {name: [tuple(point) for point in known[name]] for name in LOSSES}
+        facts = {key: value for key, value in data.items() if key not in names}
+        return cls(**known | losses, facts=facts)
+
+
+LOSSES = ("train_loss", "eval_loss")
 
 
 @dataclass

@@ -33,13 +33,14 @@ def api_root(url: str) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BonitoError(
-            f"--base-url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
-            f"got '{url}'."
+            "base_url (--base-url) must be an http:// or https:// URL such as "
+            f"http://127.0.0.1:8000/v1, got '{url}'."
         )
     if parts.username or parts.password:
         raise BonitoError(
-            "--base-url must not carry a user name or password (they would show in logs); put "
-            "the key in an environment variable and name it with --api-key-env."
+            "base_url (--base-url) must not carry a user name or password (they would show in "
+            "logs); put the key in an environment variable and name it with api_key_env "
+            "(--api-key-env)."
         )
     path = parts.path.rstrip("/")
     path = path.removesuffix("/completions").removesuffix("/chat")

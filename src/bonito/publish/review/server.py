@@ -49,7 +49,7 @@ def open_review(
 ) -> ReviewServer:
     """Check the run, open its store for decisions, draw the sample, bind HOST:PORT."""
     if sample is not None and sample < 1:
-        raise BonitoError(f"--sample must be at least 1, got {sample}.")
+        raise BonitoError(f"sample (--sample) must be at least 1, got {sample}.")
     status_facts(run)  # one sentence when RUN is not a run, or a damaged or newer one
     notes = []
     with stored(run) as old:

@@ -1,6 +1,7 @@
 """Shared fixtures. The suite runs offline: no hub is reachable from CI, and without these a
 failed hub lookup retries for half a minute before it fails."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
+from helpers import EXAMPLES
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +105,14 @@ def llama_server(request, tmp_path_factory):
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def numbered_passages(tmp_path_factory) -> Path:
+    """examples/passages.jsonl with each text made distinct ("Note i. ..."), as a JSONL file."""
+    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
+    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"Note {i}. {t}"}) + "\n" for i, t in enumerate(texts))
+    )
+    return path

@@ -7,16 +7,18 @@ import random
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from bonito import SamplingParams
+from bonito import SamplingParams, build_prompt
 from bonito.cli import main
 from bonito.generate.mix import TaskMix
+from bonito.read.config import Reading
 from bonito.read.sources import input_prints
-from bonito.runs.run import RunConfig
+from bonito.runs.run import RunConfig, generate_run
 from bonito.runs.store import PlannedRequest, RunStore, SavedSample
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "passages.jsonl"
@@ -248,3 +250,77 @@ CHROMIUM_FLAGS = (
     "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
     "--disable-background-networking --disable-component-update --disable-sync"
 ).split()
+
+
+# Prompts of several lengths, for the engine tests.
+ENGINE_PASSAGES = [
+    "Short one.",
+    "A longer passage about rivers, which carry water and sediment from hills to the sea.",
+    "Bakers rise early. The ovens are lit before dawn and the first loaves are sold at six.",
+    "The committee met twice. It approved the budget but postponed the vote on new members "
+    "until the spring, when more of them could attend in person.",
+    "Glaciers move slowly.",
+]
+ENGINE_PROMPTS = [build_prompt(p, t) for p in ENGINE_PASSAGES for t in ("ynqa", "nli")]
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=40, seed=3)
+
+
+def run_config(model, passages, sampling=GREEDY, limit=6) -> RunConfig:
+    return RunConfig(
+        str(model),
+        (str(passages),),
+        TaskMix.parse(["ynqa", "nli"]),
+        1,
+        sampling,
+        Reading(limit=limit),
+    )
+
+
+def completions_of(folder: Path) -> list[tuple]:
+    return query(
+        folder,
+        "SELECT request_id, sample, text, finish_reason, prompt_tokens, completion_tokens "
+        "FROM completions ORDER BY request_id, sample",
+    )
+
+
+def counts_of(folder: Path) -> tuple[int, int, int, int]:
+    """Requests done, requests failed, completions, distinct (request, sample) completions."""
+    return query(
+        folder,
+        "SELECT (SELECT COUNT(*) FROM requests WHERE status = 'done'), "
+        "(SELECT COUNT(*) FROM requests WHERE status = 'failed'), COUNT(*), "
+        "COUNT(DISTINCT request_id || '-' || sample) FROM completions",
+    )[0]
+
+
+def run_through_a_crash(server, folder, config, load, **start):
+    """generate_run through `server`, killed once three requests are done and started again;
+    the outcome, and how many requests were done when it was killed."""
+    at_kill = []
+
+    def crash_and_restart():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if counts_of(folder)[0] >= 3:
+                    break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.02)
+        server.kill()
+        at_kill.append(counts_of(folder)[0])
+        time.sleep(1)
+        server.start(**start)
+
+    crasher = threading.Thread(target=crash_and_restart)
+    try:
+        crasher.start()
+        outcome = generate_run(folder, config, load, engine_name="openai")
+    finally:
+        crasher.join()
+        if not server.ready():
+            server.start(**start)
+    return outcome, at_kill[0]

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from helpers import ENGINE_PASSAGES as PASSAGES
+from helpers import ENGINE_PROMPTS as PROMPTS
 from servers import VLLM_ARGS, VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -23,15 +25,6 @@ from bonito.engines import generate_all, load_engine
 from bonito.engines.base import Failure
 from bonito.prompt.sampling import derive_seed
 
-PASSAGES = [
-    "Short one.",
-    "A longer passage about rivers, which carry water and sediment from hills to the sea.",
-    "Bakers rise early. The ovens are lit before dawn and the first loaves are sold at six.",
-    "The committee met twice. It approved the budget but postponed the vote on new members "
-    "until the spring, when more of them could attend in person.",
-    "Glaciers move slowly.",
-]
-PROMPTS = [build_prompt(p, t) for p in PASSAGES for t in ("ynqa", "nli")]
 HAS_LLAMA = all(importlib.util.find_spec(m) for m in ("llama_cpp", "gguf"))
 NO_LLAMA = "the llamacpp extra is not installed (pip install 'bonito[llamacpp]')"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

@@ -6,22 +6,13 @@ import math
 
 import pytest
 import torch
+from helpers import ENGINE_PROMPTS as PROMPTS
 
-from bonito import BonitoError, SamplingParams, build_prompt
+from bonito import BonitoError, SamplingParams
 from bonito.engines import choose_engine, generate_all, load_engine
 from bonito.engines.sampling import NUCLEUS_CANDIDATES, pick_tokens, race_noise
 from bonito.engines.transformers import TransformersEngine
 from bonito.prompt.sampling import derive_seed
-
-PASSAGES = [
-    "Short one.",
-    "A longer passage about rivers, which carry water and sediment from hills to the sea.",
-    "Bakers rise early. The ovens are lit before dawn and the first loaves are sold at six.",
-    "The committee met twice. It approved the budget but postponed the vote on new members "
-    "until the spring, when more of them could attend in person.",
-    "Glaciers move slowly.",
-]
-PROMPTS = [build_prompt(p, t) for p in PASSAGES for t in ("ynqa", "nli")]
 
 
 @pytest.fixture(scope="module")

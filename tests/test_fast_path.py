@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
-from test_engines import PROMPTS
+from helpers import ENGINE_PROMPTS as PROMPTS
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -7,14 +7,21 @@ import asyncio
 import functools
 import json
 import logging
-import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import (
+    GREEDY,
+    completions_of,
+    counts_of,
+    query,
+    run_cli,
+    run_config,
+    run_through_a_crash,
+)
 from servers import (
     FaultProxy,
     free_port,
@@ -44,14 +51,11 @@ from bonito.engines.openai import (
     to_json,
 )
 from bonito.engines.transformers import TransformersEngine
-from bonito.generate.mix import TaskMix
 from bonito.prompt.sampling import derive_seed
-from bonito.read.config import Reading
-from bonito.runs.run import RunConfig, generate_run
+from bonito.runs.run import generate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "passages.jsonl"
-GREEDY = SamplingParams(temperature=0, max_tokens=40, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -66,59 +70,12 @@ def server(tiny_model, tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def passages(tmp_path_factory) -> Path:
-    texts = [json.loads(line)["text"] for line in EXAMPLES.read_text().splitlines()]
-    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
-    path.write_text(
-        "".join(json.dumps({"text": f"Note {i}. {t}"}) + "\n" for i, t in enumerate(texts))
-    )
-    return path
-
-
-def run_config(model, passages, sampling=GREEDY, limit=6) -> RunConfig:
-    return RunConfig(
-        str(model),
-        (str(passages),),
-        TaskMix.parse(["ynqa", "nli"]),
-        1,
-        sampling,
-        Reading(limit=limit),
-    )
-
-
-def query(folder: Path, sql: str) -> list[tuple]:
-    db = sqlite3.connect(folder / "run.sqlite")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
-def completions_of(folder: Path) -> list[tuple]:
-    return query(
-        folder,
-        "SELECT request_id, sample, text, finish_reason, prompt_tokens, completion_tokens "
-        "FROM completions ORDER BY request_id, sample",
-    )
-
-
-def counts_of(folder: Path) -> tuple[int, int, int, int]:
-    """Requests done, requests failed, completions, distinct (request, sample) completions."""
-    return query(
-        folder,
-        "SELECT (SELECT COUNT(*) FROM requests WHERE status = 'done'), "
-        "(SELECT COUNT(*) FROM requests WHERE status = 'failed'), COUNT(*), "
-        "COUNT(DISTINCT request_id || '-' || sample) FROM completions",
-    )[0]
-
-
 def test_greedy_run_through_the_server_equals_the_in_process_run(
-    server, tiny_model, passages, tmp_path
+    server, tiny_model, numbered_passages, tmp_path
 ):
     """Same completions (text, finish reason, token counts: so BOS is added once), the same
     tasks: the raw prompt reaches the server unchanged."""
-    config = run_config(tiny_model, passages)
+    config = run_config(tiny_model, numbered_passages)
     local = generate_run(
         tmp_path / "local", config, lambda: TransformersEngine(str(tiny_model), device="cpu")
     )
@@ -195,7 +152,7 @@ SCRIPTS = [[], ["429"], ["500", "500"], ["slow"], ["drop"], ["500"] * 99]
 
 
 def test_faults_are_retried_with_backoff_and_failures_recorded_then_resent(
-    server, tiny_model, passages, tmp_path, caplog
+    server, tiny_model, numbered_passages, tmp_path, caplog
 ):
     assigned: dict = {}
 
@@ -221,7 +178,9 @@ def test_faults_are_retried_with_backoff_and_failures_recorded_then_resent(
         engines.append(engine)
         return engine
 
-    config = run_config(tiny_model, passages, SamplingParams(temperature=0, max_tokens=16), 12)
+    config = run_config(
+        tiny_model, numbered_passages, SamplingParams(temperature=0, max_tokens=16), 12
+    )
     folder = tmp_path / "run"
     try:
         with caplog.at_level(logging.INFO, logger="bonito"):
@@ -264,38 +223,8 @@ def test_faults_are_retried_with_backoff_and_failures_recorded_then_resent(
     assert len(ids) == len(set(ids)) == again.summary.accepted
 
 
-def run_through_a_crash(server, folder, config, load, **start):
-    """generate_run through `server`, killed once three requests are done and started again;
-    the outcome, and how many requests were done when it was killed."""
-    at_kill = []
-
-    def crash_and_restart():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if counts_of(folder)[0] >= 3:
-                    break
-            except sqlite3.Error:
-                pass
-            time.sleep(0.02)
-        server.kill()
-        at_kill.append(counts_of(folder)[0])
-        time.sleep(1)
-        server.start(**start)
-
-    crasher = threading.Thread(target=crash_and_restart)
-    try:
-        crasher.start()
-        outcome = generate_run(folder, config, load, engine_name="openai")
-    finally:
-        crasher.join()
-        if not server.ready():
-            server.start(**start)
-    return outcome, at_kill[0]
-
-
 def test_a_server_killed_mid_run_and_restarted_loses_and_repeats_nothing(
-    server, tiny_model, passages, tmp_path
+    server, tiny_model, numbered_passages, tmp_path
 ):
     folder = tmp_path / "run"
     engines = []
@@ -313,7 +242,9 @@ def test_a_server_killed_mid_run_and_restarted_loses_and_repeats_nothing(
         )
         return engines[0]
 
-    config = run_config(tiny_model, passages, SamplingParams(temperature=0, max_tokens=16), 12)
+    config = run_config(
+        tiny_model, numbered_passages, SamplingParams(temperature=0, max_tokens=16), 12
+    )
     outcome, at_kill = run_through_a_crash(server, folder, config, load)
     assert outcome.state == "finished"
     assert 3 <= at_kill < 12
@@ -322,7 +253,7 @@ def test_a_server_killed_mid_run_and_restarted_loses_and_repeats_nothing(
 
 
 def test_the_api_key_is_sent_and_never_written_or_logged(
-    server, tiny_model, passages, tmp_path, monkeypatch, caplog
+    server, tiny_model, numbered_passages, tmp_path, monkeypatch, caplog
 ):
     secret = "sk-test-7f3a9c1e5d"
     monkeypatch.setenv("BONITO_TEST_KEY", secret)
@@ -335,7 +266,7 @@ def test_the_api_key_is_sent_and_never_written_or_logged(
             )
             outcome = generate_run(
                 folder,
-                run_config(tiny_model, passages, SamplingParams(max_tokens=8, seed=1), 3),
+                run_config(tiny_model, numbered_passages, SamplingParams(max_tokens=8, seed=1), 3),
                 lambda: engine,
                 engine_name="openai",
             )
@@ -547,10 +478,19 @@ class FailingServer(BaseHTTPRequestHandler):
 
 
 def test_a_run_whose_requests_failed_exits_1_and_shows_the_last_error(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tiny_model, numbered_passages, tmp_path, capsys, monkeypatch
 ):
     run = tmp_path / "run"
-    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args = [
+        "generate",
+        numbered_passages,
+        "-t",
+        "ynqa",
+        "--model",
+        tiny_model,
+        "--engine",
+        "openai",
+    ]
     args += ["--max-retries", "0", "--limit", "3", "--max-tokens", "8", "--output", run]
     with http_server(FailingServer) as url:
         code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
@@ -642,11 +582,20 @@ def test_answers_with_absurd_counts_null_text_or_extra_choices_are_retried_then_
 
 
 def test_a_run_against_a_server_with_absurd_token_counts_records_failures(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tiny_model, numbered_passages, tmp_path, capsys, monkeypatch
 ):
     huge = choices_answer([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": 10**30})
     run = tmp_path / "run"
-    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args = [
+        "generate",
+        numbered_passages,
+        "-t",
+        "ynqa",
+        "--model",
+        tiny_model,
+        "--engine",
+        "openai",
+    ]
     args += ["--max-retries", "0", "--limit", "2", "--max-tokens", "8", "--output", run]
     with http_server(stub(lambda request: huge)) as url:
         code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
@@ -705,11 +654,20 @@ def test_an_answer_too_long_to_read_is_unreadable_and_its_rest_is_not_read():
 
 
 def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
-    tiny_model, passages, tmp_path, capsys, monkeypatch
+    tiny_model, numbered_passages, tmp_path, capsys, monkeypatch
 ):
     text = "Yes or no?\n<|pipe|>\nYes, the note says so."
     run = tmp_path / "run"
-    args = ["generate", passages, "-t", "ynqa", "--model", tiny_model, "--engine", "openai"]
+    args = [
+        "generate",
+        numbered_passages,
+        "-t",
+        "ynqa",
+        "--model",
+        tiny_model,
+        "--engine",
+        "openai",
+    ]
     args += ["--concurrency", "1", "--limit", "8", "--max-output-tokens", "20", "--output", run]
     no_usage = choices_answer([{"text": text, "finish_reason": "stop"}])
     with http_server(stub(lambda request: no_usage)) as url:

@@ -6,14 +6,6 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-LEFT_TO_THE_ENGINE_CONTRACT = {
-    ("test_fast_path", "test_engines"),
-    ("test_llamacpp", "test_engines"),
-    ("test_vllm", "test_engines"),
-    ("test_vllm_serve", "test_openai_engine"),
-}
-"""Engine checks still shared between engine test modules, until the engine-contract module
-(tests/test_engine_contract.py, issue #15) holds them; empty this set then."""
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,7 +27,7 @@ def test_no_test_module_imports_another():
         for name in imported_modules(path) & modules
         if name != path.stem
     }
-    assert found <= LEFT_TO_THE_ENGINE_CONTRACT, (
-        f"{sorted(found - LEFT_TO_THE_ENGINE_CONTRACT)}: (module, test module it imports); "
+    assert not found, (
+        f"{sorted(found)}: (module, test module it imports); "
         "move what they share into tests/helpers.py (or a fixture in conftest.py)."
     )

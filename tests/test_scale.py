@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from helpers import run_cli
+from servers import VLLM_ARGS
 
 from bonito.cli import main
 from bonito.engines import load_engine
@@ -359,16 +360,15 @@ def test_a_run_folder_on_a_network_file_system_is_warned_of(tmp_path, caplog):
 
 
 @pytest.mark.vllm
-def test_vllm_engines_on_the_cluster(cluster, inputs, tiny_model, tmp_path):
-    """The same run with vLLM as the engine, in one process and on the cluster (`make test`
-    runs it in .venv-vllm, which has Ray too)."""
-    pytest.importorskip("vllm", reason="vLLM is not installed (the vllm extra)")
+def test_vllm_engines_on_the_cluster(cluster, inputs, tiny_model, vllm_bonito, tmp_path):
+    """The same run with vLLM as the engine, in one process (the session's vLLM) and in an
+    engine actor on the cluster (one: the tests above spread runs over several engines; `make
+    test` runs this one in .venv-vllm, which has Ray too)."""
     config = scenario(inputs, tiny_model, False)
-    options = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True}
-    options |= {"gpu_memory_utilization": 0.3, "kv_cache_memory_bytes": 1 << 28}  # CPU: RAM
+    options = {**VLLM_ARGS, "gpu_memory_utilization": 0.3}  # of RAM on vLLM's CPU backend
     load = functools.partial(load_engine, str(tiny_model), "vllm", **options)
-    generate_run(tmp_path / "one", config, load)
-    generate_run(tmp_path / "ray", config, load, cluster=Cluster(cluster.address))
+    generate_run(tmp_path / "one", config, lambda: vllm_bonito.engine)
+    generate_run(tmp_path / "ray", config, load, cluster=Cluster(cluster.address, engines=1))
     assert contents(tmp_path / "ray") == contents(tmp_path / "one")
 
 

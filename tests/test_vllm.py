@@ -23,7 +23,7 @@ from helpers import done_requests, query, run_cli, tasks_of, wait_for  # noqa: E
 from servers import VLLM_ARGS  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from bonito import Bonito, BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402
+from bonito import BonitoError, SamplingParams, build_prompt, parse_task  # noqa: E402
 from bonito.engines import choose_engine, generate_all, load_engine  # noqa: E402
 from bonito.engines.transformers import TransformersEngine  # noqa: E402
 
@@ -34,8 +34,8 @@ PROMPTS = [build_prompt(p, t) for p in PASSAGES[:6] for t in ("ynqa", "exqa")]
 
 
 @pytest.fixture(scope="module")
-def bonito(tiny_model):
-    return Bonito(str(tiny_model), engine="vllm", **VLLM_ARGS)
+def bonito(vllm_bonito):
+    return vllm_bonito
 
 
 @pytest.fixture(scope="module")

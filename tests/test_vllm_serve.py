@@ -11,7 +11,7 @@ pytest.importorskip(
 )
 
 from helpers import completions_of, counts_of, run_config, run_through_a_crash  # noqa: E402
-from servers import VLLM_SERVE_OPTIONS, FaultProxy, vllm_serve  # noqa: E402
+from servers import FaultProxy  # noqa: E402
 
 from bonito import SamplingParams, build_prompt  # noqa: E402
 from bonito.engines import generate_all, load_engine  # noqa: E402
@@ -23,12 +23,8 @@ SAMPLED = SamplingParams(n=2, temperature=0.5, max_tokens=24, seed=4)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    process = vllm_serve(tiny_model, log, *VLLM_SERVE_OPTIONS)
-    process.start(timeout=600)
-    yield process
-    process.stop()
+def server(vllm_server):
+    return vllm_server
 
 
 def test_greedy_run_through_vllm_serve_equals_the_in_process_run(

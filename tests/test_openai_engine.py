@@ -477,20 +477,15 @@ class FailingServer(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+OPENAI_GENERATE = ["generate", "-t", "ynqa", "--engine", "openai"]
+"""`bonito generate` through the openai engine, before the inputs and the model."""
+
+
 def test_a_run_whose_requests_failed_exits_1_and_shows_the_last_error(
     tiny_model, numbered_passages, tmp_path, capsys, monkeypatch
 ):
     run = tmp_path / "run"
-    args = [
-        "generate",
-        numbered_passages,
-        "-t",
-        "ynqa",
-        "--model",
-        tiny_model,
-        "--engine",
-        "openai",
-    ]
+    args = [*OPENAI_GENERATE, numbered_passages, "--model", tiny_model]
     args += ["--max-retries", "0", "--limit", "3", "--max-tokens", "8", "--output", run]
     with http_server(FailingServer) as url:
         code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
@@ -586,16 +581,7 @@ def test_a_run_against_a_server_with_absurd_token_counts_records_failures(
 ):
     huge = choices_answer([{"text": "t", "finish_reason": "stop"}], {"completion_tokens": 10**30})
     run = tmp_path / "run"
-    args = [
-        "generate",
-        numbered_passages,
-        "-t",
-        "ynqa",
-        "--model",
-        tiny_model,
-        "--engine",
-        "openai",
-    ]
+    args = [*OPENAI_GENERATE, numbered_passages, "--model", tiny_model]
     args += ["--max-retries", "0", "--limit", "2", "--max-tokens", "8", "--output", run]
     with http_server(stub(lambda request: huge)) as url:
         code, _, err = run_cli([*args, "--base-url", url], capsys, monkeypatch)
@@ -658,16 +644,7 @@ def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
 ):
     text = "Yes or no?\n<|pipe|>\nYes, the note says so."
     run = tmp_path / "run"
-    args = [
-        "generate",
-        numbered_passages,
-        "-t",
-        "ynqa",
-        "--model",
-        tiny_model,
-        "--engine",
-        "openai",
-    ]
+    args = [*OPENAI_GENERATE, numbered_passages, "--model", tiny_model]
     args += ["--concurrency", "1", "--limit", "8", "--max-output-tokens", "20", "--output", run]
     no_usage = choices_answer([{"text": text, "finish_reason": "stop"}])
     with http_server(stub(lambda request: no_usage)) as url:

@@ -1,7 +1,7 @@
 """One typed configuration: the library's dataclasses hold each default and its help, and the
 command line's options take both from them (so `--help` shows a changed default)."""
 
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 
 import pytest
 import typer
@@ -123,3 +123,54 @@ def test_dedup_defaults_to_near_or_off_without_checks(tmp_path):
 def test_settings_refuse_bad_values_naming_the_setting_and_its_option(settings, message):
     with pytest.raises(BonitoError, match=message):
         settings()
+
+
+class Reached(Exception):
+    """Raised by a stand-in for the library call, carrying what the command passed it."""
+
+
+def caught(*args, **kwargs):
+    raise Reached(args, kwargs)
+
+
+def recipe_passed(result) -> Recipe:
+    args, kwargs = result.exception.args
+    (recipe,) = [value for value in [*args, *kwargs.values()] if isinstance(value, Recipe)]
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("command", "library", "defaults"),
+    [
+        (
+            ["train", "--data", "p", "--base-model", "m"],
+            "train.generator.train_generator",
+            Recipe(),
+        ),
+        (["finetune", "run", "--base-model", "m"], "adapt.adaptation.finetune", TARGET_RECIPE),
+    ],
+)
+def test_recipe_options_reach_the_library_over_the_command_defaults(
+    monkeypatch, tmp_path, command, library, defaults
+):
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr(f"bonito.{library}", caught)
+    monkeypatch.setattr("bonito.train.ctga.load_pairs", lambda data, split: [])
+    args = [*command, "-o", str(tmp_path), "--learning-rate", "0.5", "--seed", "7"]
+    given = recipe_passed(CliRunner().invoke(app, args))
+    assert given == replace(defaults, learning_rate=0.5, seed=7)
+    assert recipe_passed(CliRunner().invoke(app, [*args, "--full"])).lora_r is None
+
+
+def test_adapt_seeds_the_generation_and_the_training_alike(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr("bonito.adapt.adaptation.adapt", caught)
+    (tmp_path / "p.txt").write_text("A passage.\n")
+    args = ["adapt", "--unlabelled", str(tmp_path / "p.txt"), "--labelled", "l.jsonl"]
+    args += ["-t", "ynqa", "--base-model", "m", "-o", str(tmp_path), "--seed", "7", "--lora-r", "8"]
+    result = CliRunner().invoke(app, args)
+    assert recipe_passed(result) == replace(TARGET_RECIPE, lora_r=8, seed=7)
+    (_, generation, *_), _ = result.exception.args
+    assert generation.sampling.seed == 7

@@ -11,36 +11,21 @@ from rich.table import Table
 
 from bonito.cli.common import (
     DEFAULT_DEVICE,
-    BatchSize,
+    RECIPE_OPTIONS,
     DataFormat,
-    Epochs,
     EvalLimit,
     Full,
-    LearningRate,
-    LoggingSteps,
-    LoraAlpha,
-    LoraDropout,
-    LoraRank,
     MaxContextTokens,
-    MaxGradNorm,
-    MaxSourceTokens,
-    MaxTargetTokens,
-    MicroBatchSize,
     MinContextTokens,
-    Optimizer,
     PromptFormat,
-    Quantize,
     Samples,
-    SaveSteps,
     Split,
     Temperature,
     Templates,
     TextField,
-    WarmupSteps,
-    WeightDecay,
     console,
     engine_kwargs,
-    option,
+    recipe_options,
     stdout,
     training_table,
 )
@@ -104,6 +89,13 @@ def evaluate(
         console.print(f"scores and predictions written to {output}")
 
 
+@recipe_options(
+    *(name for name in RECIPE_OPTIONS if name != "eval_steps"),
+    max_steps=Annotated[
+        int | None,
+        typer.Option(help="Optimizer steps.", show_default="--epochs passes, at most 10,000"),
+    ],
+)
 def finetune(
     tasks: Annotated[
         str,
@@ -117,28 +109,8 @@ def finetune(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the adapter.")],
     prompt_format: PromptFormat = "input-output",
     split: Split = "train",
-    lora_r: LoraRank = TARGET_RECIPE.lora_r,
-    lora_alpha: LoraAlpha = TARGET_RECIPE.lora_alpha,
-    lora_dropout: LoraDropout = TARGET_RECIPE.lora_dropout,
+    recipe: Recipe = TARGET_RECIPE,
     full: Full = False,
-    quantize: Quantize = TARGET_RECIPE.quantize,
-    learning_rate: LearningRate = TARGET_RECIPE.learning_rate,
-    warmup_steps: WarmupSteps = TARGET_RECIPE.warmup_steps,
-    weight_decay: WeightDecay = TARGET_RECIPE.weight_decay,
-    max_grad_norm: MaxGradNorm = TARGET_RECIPE.max_grad_norm,
-    batch_size: BatchSize = TARGET_RECIPE.batch_size,
-    micro_batch_size: MicroBatchSize = TARGET_RECIPE.micro_batch_size,
-    epochs: Epochs = TARGET_RECIPE.epochs,
-    max_steps: Annotated[
-        int | None,
-        typer.Option(help="Optimizer steps.", show_default="--epochs passes, at most 10,000"),
-    ] = TARGET_RECIPE.max_steps,
-    max_source_tokens: MaxSourceTokens = TARGET_RECIPE.max_source_tokens,
-    max_target_tokens: MaxTargetTokens = TARGET_RECIPE.max_target_tokens,
-    optimizer: Optimizer = TARGET_RECIPE.optimizer,
-    save_steps: SaveSteps = TARGET_RECIPE.save_steps,
-    logging_steps: LoggingSteps = TARGET_RECIPE.logging_steps,
-    seed: Annotated[int, option(Recipe, "seed")] = TARGET_RECIPE.seed,
     overwrite: Annotated[
         bool, typer.Option(help="Start over, dropping the checkpoints in OUTPUT.")
     ] = False,
@@ -149,27 +121,8 @@ def finetune(
     scores the result."""
     from bonito.adapt.adaptation import finetune as finetune_tasks
 
-    recipe = replace(
-        TARGET_RECIPE,
-        lora_r=None if full else lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        quantize=quantize,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        warmup_steps=warmup_steps,
-        batch_size=batch_size,
-        micro_batch_size=micro_batch_size,
-        epochs=epochs,
-        max_steps=max_steps,
-        max_source_tokens=max_source_tokens,
-        max_target_tokens=max_target_tokens,
-        optimizer=optimizer,
-        save_steps=save_steps,
-        logging_steps=logging_steps,
-        seed=seed,
-    )
+    if full:
+        recipe = replace(recipe, lora_r=None)
     summary = finetune_tasks(
         tasks,
         base_model,
@@ -183,6 +136,25 @@ def finetune(
     stdout.print(training_table(f"bonito finetune -> {output}", summary, trained))
 
 
+@recipe_options(
+    "lora_r",
+    "lora_alpha",
+    "quantize",
+    "learning_rate",
+    "max_steps",
+    "batch_size",
+    "micro_batch_size",
+    "save_steps",
+    "logging_steps",
+    "seed",
+    max_steps=Annotated[
+        int | None,
+        typer.Option(
+            help="Optimizer steps of the fine-tuning.", show_default="1 epoch, at most 10,000"
+        ),
+    ],
+    seed=Annotated[int, typer.Option(help="Seed of the generation and the trainings.")],
+)
 def adapt(
     unlabelled: Annotated[
         list[str],
@@ -231,23 +203,7 @@ def adapt(
     templates: Templates = "all",
     limit: EvalLimit = None,
     eval_batch_size: Annotated[int, typer.Option(help="Prompts per evaluation pass.")] = 8,
-    lora_r: LoraRank = TARGET_RECIPE.lora_r,
-    lora_alpha: LoraAlpha = TARGET_RECIPE.lora_alpha,
-    quantize: Quantize = TARGET_RECIPE.quantize,
-    learning_rate: LearningRate = TARGET_RECIPE.learning_rate,
-    max_steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Optimizer steps of the fine-tuning.", show_default="1 epoch, at most 10,000"
-        ),
-    ] = TARGET_RECIPE.max_steps,
-    batch_size: BatchSize = TARGET_RECIPE.batch_size,
-    micro_batch_size: MicroBatchSize = TARGET_RECIPE.micro_batch_size,
-    save_steps: SaveSteps = TARGET_RECIPE.save_steps,
-    logging_steps: LoggingSteps = TARGET_RECIPE.logging_steps,
-    seed: Annotated[int, typer.Option(help="Seed of the generation and the trainings.")] = (
-        TARGET_RECIPE.seed
-    ),
+    recipe: Recipe = TARGET_RECIPE,
     keep_contaminated: Annotated[
         bool, typer.Option(help="Train on tasks that share 13 words with the labelled data too.")
     ] = False,
@@ -264,26 +220,13 @@ def adapt(
     from bonito.generate.mix import TaskMix
     from bonito.runs.run import Budgets, RunConfig
 
-    recipe = replace(
-        TARGET_RECIPE,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        quantize=quantize,
-        learning_rate=learning_rate,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        micro_batch_size=micro_batch_size,
-        save_steps=save_steps,
-        logging_steps=logging_steps,
-        seed=seed,
-    )
     mix = TaskMix.parse([task_type])
     generation = RunConfig(
         generator,
         tuple(unlabelled),
         mix,
         mix.check_per_context(None),
-        SamplingParams(n=n, temperature=temperature, seed=seed),
+        SamplingParams(n=n, temperature=temperature, seed=recipe.seed),
         Reading(text_field, split),
         Chunking(max_context_tokens, min_context_tokens),
     )

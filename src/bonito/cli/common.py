@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import signal
 from collections import Counter
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -22,6 +25,8 @@ from bonito.train.recipe import Recipe
 
 if TYPE_CHECKING:
     from bonito.train.trainer import TrainingSummary
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
@@ -83,34 +88,69 @@ Temperature = Annotated[float, option(SamplingParams, "temperature")]
 Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one is skipped.")]
 
 
-# the training recipe's options, shared by train, finetune and adapt (defaults: each one's recipe)
-LoraRank = Annotated[int | None, option(Recipe, "lora_r")]
-LoraAlpha = Annotated[float, option(Recipe, "lora_alpha")]
-LoraDropout = Annotated[float, option(Recipe, "lora_dropout")]
 Full = Annotated[bool, typer.Option(help="Train every weight instead of LoRA adapters.")]
-Quantize = Annotated[
-    bool | None, option(Recipe, "quantize", show_default="on with CUDA for LoRA, else off")
-]
-LearningRate = Annotated[float, option(Recipe, "learning_rate")]
-WarmupSteps = Annotated[int, option(Recipe, "warmup_steps")]
-WeightDecay = Annotated[float, option(Recipe, "weight_decay")]
-MaxGradNorm = Annotated[float, option(Recipe, "max_grad_norm")]
-BatchSize = Annotated[int, option(Recipe, "batch_size")]
-MicroBatchSize = Annotated[int, option(Recipe, "micro_batch_size")]
-Epochs = Annotated[float, option(Recipe, "epochs")]
-MaxSteps = Annotated[int | None, option(Recipe, "max_steps", show_default="none")]
-MaxSourceTokens = Annotated[int, option(Recipe, "max_source_tokens")]
-MaxTargetTokens = Annotated[int, option(Recipe, "max_target_tokens")]
-Optimizer = Annotated[
-    str | None,
-    option(
-        Recipe,
-        "optimizer",
-        show_default="paged_adamw_32bit on CUDA with bitsandbytes, else adamw_torch",
-    ),
-]
-SaveSteps = Annotated[int, option(Recipe, "save_steps")]
-LoggingSteps = Annotated[int, option(Recipe, "logging_steps")]
+RECIPE_OPTIONS: dict[str, Any] = {
+    name: Annotated[kind, option(Recipe, name, **shown)]
+    for name, kind, shown in (
+        ("lora_r", int | None, {}),
+        ("lora_alpha", float, {}),
+        ("lora_dropout", float, {}),
+        ("quantize", bool | None, {"show_default": "on with CUDA for LoRA, else off"}),
+        ("learning_rate", float, {}),
+        ("warmup_steps", int, {}),
+        ("weight_decay", float, {}),
+        ("max_grad_norm", float, {}),
+        ("batch_size", int, {}),
+        ("micro_batch_size", int, {}),
+        ("epochs", float, {}),
+        ("max_steps", int | None, {"show_default": "none"}),
+        ("max_source_tokens", int, {}),
+        ("max_target_tokens", int, {}),
+        (
+            "optimizer",
+            str | None,
+            {"show_default": "paged_adamw_32bit on CUDA with bitsandbytes, else adamw_torch"},
+        ),
+        ("save_steps", int, {}),
+        ("eval_steps", int, {}),
+        ("logging_steps", int, {}),
+        ("seed", int, {}),
+    )
+}
+"""The training recipe's options, in the order --help lists them."""
+
+
+def recipe_options(*names: str, **worded: Any) -> Callable[[Command], Command]:
+    """Stand a command's `recipe: Recipe = DEFAULTS` parameter for one option per recipe field
+    (`names`, or all of them), each defaulting to DEFAULTS' value; `worded` gives an option its
+    own annotation where the command says more. The command receives the recipe they make."""
+
+    def add(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        defaults = signature.parameters["recipe"].default
+        chosen = names or tuple(RECIPE_OPTIONS)
+        options = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=getattr(defaults, name),
+                annotation=worded.get(name, RECIPE_OPTIONS[name]),
+            )
+            for name in chosen
+        ]
+        parameters = []
+        for parameter in signature.parameters.values():
+            parameters += options if parameter.name == "recipe" else [parameter]
+
+        @functools.wraps(command)
+        def with_recipe(**given: Any) -> Any:
+            recipe = replace(defaults, **{name: given.pop(name) for name in chosen})
+            return command(**given, recipe=recipe)
+
+        with_recipe.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return cast(Command, with_recipe)
+
+    return add
 
 
 def training_table(title: str, summary: TrainingSummary, pairs: str) -> Table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,28 +12,11 @@ from rich.table import Table
 
 from bonito.cli.common import (
     APP_SETTINGS,
-    BatchSize,
-    Epochs,
     Full,
-    LearningRate,
-    LoggingSteps,
-    LoraAlpha,
-    LoraDropout,
-    LoraRank,
-    MaxGradNorm,
-    MaxSourceTokens,
-    MaxSteps,
-    MaxTargetTokens,
-    MicroBatchSize,
-    Optimizer,
-    Quantize,
-    SaveSteps,
     Split,
     TaskTypesFile,
-    WarmupSteps,
-    WeightDecay,
     console,
-    option,
+    recipe_options,
     stdout,
     training_table,
     working,
@@ -40,7 +24,7 @@ from bonito.cli.common import (
 from bonito.errors import BonitoError
 from bonito.generate.judge import counts
 from bonito.prompt.task_types import load_task_types
-from bonito.train.recipe import Recipe
+from bonito.train.recipe import GENERATOR_RECIPE, Recipe
 
 
 def tiny_model(
@@ -140,6 +124,9 @@ def ctga_build(
         raise summary.nothing_made()
 
 
+@recipe_options(
+    seed=Annotated[int, typer.Option(help="Seed of the split, order and initialisation.")]
+)
 def train(
     data: Annotated[
         str, typer.Option(help="Pairs: `bonito ctga build` output, a saved dataset or hub id.")
@@ -155,28 +142,8 @@ def train(
         int, typer.Option(help="Held-out pairs completed greedily at each evaluation.")
     ] = 64,
     eval_max_tokens: Annotated[int, typer.Option(help="New tokens per such completion.")] = 256,
-    lora_r: LoraRank = Recipe.lora_r,
-    lora_alpha: LoraAlpha = Recipe.lora_alpha,
-    lora_dropout: LoraDropout = Recipe.lora_dropout,
+    recipe: Recipe = GENERATOR_RECIPE,
     full: Full = False,
-    quantize: Quantize = Recipe.quantize,
-    learning_rate: LearningRate = Recipe.learning_rate,
-    warmup_steps: WarmupSteps = Recipe.warmup_steps,
-    weight_decay: WeightDecay = Recipe.weight_decay,
-    max_grad_norm: MaxGradNorm = Recipe.max_grad_norm,
-    batch_size: BatchSize = Recipe.batch_size,
-    micro_batch_size: MicroBatchSize = Recipe.micro_batch_size,
-    epochs: Epochs = Recipe.epochs,
-    max_steps: MaxSteps = Recipe.max_steps,
-    max_source_tokens: MaxSourceTokens = Recipe.max_source_tokens,
-    max_target_tokens: MaxTargetTokens = Recipe.max_target_tokens,
-    optimizer: Optimizer = Recipe.optimizer,
-    save_steps: SaveSteps = Recipe.save_steps,
-    eval_steps: Annotated[int, option(Recipe, "eval_steps")] = Recipe.eval_steps,
-    logging_steps: LoggingSteps = Recipe.logging_steps,
-    seed: Annotated[int, typer.Option(help="Seed of the split, order and initialisation.")] = (
-        Recipe.seed
-    ),
     merged: Annotated[
         bool, typer.Option(help="Also save the adapter merged into its base (OUTPUT/merged).")
     ] = False,
@@ -190,27 +157,8 @@ def train(
     from bonito.train.ctga import load_pairs
     from bonito.train.generator import train_generator
 
-    recipe = Recipe(
-        lora_r=None if full else lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        quantize=quantize,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        warmup_steps=warmup_steps,
-        batch_size=batch_size,
-        micro_batch_size=micro_batch_size,
-        epochs=epochs,
-        max_steps=max_steps,
-        max_source_tokens=max_source_tokens,
-        max_target_tokens=max_target_tokens,
-        optimizer=optimizer,
-        save_steps=save_steps,
-        eval_steps=eval_steps,
-        logging_steps=logging_steps,
-        seed=seed,
-    )
+    if full:
+        recipe = replace(recipe, lora_r=None)
     if task_types_file:
         load_task_types(task_types_file)
     with working(f"reading {data}"):

@@ -23,6 +23,7 @@ from bonito.prompt.format import PIPE, PLACEHOLDER, Task, parse_task
 from bonito.prompt.sampling import SamplingParams
 from bonito.prompt.task_types import TaskType, resolve_task_type, save_task_types
 from bonito.train.ctga import TrainingPair
+from bonito.train.recipe import GENERATOR_RECIPE
 from bonito.train.trainer import (
     EVALUATIONS_FILE,
     SUMMARY_FILE,
@@ -191,7 +192,7 @@ def train_generator(
     the settings, a summary and a model card naming `data`, where the pairs came from) in
     `output`; `merged` also saves the adapter folded into its base in output/merged. The same
     call on a folder holding checkpoints of the same training resumes it. Returns the summary."""
-    output, recipe = Path(output), recipe or Recipe()
+    output, recipe = Path(output), recipe or GENERATOR_RECIPE
     check_options(recipe, held_out, eval_generations, eval_max_tokens, merged)
     kinds = pair_task_types(pairs)
     train_pairs, held_pairs = split_held_out(pairs, held_out, recipe.seed)

@@ -95,6 +95,9 @@ class Recipe:
         return self.quantize
 
 
+GENERATOR_RECIPE = Recipe()
+"""bonito-v1's recipe, for training generators."""
+
 TARGET_RECIPE = Recipe(lora_alpha=16.0)
 """The paper's recipe for target models: bonito-v1's (Q-LoRA on CUDA, LoRA r 64, lr 1e-4 linear,
 paged AdamW, gradient norm 0.3, 16 pairs a step) with LoRA alpha 16."""

@@ -650,7 +650,10 @@ def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
     with http_server(stub(lambda request: no_usage)) as url:
         code, _, _ = run_cli([*args, "--base-url", url], capsys, monkeypatch)
     record = json.loads((run / "summary.json").read_text())
-    assert code == 0 and record["state"] == "stopped: --max-output-tokens 20 reached"
+    assert (
+        code == 0
+        and record["state"] == "stopped: max_output_tokens (--max-output-tokens) 20 reached"
+    )
     tokens = len(
         AutoTokenizer.from_pretrained(tiny_model)(text, add_special_tokens=False).input_ids
     )

@@ -24,7 +24,9 @@ def test_a_stored_running_state_without_a_process_is_interrupted():
     assert run_state("running", now_running=False) == (State.INTERRUPTED, detail)
     assert run_state(None, now_running=False) == (State.INTERRUPTED, detail)
     assert run_state("finished", now_running=True) == (State.RUNNING, "")
-    stopped = run_state("stopped: --max-output-tokens 20 reached", now_running=False)
+    stopped = run_state(
+        "stopped: max_output_tokens (--max-output-tokens) 20 reached", now_running=False
+    )
     assert stopped == (State.STOPPED, "--max-output-tokens 20 reached")
 
 

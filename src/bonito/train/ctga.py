@@ -589,7 +589,7 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise BonitoError(f"The output '{path}' must end in .jsonl or .parquet.")
-    output_file(path)
+    output_file(path, "path (--output)")
     count = 0
     if suffix == ".jsonl":
         with written_whole(path) as file:

@@ -228,7 +228,7 @@ def build_tiny_model(
     stall it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
     AutoModelForCausalLM and runs on any bonito engine. A folder that holds a model already is
     refused unless `overwrite`."""
-    path = output_folder(path, option="")
+    path = output_folder(path, name="")
     if (path / "config.json").exists() and not overwrite:
         raise BonitoError(
             f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "

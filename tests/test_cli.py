@@ -173,15 +173,18 @@ def test_context_col_limit_and_saved_dataset(
         (["--temperature", "inf"], "temperature must be a finite number, got inf."),
         (["--text-field", "body"], "4 skipped (missing_field 4), e.g. "),
         (["--context-col", "body"], "line 1 has no field 'body' (it has: text)"),
-        (["--max-context-tokens", "2040"], "use --max-context-tokens 20"),
-        (["--max-input-tokens", "10"], "use --max-input-tokens 46 or more."),
+        (["--max-context-tokens", "2040"], "use max_tokens 20"),
+        (["--max-input-tokens", "10"], "raise max_input_tokens to 46 or more."),
         (
             ["--max-context-tokens", "8000", "--max-input-tokens", "10000", "--max-tokens", "8"],
-            "Prompts of up to 8014 tokens (--max-context-tokens 8000 and the prompt around a "
-            "context) and completions of up to 8 (--max-tokens) do not fit the model's window of "
-            "4096 tokens; use --max-context-tokens 4074 or less.",
+            "Prompts of up to 8014 tokens (contexts of up to 8000 and the prompt around them) "
+            "and completions of up to 8 do not fit the model's window of 4096 tokens; use "
+            "Chunking.max_tokens (--max-context-tokens) 4074 or less.",
         ),
-        (["--max-tokens", "100000"], "window of 4096 tokens; use --max-tokens 3570 or less."),
+        (
+            ["--max-tokens", "100000"],
+            "window of 4096 tokens; use SamplingParams.max_tokens (--max-tokens) 3570 or less.",
+        ),
         (
             ["--overlap", "300"],
             "overlap (--overlap) must be between 0 and half of max_tokens (256)",

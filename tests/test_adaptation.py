@@ -109,7 +109,10 @@ def test_tasks_overlapping_the_labelled_data_are_left_out_unless_kept(run_folder
     kept, found = decontaminated_pairs(run_folder, some, keep=True)
     assert kept == accepted(run_folder) and not found.left_out
     every = EvaluationData([t["context"] for t in tasks], "labelled.jsonl")
-    with pytest.raises(BonitoError, match="No task is left to fine-tune on: .* --keep-contam"):
+    with pytest.raises(
+        BonitoError,
+        match=r"No task is left to fine-tune on: .* keep_contaminated=True \(--keep-contam",
+    ):
         decontaminated_pairs(run_folder, every, keep=False)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -287,7 +287,7 @@ def test_mix_parses_weights_all_and_refuses_mistakes():
         (["ynqa", "yes-no question answering"], "given twice"),
         (["ynqa:0"], "must be a positive number"),
         (["ynqa:x"], "must be a positive number"),
-        ([" "], "No task type given"),
+        ([" "], r"No task type given; name at least one \(--task-type\)"),
         (["ynq"], "Did you mean 'ynqa'"),
     ]:
         with pytest.raises(BonitoError, match=message):

@@ -153,8 +153,8 @@ def parse_spec(text: str) -> DatasetSpec:
     parts = rest.split(":")
     if len(parts) not in (2, 3) or not name or not all(p.strip() for p in parts):
         raise BonitoError(
-            f"The dataset spec '{text}' is not understood; {usage} "
-            "(use --config for a source whose path holds ':')."
+            f"The dataset spec '{text}' is not understood; {usage}, or list a source whose "
+            "path holds ':' in a file for load_specs (--config)."
         )
     source, passage_field, *split = (p.strip() for p in parts)
     return DatasetSpec(name, source, passage_field, subset.strip() or None, *split)

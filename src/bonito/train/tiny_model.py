@@ -232,7 +232,7 @@ def build_tiny_model(
     if (path / "config.json").exists() and not overwrite:
         raise BonitoError(
             f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "
-            "or pass --overwrite to build it again."
+            "or pass overwrite=True (--overwrite) to build it again."
         )
     quiet_transformers()  # no "Writing model shards" bar on every save
     examples = load_examples()

@@ -320,7 +320,10 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     assert trainings["bonito"]["steps"] == trainings["tapt"]["steps"] == 3
     assert trainings["bonito"]["pairs"]["train"] == len(tasks)
     assert not settings["decontamination"]["left_out"]
-    assert "those tasks were kept (--keep-contaminated)" in (output / "results.md").read_text()
+    assert (
+        "those tasks were kept, as keep_contaminated (--keep-contaminated) asked"
+        in (output / "results.md").read_text()
+    )
     bonito = json.loads((output / "evaluations" / "bonito.json").read_text())
     assert bonito["settings"]["training"]["recipe"]["max_steps"] == 3
 

@@ -95,7 +95,8 @@ class Skipped(NamedTuple):
 
 
 HINTS = {
-    "missing_field": "name the rows' passage field after the source (--dataset NAME=SOURCE:FIELD)",
+    "missing_field": "name the rows' passage field in the spec's passage_field "
+    "(--dataset NAME=SOURCE:FIELD)",
     "render_error": "give the rows the fields and shapes the templates use, those of the hub "
     "dataset they were written for (docs/ctga.md)",
 }

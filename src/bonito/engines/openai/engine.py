@@ -139,7 +139,8 @@ class OpenAIEngine:
         if remote_warning and not is_local(host):
             log.warning(
                 "openai engine: %s is not on this machine or a private network, so the "
-                "documents will leave this machine (--no-remote-warning silences this).",
+                "documents will leave this machine; remote_warning=False (--no-remote-warning) "
+                "silences this.",
                 self.base_url,
             )
         self.model = self._connect(served_model, model)

@@ -78,7 +78,9 @@ def open_review(
         )
     url = f"http://{where}:{port}/" + (f"?{TOKEN}={token}" if token else "")
     if drawn is not None:
-        notes.append(f"Reviewing a seeded sample of {len(drawn)} tasks (--sample {sample}).")
+        notes.append(
+            f"Reviewing a seeded sample of {len(drawn)} tasks: sample (--sample) is {sample}."
+        )
     app = create_app(run, store, sample=drawn, hosts=hosts, token=token)
     return ReviewServer(url, notes, sock, store, app)
 

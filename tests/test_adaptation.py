@@ -109,7 +109,10 @@ def test_tasks_overlapping_the_labelled_data_are_left_out_unless_kept(run_folder
     kept, found = decontaminated_pairs(run_folder, some, keep=True)
     assert kept == accepted(run_folder) and not found.left_out
     every = EvaluationData([t["context"] for t in tasks], "labelled.jsonl")
-    with pytest.raises(BonitoError, match="No task is left to fine-tune on: .* --keep-contam"):
+    with pytest.raises(
+        BonitoError,
+        match=r"No task is left to fine-tune on: .* keep_contaminated=True \(--keep-contam",
+    ):
         decontaminated_pairs(run_folder, every, keep=False)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -317,7 +320,10 @@ def test_adapt_runs_the_loop_writes_the_table_and_reuses_finished_stages(
     assert trainings["bonito"]["steps"] == trainings["tapt"]["steps"] == 3
     assert trainings["bonito"]["pairs"]["train"] == len(tasks)
     assert not settings["decontamination"]["left_out"]
-    assert "those tasks were kept (--keep-contaminated)" in (output / "results.md").read_text()
+    assert (
+        "those tasks were kept, as keep_contaminated (--keep-contaminated) asked"
+        in (output / "results.md").read_text()
+    )
     bonito = json.loads((output / "evaluations" / "bonito.json").read_text())
     assert bonito["settings"]["training"]["recipe"]["max_steps"] == 3
 

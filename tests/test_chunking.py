@@ -260,7 +260,7 @@ def test_the_configuration_is_checked_up_front(tokenizer):
     )
     fits = 2048 - overhead
     Chunker(tokenizer, max_tokens=fits)
-    with pytest.raises(BonitoError, match=f"use --max-context-tokens {fits} or less"):
+    with pytest.raises(BonitoError, match=rf"use max_tokens {fits} or less\.$"):
         Chunker(tokenizer, max_tokens=fits + 1)
     with pytest.raises(
         BonitoError, match=r"min_tokens \(--min-context-tokens\) must be between 1 and max_tokens"
@@ -277,11 +277,19 @@ def test_the_longest_prompt_and_completion_must_fit_the_models_window(tokenizer)
     window = 512 + overhead + 256
     Chunker(tokenizer, window=window).check_window(256)
     Chunker(tokenizer).check_window(10**6)  # a window not known is not checked
-    with pytest.raises(BonitoError, match="use --max-context-tokens 511 or less"):
+    with pytest.raises(
+        BonitoError, match=r"use Chunking\.max_tokens \(--max-context-tokens\) 511 or less"
+    ):
         Chunker(tokenizer, window=window).check_window(257)
-    with pytest.raises(BonitoError, match=f"use --max-tokens {window - 512 - overhead} or less"):
+    with pytest.raises(
+        BonitoError,
+        match=rf"use SamplingParams\.max_tokens \(--max-tokens\) {window - 512 - overhead} or",
+    ):
         Chunker(tokenizer, window=window).check_window(window)
-    with pytest.raises(BonitoError, match="lower --max-tokens and --max-context-tokens"):
+    with pytest.raises(
+        BonitoError,
+        match=r"lower SamplingParams\.max_tokens \(--max-tokens\) and Chunking\.max_tokens",
+    ):
         Chunker(tokenizer, max_tokens=window, window=window).check_window(window)
 
 

@@ -173,15 +173,18 @@ def test_context_col_limit_and_saved_dataset(
         (["--temperature", "inf"], "temperature must be a finite number, got inf."),
         (["--text-field", "body"], "4 skipped (missing_field 4), e.g. "),
         (["--context-col", "body"], "line 1 has no field 'body' (it has: text)"),
-        (["--max-context-tokens", "2040"], "use --max-context-tokens 20"),
-        (["--max-input-tokens", "10"], "use --max-input-tokens 46 or more."),
+        (["--max-context-tokens", "2040"], "use max_tokens 20"),
+        (["--max-input-tokens", "10"], "raise max_input_tokens to 46 or more."),
         (
             ["--max-context-tokens", "8000", "--max-input-tokens", "10000", "--max-tokens", "8"],
-            "Prompts of up to 8014 tokens (--max-context-tokens 8000 and the prompt around a "
-            "context) and completions of up to 8 (--max-tokens) do not fit the model's window of "
-            "4096 tokens; use --max-context-tokens 4074 or less.",
+            "Prompts of up to 8014 tokens (contexts of up to 8000 and the prompt around them) "
+            "and completions of up to 8 do not fit the model's window of 4096 tokens; use "
+            "Chunking.max_tokens (--max-context-tokens) 4074 or less.",
         ),
-        (["--max-tokens", "100000"], "window of 4096 tokens; use --max-tokens 3570 or less."),
+        (
+            ["--max-tokens", "100000"],
+            "window of 4096 tokens; use SamplingParams.max_tokens (--max-tokens) 3570 or less.",
+        ),
         (
             ["--overlap", "300"],
             "overlap (--overlap) must be between 0 and half of max_tokens (256)",
@@ -308,7 +311,7 @@ def test_chunk_shows_what_a_folder_of_documents_sends(
     assert "corrupt 1, empty 1, invalid_json 1" in stdout
     assert "rows.jsonl line 2 is not valid JSON" in stderr
     code, _, stderr = run_cli([*args, "--strict"], capsys, monkeypatch)
-    assert code == 1 and "--strict: 3 skipped (" in stderr and "Traceback" not in stderr
+    assert code == 1 and "strict (--strict): 3 skipped (" in stderr and "Traceback" not in stderr
 
 
 def test_generate_goes_from_a_folder_of_documents_to_tasks(
@@ -369,7 +372,10 @@ def test_generate_refuses_a_folder_that_holds_something_else(
     for extra in ([], ["--overwrite"]):
         code, _, err = run_cli([*args, "--output", inputs, *extra], capsys, monkeypatch)
         assert code == 1 and "Traceback" not in err
-        assert f"--output {inputs} is not empty and holds no bonito run (it has notes.txt)" in err
+        assert (
+            f"folder (--output) {inputs} is not empty and holds no bonito run (it has notes.txt)"
+            in err
+        )
         assert sorted(inputs.iterdir()) == before
     (inputs / "empty").mkdir()
     (inputs / "left").mkdir()
@@ -435,6 +441,11 @@ OUTPUT_COMMANDS = {
 }
 
 
+def output_name(command: str) -> str:
+    """How `command`'s errors name its output: the library's parameter, then the flag."""
+    return {"generate": "folder (--output)", "tiny-model": ""}.get(command, "output (--output)")
+
+
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)
 def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
     tokenizer_model, small_inputs, blocked, command, capsys, monkeypatch
@@ -443,7 +454,7 @@ def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
 
     monkeypatch.setattr(bonito.evaluation, "evaluate_model", None)  # checked before evaluating
     afile, immutable = blocked
-    option = "path" if command == "tiny-model" else "--output"
+    option = output_name(command) or "path"
     args = OUTPUT_COMMANDS[command](tokenizer_model, small_inputs, afile)
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
@@ -476,7 +487,7 @@ def test_a_file_given_for_an_output_folder_is_one_sentence(
         "finetune": ["finetune", small_inputs / "tasks.jsonl", "--base-model", tokenizer_model],
         "tiny-model": ["tiny-model"],
     }[command]
-    named = f"{afile}" if command == "tiny-model" else f"--output {afile}"
+    named = f"{output_name(command)} {afile}".lstrip()
     code, _, err = run_cli(
         [*args, *(["-o"] if command != "tiny-model" else []), afile], capsys, monkeypatch
     )

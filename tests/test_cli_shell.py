@@ -267,7 +267,7 @@ def test_tiny_model_refuses_a_folder_that_holds_a_model(tmp_path):
     result = bonito("tiny-model", tmp_path)
     assert result.returncode == 1
     assert f"{tmp_path} already holds a model" in result.stderr
-    assert "--overwrite" in result.stderr
+    assert "pass overwrite=True (--overwrite) to build it again." in result.stderr
 
 
 def test_a_library_warning_is_printed_once():

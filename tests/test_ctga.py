@@ -576,5 +576,5 @@ def test_cli_build_that_makes_nothing_fails_and_writes_no_file(toy, tmp_path):
         app, [*args, "--dataset", f"toyqa={spec.source}:passage", "-o", afile / "p.jsonl"]
     )
     assert str(result.exception) == (
-        f"Cannot write in {afile}: it is a file, not a folder; choose a writable --output."
+        f"Cannot write in {afile}: it is a file, not a folder; choose a writable path (--output)."
     )

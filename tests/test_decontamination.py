@@ -68,7 +68,7 @@ def test_tasks_overlap_by_their_passage_or_by_their_own_words():
         "with eval.jsonl; those tasks were left out."
     )
     _, kept = overlapping_tasks(tasks, data, left_out=False)
-    assert "were kept (--keep-contaminated)" in kept.sentence()
+    assert "were kept, as keep_contaminated (--keep-contaminated) asked." in kept.sentence()
     _, none = overlapping_tasks(tasks[2:3], data)
     assert none.sentence().endswith("0 of the 1 tasks share a run of 13 words with eval.jsonl.")
 

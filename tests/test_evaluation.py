@@ -245,17 +245,18 @@ def test_converter_errors_and_options(tmp_path):
         (
             {"id": "1", "context": "T.", "question": "Does it?", "final_decision": "yes"},
             "ynqa",
-            "(it looks like pubmedqa data: use --data-format pubmedqa).",
+            "(it looks like pubmedqa data: use data_format pubmedqa (--data-format pubmedqa)).",
         ),
         (
             {"id": "1", "premise": "T.", "hypothesis": "It is.", "label": "entailment"},
             "ynqa",
-            "(it looks like contractnli data: use --data-format contractnli -t nli).",
+            "(it looks like contractnli data: use data_format contractnli and task_type nli "
+            "(--data-format contractnli -t nli)).",
         ),
         (
             {"id": "1", "evidence": "T.", "claim": "It is.", "label": "SUPPORTS"},
             "nli",
-            "(it looks like vitaminc data: use --data-format vitaminc).",
+            "(it looks like vitaminc data: use data_format vitaminc (--data-format vitaminc)).",
         ),
         ({"id": "1", "text": "T."}, "ynqa", "(see the schema in docs/evaluation.md, or name"),
     ],

@@ -372,10 +372,16 @@ def mistakes(run: Path, tmp: Path) -> list[tuple[list, str]]:
         (["export", run, "-o", out, "--split-by-document", 0], "between 0 and 1"),
         (["export", run, "-o", out, "--split-by-document", 1], "between 0 and 1"),
         (["export", run, "-o", out, "--split-by-document", 1.5], "between 0 and 1"),
-        (["export", run, "-o", tmp / "full"], "is not empty; choose another folder or pass"),
+        (
+            ["export", run, "-o", tmp / "full"],
+            "is not empty; choose another folder or pass overwrite=True (--overwrite)",
+        ),
         (["export", run, "-o", tmp / "file"], "is a file"),
-        (["export", run, "-o", run, "--overwrite"], "--output is the run folder"),
-        (["export", run, "-o", out, "--push-to-hub", "no such//repo"], "is not a hub repo id"),
+        (["export", run, "-o", run, "--overwrite"], "output (--output) is the run folder"),
+        (
+            ["export", run, "-o", out, "--push-to-hub", "no such//repo"],
+            "push_to_hub (--push-to-hub) 'no such//repo' is not a hub repo id",
+        ),
         (
             ["export", run, "-o", tmp / "file" / "out"],
             f"Cannot write in {tmp / 'file'}: it is a file, not a folder; choose a writable",

@@ -275,7 +275,9 @@ def test_the_api_key_is_sent_and_never_written_or_logged(
         monkeypatch.setenv("BONITO_TEST_KEY", "sk-wrong")
         with pytest.raises(BonitoError, match=r"HTTP 401.*check the key in \$BONITO_TEST_KEY"):
             OpenAIEngine(base_url=proxy.url, api_key_env="BONITO_TEST_KEY")
-        with pytest.raises(BonitoError, match="refused the request .*pass --api-key-env"):
+        with pytest.raises(
+            BonitoError, match=r"refused the request .*pass api_key_env \(--api-key-env\)"
+        ):
             OpenAIEngine(base_url=proxy.url)
     finally:
         proxy.close()
@@ -303,7 +305,7 @@ def test_mistakes_end_in_one_clear_sentence_before_generating(server, tiny_model
         with pytest.raises(BonitoError, match=message) as error:
             load_engine(str(tiny_model), "openai", **kwargs)
         assert "\n" not in str(error.value)
-    with pytest.raises(BonitoError, match="needs the server's address: --base-url"):
+    with pytest.raises(BonitoError, match=r"needs the server's address: base_url \(--base-url\)"):
         load_engine(str(tiny_model), "openai")
 
 
@@ -427,7 +429,7 @@ def test_a_plain_web_server_is_refused_at_once_with_a_short_reason(tmp_path):
     assert time.monotonic() - began < 5
     assert str(error.value) == (
         f"{url}/v1/completions is not an OpenAI-compatible completions endpoint (HTTP 501: "
-        "Unsupported method ('POST')); check --base-url: the server's root or its /v1."
+        "Unsupported method ('POST')); check base_url (--base-url): the server's root or its /v1."
     )
 
 
@@ -650,7 +652,10 @@ def test_max_output_tokens_stops_a_run_against_a_server_that_sends_no_usage(
     with http_server(stub(lambda request: no_usage)) as url:
         code, _, _ = run_cli([*args, "--base-url", url], capsys, monkeypatch)
     record = json.loads((run / "summary.json").read_text())
-    assert code == 0 and record["state"] == "stopped: --max-output-tokens 20 reached"
+    assert (
+        code == 0
+        and record["state"] == "stopped: max_output_tokens (--max-output-tokens) 20 reached"
+    )
     tokens = len(
         AutoTokenizer.from_pretrained(tiny_model)(text, add_special_tokens=False).input_ids
     )

@@ -229,7 +229,7 @@ def test_report_of_a_stopped_run_and_of_one_still_going(
     out = tmp_path / "report.html"
     assert run_cli(["report", run, "-o", out], capsys, monkeypatch)[0] == 0
     html = out.read_text()
-    assert "This run is not finished (stopped: --max-tasks 2 reached)" in html
+    assert "This run is not finished (stopped: max_tasks (--max-tasks) 2 reached)" in html
     assert Page(html).charts == CHARTS
     with FileLock(run / "run.lock"):  # what a `bonito generate` at work holds
         code, stdout, err = run_cli(["report", run, "-o", out], capsys, monkeypatch)

@@ -306,10 +306,12 @@ def test_mistakes_are_one_sentence(small_run, tmp_path, capsys, monkeypatch):
     assert "sample (--sample) must be at least 1" in refused(small_run, "--sample", "0")
     with serving(small_run) as server:
         port = server.root.rsplit(":", 1)[1].strip("/")
-        assert f"Port {port} on 127.0.0.1 is in use; pass another --port" in refused(
+        assert f"Port {port} on 127.0.0.1 is in use; pass another port (--port)" in refused(
             small_run, "--port", port
         )
-    assert "is not an address of this machine" in refused(small_run, "--host", "no.such.host.")
+    assert "host (--host) no.such.host. is not an address of this machine" in refused(
+        small_run, "--host", "no.such.host."
+    )
     newer = tmp_path / "newer"
     make_store(newer, 2, 1)
     with sqlite3.connect(newer / "run.sqlite") as db:

@@ -182,7 +182,7 @@ def test_budgets_stop_cleanly_and_a_larger_one_continues(
     code, stdout, err = run_cli([*args, "--max-tasks", 5], capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["state"] == "stopped: --max-tasks 5 reached"
+    assert summary["state"] == "stopped: max_tasks (--max-tasks) 5 reached"
     assert summary["summary"]["accepted"] == 5
     assert len((out / "tasks.jsonl").read_text().splitlines()) == 5
     pending = query(out, "SELECT COUNT(*) FROM requests WHERE status = 'pending'")[0][0]
@@ -195,7 +195,7 @@ def test_budgets_stop_cleanly_and_a_larger_one_continues(
     code, _, err = run_cli([*args, "--max-output-tokens", 2000], capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["state"] == "stopped: --max-output-tokens 2000 reached"
+    assert summary["state"] == "stopped: max_output_tokens (--max-output-tokens) 2000 reached"
     tokens = summary["summary"]["output_tokens"]
     assert 2000 <= tokens < 2000 + 48  # stops at the request that reached it
 
@@ -249,8 +249,9 @@ needs_unshare = pytest.mark.skipif(
     ("options", "error"),
     [
         ("size=64k", "Cannot write {run}: the disk is full; free some disk space, then run the "
-         "same command again to continue, or choose another --output."),
-        ("ro", "Cannot write in {mount}: read-only file system; choose a writable --output."),
+         "same command again to continue, or choose another folder (--output)."),
+        ("ro", "Cannot write in {mount}: read-only file system; choose a writable folder "
+         "(--output)."),
     ],
 )  # fmt: skip
 def test_full_disk_or_read_only_folder_is_one_clear_message(
@@ -286,7 +287,7 @@ def test_mix_parses_weights_all_and_refuses_mistakes():
         (["ynqa", "yes-no question answering"], "given twice"),
         (["ynqa:0"], "must be a positive number"),
         (["ynqa:x"], "must be a positive number"),
-        ([" "], "No task type given"),
+        ([" "], r"No task type given; name at least one \(--task-type\)"),
         (["ynq"], "Did you mean 'ynqa'"),
     ]:
         with pytest.raises(BonitoError, match=message):
@@ -406,7 +407,9 @@ def test_a_larger_limit_continues_the_run_as_if_asked_at_once(
         generate_args(passages, tokenizer_model, grown, "--limit", 3), capsys, monkeypatch
     )
     assert code == 0, err
-    assert f"{grown} holds 7 contexts, more than --limit 3: it keeps them all" in caplog.text
+    assert (
+        f"{grown} holds 7 contexts, more than limit (--limit) 3: it keeps them all" in caplog.text
+    )
     assert plan_of(grown) == plan_of(direct) and "loading" not in err
 
 
@@ -600,7 +603,7 @@ def test_a_changed_input_is_named_file_by_file(
     assert f"{out} holds a run with another configuration:" in err
     for line in ("a.md was modified", "b.txt was removed", "new.md was added"):
         assert f"{corpus / line}" in err
-    assert "blake2b" not in err and "pass --overwrite to start over" in err
+    assert "blake2b" not in err and "pass overwrite=True (--overwrite) to start over" in err
 
 
 def test_a_run_that_generated_nothing_takes_another_configuration(
@@ -801,7 +804,10 @@ def test_a_damaged_store_is_one_sentence(
         code, _, err = run_cli(args, capsys, monkeypatch)
         assert code == 1, (args, err)
         assert f"{store} is damaged (" in err and "Traceback" not in err, (args, err)
-        assert "restore it, or pass --overwrite" in err and "disk space" not in err
+        assert (
+            "restore it, or start the run over with overwrite=True" in err
+            and "disk space" not in err
+        )
 
 
 def test_an_emptied_store_beside_its_tasks_is_refused(

@@ -24,8 +24,10 @@ def test_a_stored_running_state_without_a_process_is_interrupted():
     assert run_state("running", now_running=False) == (State.INTERRUPTED, detail)
     assert run_state(None, now_running=False) == (State.INTERRUPTED, detail)
     assert run_state("finished", now_running=True) == (State.RUNNING, "")
-    stopped = run_state("stopped: --max-output-tokens 20 reached", now_running=False)
-    assert stopped == (State.STOPPED, "--max-output-tokens 20 reached")
+    stopped = run_state(
+        "stopped: max_output_tokens (--max-output-tokens) 20 reached", now_running=False
+    )
+    assert stopped == (State.STOPPED, "max_output_tokens (--max-output-tokens) 20 reached")
 
 
 def test_states_are_compared_as_codes_and_written_as_their_values():

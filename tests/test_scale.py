@@ -276,11 +276,17 @@ def test_without_ray_one_sentence_names_the_extra(
     code, _, err = run_cli(
         [*cli_args(inputs, tiny_model, folder), "--ray", "auto"], capsys, monkeypatch
     )
-    assert code == 1 and "--ray needs Ray, which is not installed: pip install 'bonito[ray]'" in err
+    assert (
+        code == 1
+        and "cluster (--ray) needs Ray, which is not installed: pip install 'bonito[ray]'" in err
+    )
     code, _, err = run_cli(
         [*cli_args(inputs, tiny_model, folder), "--engines", 2], capsys, monkeypatch
     )
-    assert code == 1 and "--engines and --gpus-per-engine go with --ray" in err
+    assert (
+        code == 1
+        and "engines (--engines) and gpus_per_engine (--gpus-per-engine) go with a Ray" in err
+    )
     assert "Traceback" not in err and not folder.exists()
 
 
@@ -309,7 +315,7 @@ def test_a_cluster_without_the_gpus_asked_for(cluster, inputs, tiny_model, tmp_p
     sentence = refused(
         scenario(inputs, tiny_model, False), Slow(str(tiny_model)), asked, tmp_path / "run"
     )
-    assert room in sentence and "add nodes, or pass fewer --engines" in sentence
+    assert room in sentence and "add nodes, or ask for fewer engines (--engines)" in sentence
 
 
 def test_a_loader_that_cannot_be_sent_to_the_workers(cluster, inputs, tiny_model, tmp_path):

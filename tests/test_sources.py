@@ -203,7 +203,7 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
     assert texts(items) == ["Ok.", "Good one.", "naïve, still good."]
     assert skips(items) == {
         ("corrupt.pdf", "corrupt"): "is not a readable PDF (damaged, or not a PDF)",
-        ("locked.pdf", "encrypted"): "is encrypted; decrypt it first (e.g. qpdf --decrypt)",
+        ("locked.pdf", "encrypted"): "is encrypted; decrypt it first (e.g. `qpdf --decrypt`)",
         ("scanned.pdf", "no_text_layer"): (
             "has no text layer (scanned pages?); run OCR on it first"
         ),
@@ -221,16 +221,19 @@ def test_every_bad_input_is_skipped_with_its_reason_and_the_rest_is_read(tmp_pat
         ("rows.jsonl", "invalid_json"): "line 2 is not valid JSON (Expecting value at column 10)",
         ("rows.jsonl", "not_an_object"): "line 3 is not a JSON object with fields",
         ("rows.jsonl", "missing_field"): (
-            "line 4 has no field 'text' (it has: body); name the text field with --text-field"
+            "line 4 has no field 'text' (it has: body); name the text field with "
+            "text_field (--text-field)"
         ),
         ("rows.jsonl", "not_text"): "line 5 holds a int, not text",
         ("rows.jsonl", "encoding"): "line 6 is not valid utf-8 (invalid continuation byte)",
         ("long.jsonl", "line_too_long"): "line 1 is longer than 8,388,608 bytes",
         ("cols.csv", "missing_field"): (
-            "has no column 'text' (it has: body); name the text column with --text-field"
+            "has no column 'text' (it has: body); name the text column with "
+            "text_field (--text-field)"
         ),
         ("cols.parquet", "missing_field"): (
-            "has no column 'text' (it has: body); name the text column with --text-field"
+            "has no column 'text' (it has: body); name the text column with "
+            "text_field (--text-field)"
         ),
         ("broken.json", "invalid_json"): (
             "is not valid JSON (Expecting value at line 1, column 16)"
@@ -305,11 +308,15 @@ def test_saved_dataset_with_a_wrong_split_or_column_is_a_skip(tmp_path):
         {"test": datasets.Dataset.from_list(ROWS[:1]), "train": datasets.Dataset.from_list(ROWS)}
     ).save_to_disk(str(tmp_path / "dd"))
     assert skips(read_documents([tmp_path / "dd"], split="dev")) == {
-        ("dd", "missing_split"): "has no split 'dev'; choose one of test, train with --split"
+        (
+            "dd",
+            "missing_split",
+        ): "has no split 'dev'; choose one of test, train with split (--split)"
     }
     assert skips(read_documents([tmp_path / "dd"], "body")) == {
         ("dd", "missing_field"): (
-            "has no column 'body' (it has: text); name the text column with --text-field"
+            "has no column 'body' (it has: text); name the text column with "
+            "text_field (--text-field)"
         )
     }
 
@@ -416,16 +423,18 @@ def test_globs_that_match_nothing_and_globs_without_a_folder_say_so(tmp_path):
     (tmp_path / "empty").mkdir()
     items = list(read_documents([tmp_path / "docs", tmp_path / "empty"], include=["*.PDF"]))
     assert skips(items) == {
-        ("docs", "no_match"): "has no file that matches --include '*.PDF' (case counts)",
-        ("empty", "no_match"): "has no file that matches --include '*.PDF' (case counts)",
+        ("docs", "no_match"): "has no file that matches include (--include) '*.PDF' (case counts)",
+        ("empty", "no_match"): "has no file that matches include (--include) '*.PDF' (case counts)",
     }
     assert skips(read_documents([tmp_path / "docs"], exclude=["*.pdf", "*.txt"])) == {
-        ("docs", "no_match"): "has no file left by --exclude '*.pdf' --exclude '*.txt'"
+        ("docs", "no_match"): "has no file left by exclude (--exclude) '*.pdf' '*.txt'"
     }
     assert skips(read_documents([tmp_path / "empty"])) == {
         ("empty", "empty"): "has no files (hidden ones are not read)"
     }
-    with pytest.raises(BonitoError, match="--include picks files inside folders, and no input"):
+    with pytest.raises(
+        BonitoError, match=r"^include \(--include\) picks files inside folders, and no input"
+    ):
         read_documents([tmp_path / "docs" / "a.pdf"], include=["*.pdf"])
 
 
@@ -440,11 +449,12 @@ def test_a_split_that_a_saved_dataset_does_not_have_is_a_skip(tmp_path):
         read_documents([tmp_path / "one", tmp_path / "only-test"], split="validation")
     ) == {
         ("one", "missing_split"): (
-            "is one dataset without splits, so it has no split 'validation'; leave --split out "
+            "is one dataset without splits, so it has no split 'validation'; leave split "
+            "(--split) out "
             "to read it"
         ),
         ("only-test", "missing_split"): (
-            "has no split 'validation'; choose one of test with --split"
+            "has no split 'validation'; choose one of test with split (--split)"
         ),
     }
 

@@ -216,7 +216,7 @@ def test_full_fine_tuning_on_cuda_loads_the_base_unquantized(monkeypatch):
     with pytest.raises(BonitoError) as error:
         Recipe(lora_r=None, quantize=True)
     assert str(error.value) == (
-        "A full fine-tuning (lora_r None, --full) trains every weight, which a 4-bit base "
+        "A full fine-tuning, lora_r None (--full), trains every weight, which a 4-bit base "
         "cannot: drop quantize (--quantize), or train LoRA adapters."
     )
 

@@ -90,7 +90,10 @@ def test_a_vllm_too_old_for_transformers_5_is_refused_in_one_sentence(
         load_engine(str(tiny_model), "vllm")
     message = str(error.value)
     assert message.startswith(f"vLLM {version} cannot run beside transformers 5")
-    assert "pip install -U 'bonito[vllm]'" in message and "--engine openai" in message
+    assert (
+        "pip install -U 'bonito[vllm]'" in message
+        and 'use engine="openai" (--engine openai).' in message
+    )
     assert message.count(". ") == 0 and "\n" not in message
     assert FakeLLM.last is None  # refused before loading
 
@@ -116,7 +119,7 @@ def test_a_vllm_that_fails_to_import_is_not_called_missing(tmp_path, monkeypatch
     message = str(error.value)
     assert "not installed" not in message
     assert message.startswith("vLLM is installed but fails to import (ImportError: libcudart")
-    assert "--engine transformers" in message
+    assert 'engine="transformers" (--engine transformers)' in message
 
 
 def test_an_engine_vllm_cannot_start_is_one_sentence(fake_vllm, tiny_model, monkeypatch):
@@ -143,7 +146,7 @@ def test_transformers_options_under_auto_do_not_reach_vllm(fake_vllm, tiny_model
         load_engine(str(tiny_model), "auto", batch_size=8, decoder="graphs", dtype="float32")
     assert str(error.value) == (
         "batch_size, decoder belong to the transformers engine, and vLLM does not take them: "
-        "leave them out, or use --engine transformers."
+        'leave them out, or use engine="transformers" (--engine transformers).'
     )
     assert FakeLLM.last is None
 

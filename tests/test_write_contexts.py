@@ -27,7 +27,7 @@ def test_write_contexts_writes_the_contexts_and_the_skips_and_counts_them(tiny_m
     )
     assert summary.contexts == 4 and summary.skipped.total() == 1
     assert len((tmp_path / "out" / "skipped.jsonl").read_text().splitlines()) == 1
-    with pytest.raises(BonitoError, match=r"^--strict: 1 skipped"):
+    with pytest.raises(BonitoError, match=r"^strict \(--strict\): 1 skipped"):
         write_contexts(
             output, str(tiny_model), [str(inputs)], chunking=Chunking(min_tokens=4), strict=True
         )

@@ -119,7 +119,7 @@ def check_pairs(pairs: Sequence[tuple[str, str]], tasks: str | Path) -> None:
     if not pairs:
         raise BonitoError(
             f"There are no tasks to fine-tune on in {tasks}: generate more (more passages or a "
-            "higher --max-tasks; `bonito report` shows why samples were rejected)."
+            "higher max_tasks (--max-tasks); `bonito report` shows why samples were rejected)."
         )
 
 
@@ -509,7 +509,8 @@ def decontaminated_pairs(
     if tasks and not pairs:
         raise BonitoError(
             f"No task is left to fine-tune on: {found.sentence()} Give passages other than the "
-            "evaluation data, or pass --keep-contaminated to train on them anyway."
+            "evaluation data, or pass keep_contaminated=True (--keep-contaminated) to train on "
+            "them anyway."
         )
     check_pairs(pairs, run)
     return pairs, found

@@ -79,7 +79,7 @@ def load_engine(model: str, engine: str = "auto", **engine_kwargs: Any) -> Engin
 
         if "base_url" not in engine_kwargs:
             raise BonitoError(
-                "The openai engine needs the server's address: --base-url, such as "
+                "The openai engine needs the server's address: base_url (--base-url), such as "
                 "http://127.0.0.1:8000/v1."
             )
         return OpenAIEngine(model, **engine_kwargs)

@@ -16,6 +16,11 @@ Finished = list[tuple[int, "list[Completion] | Failure"]]
 Failure that ended it)."""
 
 
+def engine_choice(name: str) -> str:
+    """How a message tells the caller to choose the engine `name`: the argument, then the flag."""
+    return f'engine="{name}" (--engine {name})'
+
+
 @dataclass(frozen=True)
 class Completion:
     """One sampled continuation: its text (prompt and special tokens removed), why it ended

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
+from bonito.engines.base import Completion, Failure, Finished, engine_choice, prompt_seeds
 from bonito.engines.sampling import pick_tokens
 from bonito.errors import BonitoError
 from bonito.prompt.sampling import SamplingParams, derive_seed
@@ -132,7 +132,7 @@ class LlamaCppEngine:
         except ImportError as error:
             raise BonitoError(
                 f"The llamacpp engine needs llama-cpp-python, which is not installed: `{INSTALL}` "
-                "(it builds llama.cpp, a few minutes), or use --engine transformers."
+                f"(it builds llama.cpp, a few minutes), or use {engine_choice('transformers')}."
             ) from error
         if cache_type not in CACHE_TYPES:
             raise BonitoError(f"cache_type must be f32 or f16, got {cache_type!r}.")

@@ -7,7 +7,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from bonito.engines.base import Completion, Failure, Finished, prompt_seeds
+from bonito.engines.base import Completion, Failure, Finished, engine_choice, prompt_seeds
 from bonito.errors import BonitoError, first_line
 from bonito.models import check_model_path, is_adapter, model_load_error
 from bonito.prompt.sampling import SamplingParams
@@ -34,7 +34,7 @@ def check_version(version: str) -> None:
             f"vLLM {version} cannot run beside transformers 5, which bonito needs (vLLM "
             f"{'.'.join(map(str, OLDEST))} or later can): upgrade it with "
             "`pip install -U 'bonito[vllm]'`, or run `vllm serve` in your old environment and "
-            "use --engine openai."
+            f"use {engine_choice('openai')}."
         )
 
 
@@ -43,7 +43,7 @@ def check_vllm_sampling(sampling: SamplingParams) -> None:
     if sampling.temperature > 2:
         raise BonitoError(
             f"vLLM takes a temperature up to 2, got {sampling.temperature}; lower it, or use "
-            "--engine transformers."
+            f"{engine_choice('transformers')}."
         )
     if sampling.temperature == 0 and sampling.n > 1:
         raise BonitoError(
@@ -77,7 +77,7 @@ class VLLMEngine:
         if foreign:
             raise BonitoError(
                 f"{', '.join(foreign)} belong to the transformers engine, and vLLM does not "
-                "take them: leave them out, or use --engine transformers."
+                f"take them: leave them out, or use {engine_choice('transformers')}."
             )
         try:
             import vllm
@@ -85,19 +85,22 @@ class VLLMEngine:
             if isinstance(error, ModuleNotFoundError) and error.name == "vllm":
                 raise BonitoError(
                     "The vllm engine needs vLLM, which is not installed: `pip install "
-                    "'bonito[vllm]'` on Linux with an NVIDIA GPU, or use --engine transformers."
+                    "'bonito[vllm]'` on Linux with an NVIDIA GPU, or use "
+                    f"{engine_choice('transformers')}."
                 ) from error
             raise BonitoError(
                 f"vLLM is installed but fails to import ({type(error).__name__}: "
                 f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'});"
-                " reinstall it with `pip install -U 'bonito[vllm]'`, or use --engine transformers."
+                " reinstall it with `pip install -U 'bonito[vllm]'`, or use "
+                f"{engine_choice('transformers')}."
             ) from error
         check_version(getattr(vllm, "__version__", ""))
         check_model_path(model)
         if is_adapter(model):
             raise BonitoError(
                 f"'{model}' is a LoRA adapter and vLLM takes whole models: pass the merged copy "
-                "(`bonito train --merged` writes OUTPUT/merged), or use --engine transformers."
+                "(merged=True, `bonito train --merged`, writes OUTPUT/merged), or use "
+                f"{engine_choice('transformers')}."
             )
         self.model = model
         from vllm.platforms import current_platform

@@ -55,8 +55,9 @@ class Evaluation:
 
     def save(self, path: str | Path) -> None:
         """Write the evaluation as JSON, creating the folder it goes in."""
-        path = output_file(path)
-        with writable(path):
+        name = "path (--output)"
+        path = output_file(path, name)
+        with writable(path, name):
             path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 

@@ -84,8 +84,12 @@ def schema_hint(record: Any, task: str) -> str:
             parse_example(converter.convert(record), converter.task_type, 0)
         except (KeyError, ValueError, TypeError, AttributeError):
             continue
-        other = "" if converter.task_type == task else f" -t {converter.task_type}"
-        return f"it looks like {name} data: use --data-format {name}{other}"
+        kind = converter.task_type
+        params, flags = ("", "") if kind == task else (f" and task_type {kind}", f" -t {kind}")
+        return (
+            f"it looks like {name} data: use data_format {name}{params} "
+            f"(--data-format {name}{flags})"
+        )
     return "see the schema in docs/evaluation.md, or name the set's own data format"
 
 

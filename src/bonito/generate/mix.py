@@ -36,7 +36,9 @@ class TaskMix:
                     )
                 weights[kind] = _weight(weight, value)
         if not weights:
-            raise BonitoError("No task type given; pass --task-type (e.g. -t ynqa, or all).")
+            raise BonitoError(
+                "No task type given; name at least one (--task-type), e.g. ynqa, or all."
+            )
         return cls(tuple(weights), tuple(weights.values()))
 
     def to_dict(self) -> dict[str, float]:

@@ -110,7 +110,11 @@ class Decontamination:
         )
         if not self.overlapping_tasks:
             return f"{found}."
-        outcome = "were left out" if self.left_out else "were kept (--keep-contaminated)"
+        outcome = (
+            "were left out"
+            if self.left_out
+            else "were kept, as keep_contaminated (--keep-contaminated) asked"
+        )
         return f"{found}; those tasks {outcome}."
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from bonito.runs.reviews import Tally, decisions, reviewed_tasks, tally
 from bonito.runs.run import status, stored
 from bonito.runs.state import State, parse_state
 from bonito.runs.store import RunStore
-from bonito.util.outputs import writable
+from bonito.util.outputs import OUTPUT, writable
 
 CITATION = """@inproceedings{bonito:aclfindings24,
   title = {Learning to Generate Instruction Tuning Datasets for Zero-Shot Task Adaptation},
@@ -318,8 +318,8 @@ def split_documents(per_document: Mapping[str, int], fraction: float, seed: int)
     documents = sorted(per_document)
     if len(documents) < 2:
         raise BonitoError(
-            f"--split-by-document needs accepted tasks from at least two documents; this run "
-            f"has them from {len(documents)}. Export without the split."
+            "split_by_document (--split-by-document) needs accepted tasks from at least two "
+            f"documents, and this run has them from {len(documents)}; export without the split."
         )
     random.Random(derive_seed(seed, "split")).shuffle(documents)
     sizes = [per_document[document] for document in documents]
@@ -632,15 +632,15 @@ def loading_snippet(format_name: str, where: str, hub: bool) -> list[str]:
 
 
 def check_output(folder: Path, run: Path, overwrite: bool) -> None:
-    """Refuse a file, the run folder itself, or a non-empty folder without --overwrite."""
+    """Refuse a file, the run folder itself, or a non-empty folder without `overwrite`."""
     if folder.exists() and not folder.is_dir():
-        raise BonitoError(f"--output {folder} is a file; give a folder to write the dataset to.")
+        raise BonitoError(f"{OUTPUT} {folder} is a file; give a folder to write the dataset to.")
     if folder.resolve() == run.resolve():
-        raise BonitoError("--output is the run folder; give another folder for the dataset.")
+        raise BonitoError(f"{OUTPUT} is the run folder; give another folder for the dataset.")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise BonitoError(
-            f"--output {folder} is not empty; choose another folder or pass --overwrite to "
-            "replace the export in it."
+            f"{OUTPUT} {folder} is not empty; choose another folder or pass overwrite=True "
+            "(--overwrite) to replace the export in it."
         )
 
 
@@ -680,7 +680,8 @@ def check_repo_id(repo: str) -> None:
         validate_repo_id(repo)
     except HFValidationError as error:
         raise BonitoError(
-            f"--push-to-hub '{repo}' is not a hub repo id ({error}); give one such as user/name."
+            f"push_to_hub (--push-to-hub) '{repo}' is not a hub repo id ({error}); give one "
+            "such as user/name."
         ) from None
 
 
@@ -738,7 +739,7 @@ def export_run(
         if not per_document:
             raise BonitoError(
                 f"{run} has no task a person accepted yet: review it with `bonito review`, or "
-                "export without --reviewed-only."
+                "export without reviewed_only (--reviewed-only)."
                 if reviewed_only and not found
                 else f"{run} has no accepted tasks to export"
                 + (f": {found.sentence()}" if found else " yet.")
@@ -803,5 +804,5 @@ def push(export: Export, card: str) -> None:
         raise BonitoError(
             f"Could not push to the hub dataset {export.repo} ({reason}); the export in "
             f"{export.folder} is complete. Check the network and your login (`hf auth login`), "
-            "then run the same command with --overwrite to push again."
+            "then export again with overwrite=True (--overwrite) to push."
         ) from error

@@ -25,7 +25,7 @@ from bonito.publish.export import RunView, generator_facts, open_run
 from bonito.runs.reviews import tally
 from bonito.runs.run import failed_note, summary_from
 from bonito.runs.state import State
-from bonito.util.outputs import writable, written_whole
+from bonito.util.outputs import OUTPUT, writable, written_whole
 
 SAMPLE_SIZE = 200
 BINS = 20
@@ -413,7 +413,7 @@ def write_report(run: Path, output: Path | None = None, sample_size: int = SAMPL
     with open_run(run) as view:
         path = output or run / "report.html"
         if path.is_dir():
-            raise BonitoError(f"--output {path} is a folder; give the HTML file to write.")
+            raise BonitoError(f"{OUTPUT} {path} is a folder; give the HTML file to write.")
         context = report_context(view, sample_size)
     with writable(path):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -164,17 +164,17 @@ class Chunker:
         room = max_input_tokens - self.prompt_overhead
         if room < min_tokens:
             raise BonitoError(
-                f"--max-input-tokens {max_input_tokens} leaves no room for a context: the prompt "
-                f"around one takes {self.prompt_overhead} tokens (for '{self._widest.short}') and "
-                f"a context at least {min_tokens} (--min-context-tokens); use --max-input-tokens "
-                f"{self.prompt_overhead + min_tokens} or more."
+                f"max_input_tokens (--max-input-tokens) {max_input_tokens} leaves no room for a "
+                f"context: the prompt around one takes {self.prompt_overhead} tokens (for "
+                f"'{self._widest.short}') and min_tokens (--min-context-tokens) is {min_tokens}; "
+                f"raise max_input_tokens to {self.prompt_overhead + min_tokens} or more."
             )
         if max_tokens > room:
             raise BonitoError(
-                f"Contexts of {max_tokens} tokens do not fit: the prompt around one takes "
-                f"{self.prompt_overhead} more (for '{self._widest.short}') and the model takes at "
-                f"most {max_input_tokens} (--max-input-tokens); use --max-context-tokens {room} "
-                "or less."
+                f"Contexts of max_tokens (--max-context-tokens) {max_tokens} do not fit: the "
+                f"prompt around one takes {self.prompt_overhead} more (for "
+                f"'{self._widest.short}') and the model takes at most max_input_tokens "
+                f"(--max-input-tokens) {max_input_tokens}; use max_tokens {room} or less."
             )
 
     @classmethod
@@ -204,15 +204,18 @@ class Chunker:
             return
         room = self.window - completion_tokens - self.prompt_overhead
         if room >= self.min_tokens:
-            fix = f"use --max-context-tokens {room} or less"
+            fix = f"use Chunking.max_tokens (--max-context-tokens) {room} or less"
         elif self.window > longest:
-            fix = f"use --max-tokens {self.window - longest} or less"
+            fix = f"use SamplingParams.max_tokens (--max-tokens) {self.window - longest} or less"
         else:
-            fix = "lower --max-tokens and --max-context-tokens"
+            fix = (
+                "lower SamplingParams.max_tokens (--max-tokens) and Chunking.max_tokens "
+                "(--max-context-tokens)"
+            )
         raise BonitoError(
-            f"Prompts of up to {longest} tokens (--max-context-tokens {self.max_tokens} and the "
-            f"prompt around a context) and completions of up to {completion_tokens} (--max-tokens) "
-            f"do not fit the model's window of {self.window} tokens; {fix}."
+            f"Prompts of up to {longest} tokens (contexts of up to {self.max_tokens} and the "
+            f"prompt around them) and completions of up to {completion_tokens} do not fit the "
+            f"model's window of {self.window} tokens; {fix}."
         )
 
     def chunk(self, items: Iterable[Document | Skip]) -> Iterator[Context | Skip]:

@@ -80,6 +80,8 @@ RUN_FILES = (TASKS_FILE, SUMMARY_FILE, SKIPPED_FILE, LOCK_FILE, TASK_TYPES_FILE)
 CONTEXT_BATCH = 512
 """Contexts saved per transaction while reading."""
 log = logging.getLogger("bonito")
+FOLDER = "folder (--output)"
+"""How the run's folder is named: `generate_run`'s parameter, then the CLI flag."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ def reading_options(config: RunConfig, folder: Path) -> Reading:
     for item in config.inputs:
         inside = _inside(folder, Path(item).expanduser())
         if inside == Path("."):
-            raise BonitoError(f"--output {folder} is the input {item}; choose another --output.")
+            raise BonitoError(f"{FOLDER} {folder} is the input {item}; choose another folder.")
         if inside is not None:
             own.append(glob.escape(inside.as_posix()) + "/*")
     return replace(config.reading, exclude=(*config.reading.exclude, *own))
@@ -321,10 +323,10 @@ def _terminal_sized() -> bool:
 
 
 def check_strict(summary: Summary, strict: bool, skipped: Path) -> None:
-    """With --strict, anything skipped is an error."""
+    """With `strict`, anything skipped is an error."""
     if strict and summary.skipped:
         raise BonitoError(
-            f"--strict: {summary.skipped.total()} skipped ({counts(summary.skipped)}); "
+            f"strict (--strict): {summary.skipped.total()} skipped ({counts(summary.skipped)}); "
             f"see {skipped}."
         )
 
@@ -348,7 +350,8 @@ def check_store(folder: Path) -> None:
         if path.is_symlink():
             raise BonitoError(
                 f"{path} is a symbolic link, and a run writes its store only inside its folder; "
-                "put the file it points to in its place, or pass --overwrite to start over."
+                "put the file it points to in its place, or pass overwrite=True (--overwrite) "
+                "to start over."
             )
     if store.is_file() and not store.stat().st_size:
         kept = [name for name in (TASKS_FILE, SUMMARY_FILE) if (folder / name).exists()]
@@ -369,7 +372,7 @@ def check_run_folder(folder: Path) -> None:
     others = sorted(path.name for path in folder.iterdir() if path.name not in RUN_FILES)
     if others:
         raise BonitoError(
-            f"--output {folder} is not empty and holds no bonito run (it has {others[0]}); "
+            f"{FOLDER} {folder} is not empty and holds no bonito run (it has {others[0]}); "
             "choose a new or empty folder."
         )
 
@@ -380,19 +383,19 @@ def writing(folder: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise output_error(folder, error, resumable=True) from error
+        raise output_error(folder, error, FOLDER, resumable=True) from error
     except sqlite3.DatabaseError as error:  # SQLite's own words: "database or disk is full"...
         if is_damaged(error):
             raise damaged(folder / STORE_FILE, error) from error
         code = errno.ENOSPC if "full" in str(error) else errno.EIO
-        raise output_error(folder, OSError(code, str(error)), resumable=True) from error
+        raise output_error(folder, OSError(code, str(error)), FOLDER, resumable=True) from error
 
 
 def damaged(path: Path, why: object) -> BonitoError:
     """The sentence for a store that cannot be a run's any more (truncated, emptied)."""
     return BonitoError(
-        f"{path} is damaged ({why}): restore it, or pass --overwrite to `bonito generate` to "
-        "start over."
+        f"{path} is damaged ({why}): restore it, or start the run over with overwrite=True "
+        "(`bonito generate --overwrite`)."
     )
 
 
@@ -457,7 +460,7 @@ class Run:
             except Timeout:
                 raise BonitoError(
                     f"{folder} is in use by another bonito process; wait for it to finish "
-                    "(`bonito status` shows it) or choose another --output."
+                    f"(`bonito status` shows it) or choose another {FOLDER}."
                 ) from None
             try:
                 changed = self._open(config, inputs, overwrite)
@@ -470,8 +473,8 @@ class Run:
                 f"{folder} holds a run with another configuration:\n  "
                 + "\n  ".join(changed)
                 + "\nRun the command it was started with, on its inputs as they were, to "
-                "continue it; pass --overwrite to start over, or choose another --output (new "
-                "documents can make a run of their own)."
+                "continue it; pass overwrite=True (--overwrite) to start over, or choose another "
+                "folder (new documents can make a run of their own)."
             )
         self.config = config
 
@@ -552,8 +555,8 @@ class Run:
             return True
         if limit is not None and limit < reading["contexts"]:
             log.warning(
-                "%s holds %d contexts, more than --limit %d: it keeps them all (--overwrite "
-                "starts over with %d)",
+                "%s holds %d contexts, more than limit (--limit) %d: it keeps them all; "
+                "overwrite=True (--overwrite) starts over with %d",
                 self.folder,
                 reading["contexts"],
                 limit,
@@ -800,9 +803,9 @@ class Tally:
 def budget_reached(budgets: Budgets, tally: Tally) -> str | None:
     """Which budget is used up, if any, as the detail of the run's stopped state."""
     if budgets.max_tasks is not None and tally.accepted >= budgets.max_tasks:
-        return f"--max-tasks {budgets.max_tasks} reached"
+        return f"max_tasks (--max-tasks) {budgets.max_tasks} reached"
     if budgets.max_output_tokens is not None and tally.tokens >= budgets.max_output_tokens:
-        return f"--max-output-tokens {budgets.max_output_tokens} reached"
+        return f"max_output_tokens (--max-output-tokens) {budgets.max_output_tokens} reached"
     return None
 
 
@@ -977,8 +980,8 @@ def status_facts(folder: Path) -> dict[str, Any]:
         where = (
             f"{folder} is the run's store; give its folder, {folder.parent}"
             if folder.name == STORE_FILE
-            else f"{folder} is not a bonito run (it has no {STORE_FILE}); give the --output "
-            "folder of a `bonito generate`"
+            else f"{folder} is not a bonito run (it has no {STORE_FILE}); give a run's folder "
+            "(--output of `bonito generate`)"
         )
         raise BonitoError(f"{where}.")
     now = running(folder)

@@ -67,7 +67,10 @@ def cluster_option(
     --ray); G defaults to the engine's tensor_parallel_size, else to the Cluster's default."""
     if address is None:
         if engines is not None or gpus_per_engine is not None:
-            raise BonitoError("--engines and --gpus-per-engine go with --ray; add --ray auto.")
+            raise BonitoError(
+                "engines (--engines) and gpus_per_engine (--gpus-per-engine) go with a Ray "
+                "cluster; give its address (--ray auto, say)."
+            )
         return None
     if gpus_per_engine is None and "tensor_parallel_size" in engine_options:
         gpus_per_engine = float(engine_options["tensor_parallel_size"])
@@ -101,8 +104,8 @@ def import_ray():
         import ray
     except ImportError:
         raise BonitoError(
-            f"--ray needs Ray, which is not installed: {RAY_EXTRA} (on every node of the "
-            "cluster), or run without --ray."
+            f"cluster (--ray) needs Ray, which is not installed: {RAY_EXTRA} (on every node of "
+            "the cluster), or run without one."
         ) from None
     return ray
 
@@ -175,7 +178,8 @@ class RayEngines:
             where = "on this machine" if address == "auto" else f"at {address}"
             raise BonitoError(
                 f"No Ray cluster {where} ({first_line(error)}): start one with `ray start "
-                "--head` (docs/scale-out.md), give its address to --ray, or pass --ray local."
+                "--head` (docs/scale-out.md), give its address (--ray), or use the address local "
+                "(--ray local)."
             ) from None
         self.connected = True
 
@@ -210,7 +214,8 @@ class RayEngines:
             raise BonitoError(
                 f"The Ray cluster has room for {room:g} engines of {gpus:g} GPUs and {cpus:g} "
                 f"CPUs each ({total:g} GPUs in all), fewer than the {wanted} asked for: add "
-                "nodes, or pass fewer --engines or --gpus-per-engine (0 runs engines on CPUs)."
+                "nodes, or ask for fewer engines (--engines) or gpus_per_engine "
+                "(--gpus-per-engine; 0 runs engines on CPUs)."
             )
         return engines
 

@@ -20,7 +20,8 @@ class State(str, Enum):
 
 
 def state_line(state: State, detail: str = "") -> str:
-    """The state as summary.json and `bonito status` write it: "stopped: --max-tasks 5 reached"."""
+    """The state as summary.json and `bonito status` write it, such as
+    "stopped: max_tasks (--max-tasks) 5 reached"."""
     return f"{state.value}: {detail}" if detail else state.value
 
 

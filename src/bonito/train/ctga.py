@@ -95,7 +95,8 @@ class Skipped(NamedTuple):
 
 
 HINTS = {
-    "missing_field": "name the rows' passage field after the source (--dataset NAME=SOURCE:FIELD)",
+    "missing_field": "name the rows' passage field in the spec's passage_field "
+    "(--dataset NAME=SOURCE:FIELD)",
     "render_error": "give the rows the fields and shapes the templates use, those of the hub "
     "dataset they were written for (docs/ctga.md)",
 }
@@ -153,8 +154,8 @@ def parse_spec(text: str) -> DatasetSpec:
     parts = rest.split(":")
     if len(parts) not in (2, 3) or not name or not all(p.strip() for p in parts):
         raise BonitoError(
-            f"The dataset spec '{text}' is not understood; {usage} "
-            "(use --config for a source whose path holds ':')."
+            f"The dataset spec '{text}' is not understood; {usage}, or list a source whose "
+            "path holds ':' in a file for load_specs (--config)."
         )
     source, passage_field, *split = (p.strip() for p in parts)
     return DatasetSpec(name, source, passage_field, subset.strip() or None, *split)
@@ -589,7 +590,7 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> int:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise BonitoError(f"The output '{path}' must end in .jsonl or .parquet.")
-    output_file(path)
+    output_file(path, "path (--output)")
     count = 0
     if suffix == ".jsonl":
         with written_whole(path) as file:

@@ -149,7 +149,7 @@ def pair_task_types(pairs: Sequence[TrainingPair]) -> list[TaskType]:
         except BonitoError as error:
             raise BonitoError(
                 f"The pairs use the task type '{name}', which is not known: declare it in a "
-                "task types file and pass it with --task-types."
+                "task types file and load it with load_task_types (--task-types)."
             ) from error
     return list(kinds.values())
 
@@ -157,7 +157,7 @@ def pair_task_types(pairs: Sequence[TrainingPair]) -> list[TaskType]:
 def check_options(
     recipe: Recipe, held_out: int, eval_generations: int, eval_max_tokens: int, merged: bool
 ) -> None:
-    """Refuse held-out options out of range, and --merged with full fine-tuning."""
+    """Refuse held-out options out of range, and `merged` with full fine-tuning."""
     for name, value, least in (
         ("held_out", held_out, 0),
         ("eval_generations", eval_generations, 0),
@@ -168,9 +168,9 @@ def check_options(
             raise BonitoError(f"{name} ({flag}) must be at least {least}, got {value}.")
     if merged and recipe.lora_r is None:
         raise BonitoError(
-            "merged (--merged) folds LoRA adapters into their base, and a full fine-tuning "
-            "(lora_r None, --full) trains every weight (no adapters: the output holds the whole "
-            "model already); drop one of them."
+            "merged (--merged) folds LoRA adapters into their base, and a full fine-tuning, "
+            "lora_r None (--full), trains every weight (no adapters: the output holds the "
+            "whole model already); drop one of them."
         )
 
 

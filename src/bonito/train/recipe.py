@@ -73,8 +73,8 @@ class Recipe:
             )
         if self.quantize and self.lora_r is None:
             raise BonitoError(
-                "A full fine-tuning (lora_r None, --full) trains every weight, which a 4-bit base "
-                "cannot: drop quantize (--quantize), or train LoRA adapters."
+                "A full fine-tuning, lora_r None (--full), trains every weight, which a 4-bit "
+                "base cannot: drop quantize (--quantize), or train LoRA adapters."
             )
         if self.learning_rate <= 0 or self.epochs <= 0:
             raise BonitoError(

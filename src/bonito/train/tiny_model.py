@@ -228,11 +228,11 @@ def build_tiny_model(
     stall it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
     AutoModelForCausalLM and runs on any bonito engine. A folder that holds a model already is
     refused unless `overwrite`."""
-    path = output_folder(path, option="")
+    path = output_folder(path, name="")
     if (path / "config.json").exists() and not overwrite:
         raise BonitoError(
             f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "
-            "or pass --overwrite to build it again."
+            "or pass overwrite=True (--overwrite) to build it again."
         )
     quiet_transformers()  # no "Writing model shards" bar on every save
     examples = load_examples()

@@ -56,7 +56,7 @@ def check_optimizer_runs(arguments: TrainingArguments, model: torch.nn.Module) -
         reason = str(error).strip().splitlines()[0]
         raise BonitoError(
             f"The optimizer {arguments.optim.value} cannot run here ({reason}); choose another "
-            "--optimizer (adamw_torch runs everywhere)."
+            "optimizer (--optimizer; adamw_torch runs everywhere)."
         ) from error
 
 
@@ -196,14 +196,15 @@ def load_base(base_model: str, recipe: Recipe) -> tuple[torch.nn.Module, PreTrai
 def _four_bit():
     if not torch.cuda.is_available():
         raise BonitoError(
-            "4-bit Q-LoRA needs a CUDA GPU; on this machine train without --quantize (plain LoRA)."
+            "4-bit Q-LoRA needs a CUDA GPU; on this machine train without quantize "
+            "(--no-quantize), with plain LoRA."
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
         raise BonitoError(
             "4-bit Q-LoRA needs bitsandbytes: `pip install 'bonito[qlora]'`, or train without "
-            "quantization (--no-quantize)."
+            "quantize (--no-quantize)."
         ) from error
     from transformers import BitsAndBytesConfig
 
@@ -258,7 +259,8 @@ def check_config(output: Path, config: dict[str, Any], overwrite: bool) -> None:
         if changed:
             raise BonitoError(
                 f"{output} holds a training with other settings ({'; '.join(changed)}); "
-                "use the same settings to resume it, another --output, or --overwrite."
+                "use the same settings to resume it, another output (--output), or "
+                "overwrite=True (--overwrite)."
             )
     if overwrite:
         for stale in (CHECKPOINTS, SUMMARY_FILE, EVALUATIONS_FILE):
@@ -372,7 +374,8 @@ def fine_tune(
     if not train.items:
         raise BonitoError(
             "No training pairs are left after the length limits "
-            f"(skipped: {dict(train.skipped)}); raise --max-source-tokens/--max-target-tokens."
+            f"(skipped: {dict(train.skipped)}); raise max_source_tokens (--max-source-tokens) "
+            "or max_target_tokens (--max-target-tokens)."
         )
     cuda = torch.cuda.is_available()
     evaluate = bool(held_out and held_out.items)

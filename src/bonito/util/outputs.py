@@ -23,21 +23,25 @@ REASONS = {
 }
 
 
+OUTPUT = "output (--output)"
+"""How a command's output is named: the parameter, then the CLI flag."""
+
+
 def output_error(
-    path: str | Path, error: OSError, option: str = "--output", *, resumable: bool = False
+    path: str | Path, error: OSError, name: str = OUTPUT, *, resumable: bool = False
 ) -> BonitoError:
-    """The sentence for `error`, raised while writing `path` (given as `option`; "" for a
-    positional path): which path is in the way or not writable, and what to do; free disk space
-    is advised only when the disk is full (with `resumable`, running the command again then
-    continues)."""
+    """The sentence for `error`, raised while writing `path` (the caller's parameter `name`,
+    its CLI flag in parentheses; "" for a positional path): which path is in the way or not
+    writable, and what to do; free disk space is advised only when the disk is full (with
+    `resumable`, running the command again then continues)."""
     path = Path(path)
-    named = f"{option} {path}" if option else str(path)
-    choose = f"choose a writable {option or 'path'}"
+    named = f"{name} {path}" if name else str(path)
+    choose = f"choose a writable {name or 'path'}"
     if error.errno in DISK_FULL:
         then = ", then run the same command again to continue" if resumable else ""
         return BonitoError(
             f"Cannot write {path}: the disk is full; free some disk space{then}, "
-            f"or choose another {option or 'path'}."
+            f"or choose another {name or 'path'}."
         )
     blocker = file_in_the_way(path) if error.errno in FILE_IN_THE_WAY else None
     if blocker == path:
@@ -62,30 +66,30 @@ def existing(path: Path) -> Path:
 
 
 @contextmanager
-def writable(path: str | Path, option: str = "--output", *, resumable: bool = False) -> Iterator:
+def writable(path: str | Path, name: str = OUTPUT, *, resumable: bool = False) -> Iterator:
     """Turn an OSError raised inside into `output_error`'s sentence."""
     try:
         yield
     except OSError as error:
-        raise output_error(path, error, option, resumable=resumable) from error
+        raise output_error(path, error, name, resumable=resumable) from error
 
 
-def output_folder(path: str | Path, option: str = "--output") -> Path:
+def output_folder(path: str | Path, name: str = OUTPUT) -> Path:
     """Create the folder `path` (and its parents) and make sure files can be written in it,
     before any work is done; `output_error`'s sentence when not."""
     path = Path(path)
-    with writable(path, option):
+    with writable(path, name):
         make_folder(path)
     return path
 
 
-def output_file(path: str | Path, option: str = "--output") -> Path:
+def output_file(path: str | Path, name: str = OUTPUT) -> Path:
     """Make sure the file `path` can be written (its folder created) before any work is done:
     a folder there, or a folder that cannot be written, is one sentence."""
     path = Path(path)
     if path.is_dir():
-        raise BonitoError(f"{option or 'The path'} {path} is a folder; give a file to write.")
-    with writable(path, option):
+        raise BonitoError(f"{name or 'The path'} {path} is a folder; give a file to write.")
+    with writable(path, name):
         make_folder(path.parent)
     return path
 

@@ -139,7 +139,8 @@ class OpenAIEngine:
         if remote_warning and not is_local(host):
             log.warning(
                 "openai engine: %s is not on this machine or a private network, so the "
-                "documents will leave this machine (--no-remote-warning silences this).",
+                "documents will leave this machine; remote_warning=False (--no-remote-warning) "
+                "silences this.",
                 self.base_url,
             )
         self.model = self._connect(served_model, model)
@@ -161,8 +162,8 @@ class OpenAIEngine:
         key = os.environ.get(variable, "").strip()
         if not key:
             raise BonitoError(
-                f"--api-key-env names {variable}, but no such environment variable is set; "
-                f"export {variable} with the server's API key."
+                f"api_key_env (--api-key-env) names {variable}, but no such environment "
+                f"variable is set; export {variable} with the server's API key."
             )
         return key
 
@@ -177,7 +178,7 @@ class OpenAIEngine:
             except BonitoError as error:
                 log.warning(
                     "openai engine: the server sends no token counts and bonito cannot count "
-                    "them (%s); --max-output-tokens will not stop this run",
+                    "them (%s); max_output_tokens (--max-output-tokens) will not stop this run",
                     error,
                 )
                 self._counter = lambda texts: [0] * len(texts)
@@ -206,7 +207,7 @@ class OpenAIEngine:
     def _connect(self, served_model: str | None, model: str | None) -> str:
         """The served model's name, after a one-token request that shows the server answers,
         accepts the key and serves that model; BonitoError with one sentence if not. Without
-        --served-model: `model` if the server lists it (or lists nothing), else the one model
+        `served_model`: `model` if the server lists it (or lists nothing), else the one model
         it lists; never a guess among several."""
         return run_apart(self._check(served_model, model))
 
@@ -224,7 +225,7 @@ class OpenAIEngine:
             else:
                 raise BonitoError(
                     f"The server at {self.base_url} does not say which model it serves; name "
-                    "it with --served-model."
+                    "it with served_model (--served-model)."
                 )
             refusals = []
             for name in candidates:
@@ -235,14 +236,14 @@ class OpenAIEngine:
         offered = f"; it lists {', '.join(listed)}" if listed else ""
         raise BonitoError(
             f"The server at {self.base_url} refused the model ({'; '.join(refusals)}){offered}; "
-            "choose the served model with --served-model."
+            "choose the served model with served_model (--served-model)."
         )
 
     def _unreachable(self, error: Exception) -> BonitoError:
         return BonitoError(
             f"Cannot reach an OpenAI-compatible server at {self.base_url} "
             f"({type(error).__name__}: {error or 'no answer'}); start it (docs/servers.md "
-            "shows how) or correct --base-url."
+            "shows how) or correct base_url (--base-url)."
         )
 
     async def _listed_models(self, session: aiohttp.ClientSession) -> list[str] | None:
@@ -286,7 +287,7 @@ class OpenAIEngine:
                 except ValueError as error:
                     raise BonitoError(
                         f"{url} does not answer as an OpenAI-compatible server does ({error}); "
-                        "check --base-url."
+                        "check base_url (--base-url)."
                     ) from None
                 self.split_n = n == 1 or choices < n
                 return None
@@ -297,7 +298,7 @@ class OpenAIEngine:
             if status in NO_ENDPOINT_STATUSES and not names_model:
                 raise BonitoError(
                     f"{url} is not an OpenAI-compatible completions endpoint (HTTP {status}: "
-                    f"{message}); check --base-url: the server's root or its /v1."
+                    f"{message}); check base_url (--base-url): the server's root or its /v1."
                 )
             if n == 2 and not names_model and status >= 400:
                 continue  # perhaps n=2 is what it refuses: ask for one sample
@@ -316,7 +317,8 @@ class OpenAIEngine:
         fix = (
             f"check the key in ${self._key_env}"
             if self._key_env
-            else "pass --api-key-env with the name of the environment variable holding its key"
+            else "pass api_key_env (--api-key-env), the name of the environment variable holding "
+            "its key"
         )
         return BonitoError(
             f"The server at {self.base_url} refused the request (HTTP {answer.status}: "
@@ -458,8 +460,8 @@ class OpenAIEngine:
                             raise self._auth_error(answer)
                         if status in NO_ENDPOINT_STATUSES:
                             raise BonitoError(
-                                f"{url} answered HTTP {status} ({message}); check --base-url "
-                                "and --served-model."
+                                f"{url} answered HTTP {status} ({message}); check base_url "
+                                "(--base-url) and served_model (--served-model)."
                             )
                         if status < 500 and status not in RETRY_STATUSES:
                             self.stats.failed += 1

@@ -78,7 +78,9 @@ def open_review(
         )
     url = f"http://{where}:{port}/" + (f"?{TOKEN}={token}" if token else "")
     if drawn is not None:
-        notes.append(f"Reviewing a seeded sample of {len(drawn)} tasks (--sample {sample}).")
+        notes.append(
+            f"Reviewing a seeded sample of {len(drawn)} tasks: sample (--sample) is {sample}."
+        )
     app = create_app(run, store, sample=drawn, hosts=hosts, token=token)
     return ReviewServer(url, notes, sock, store, app)
 
@@ -105,7 +107,9 @@ def bind(host: str, port: int) -> tuple[socket.socket, str]:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as error:
-        raise BonitoError(f"--host {host} is not an address of this machine ({error}).") from None
+        raise BonitoError(
+            f"host (--host) {host} is not an address of this machine ({error})."
+        ) from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -115,10 +119,11 @@ def bind(host: str, port: int) -> tuple[socket.socket, str]:
         sock.close()
         if error.errno == errno.EADDRINUSE:
             raise BonitoError(
-                f"Port {port} on {host} is in use; pass another --port, or --port 0 for a free one."
+                f"Port {port} on {host} is in use; pass another port (--port), or port 0 for a "
+                "free one."
             ) from None
         raise BonitoError(
-            f"Cannot listen on {host} port {port} ({error.strerror or error}); pass --host "
-            "127.0.0.1, or an address of this machine and a port above 1023."
+            f"Cannot listen on {host} port {port} ({error.strerror or error}); pass host "
+            "(--host) 127.0.0.1, or an address of this machine and a port above 1023."
         ) from None
     return sock, sock.getsockname()[0]

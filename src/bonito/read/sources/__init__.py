@@ -59,10 +59,10 @@ def check_inputs(
     for item in inputs:
         check_input(str(item))
     if (include or exclude) and not any(Path(item).expanduser().is_dir() for item in inputs):
-        flag = "--include" if include else "--exclude"
+        name = "include" if include else "exclude"
         raise BonitoError(
-            f"{flag} picks files inside folders, and no input is a folder; give a folder, "
-            f"or leave {flag} out."
+            f"{name} (--{name}) picks files inside folders, and no input is a folder; give a "
+            f"folder, or leave {name} out."
         )
 
 
@@ -147,11 +147,15 @@ def _first_time(path: Path, seen: set[Path | str]) -> bool:
 def _nothing_found(folder: Path, include: Sequence[str], exclude: Sequence[str]) -> Skip:
     """The Skip for a folder in which no file is left to read."""
     if include:
-        patterns = " ".join(f"--include '{p}'" for p in include)
-        return Skip(str(folder), "no_match", f"has no file that matches {patterns} (case counts)")
+        patterns = " ".join(f"'{p}'" for p in include)
+        return Skip(
+            str(folder),
+            "no_match",
+            f"has no file that matches include (--include) {patterns} (case counts)",
+        )
     if exclude:
-        patterns = " ".join(f"--exclude '{p}'" for p in exclude)
-        return Skip(str(folder), "no_match", f"has no file left by {patterns}")
+        patterns = " ".join(f"'{p}'" for p in exclude)
+        return Skip(str(folder), "no_match", f"has no file left by exclude (--exclude) {patterns}")
     return Skip(str(folder), "empty", "has no files (hidden ones are not read)")
 
 

@@ -52,15 +52,16 @@ def _pick_split(data, split: str):
             return data
         raise Unreadable(
             "missing_split",
-            f"is one dataset without splits, so it has no split '{split}'; leave --split out "
-            "to read it",
+            f"is one dataset without splits, so it has no split '{split}'; leave split "
+            "(--split) out to read it",
         )
     if split in data:
         return data[split]
     if len(data) == 1 and split == DEFAULT_SPLIT:
         return next(iter(data.values()))
     raise Unreadable(
-        "missing_split", f"has no split '{split}'; choose one of {', '.join(data)} with --split"
+        "missing_split",
+        f"has no split '{split}'; choose one of {', '.join(data)} with split (--split)",
     )
 
 

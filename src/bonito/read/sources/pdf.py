@@ -37,7 +37,7 @@ def read_pdf(path: Path) -> Iterator[Document | Skip]:
         raise Unreadable("corrupt", "is not a readable PDF (damaged, or not a PDF)") from error
     with pdf:
         if pdf.needs_pass:
-            raise Unreadable("encrypted", "is encrypted; decrypt it first (e.g. qpdf --decrypt)")
+            raise Unreadable("encrypted", "is encrypted; decrypt it first (e.g. `qpdf --decrypt`)")
         flags = pymupdf.TEXT_MEDIABOX_CLIP  # and not TEXT_PRESERVE_LIGATURES: "ﬁ" becomes "fi"
         blocks, oversized = _pages_blocks(pdf, flags)
         running = _running(blocks)

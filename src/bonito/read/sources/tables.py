@@ -59,7 +59,8 @@ def _document(source: str, text_field: str, where: str, number: int, record: Any
             source,
             "missing_field",
             f"{where} has no field '{text_field}' (it has: "
-            f"{', '.join(map(str, record)) or 'nothing'}); name the text field with --text-field",
+            f"{', '.join(map(str, record)) or 'nothing'}); name the text field with text_field "
+            "(--text-field)",
         )
     return row_document(source, where, number, record[text_field])
 
@@ -208,7 +209,7 @@ def require_column(name: str, columns: list[str]) -> None:
         raise Unreadable(
             "missing_field",
             f"has no column '{name}' (it has: {', '.join(columns) or 'nothing'}); "
-            "name the text column with --text-field",
+            "name the text column with text_field (--text-field)",
         )
 
 

@@ -261,7 +261,7 @@ def test_a_budget_stops_a_ray_run_and_the_run_goes_on_without_ray(
     stopped = generate_run(
         folder, config, load, budgets=Budgets(max_tasks=4), cluster=Cluster(cluster.address)
     )
-    assert (stopped.state, stopped.detail) == (State.STOPPED, "--max-tasks 4 reached")
+    assert (stopped.state, stopped.detail) == (State.STOPPED, "max_tasks (--max-tasks) 4 reached")
     assert stopped.summary.accepted == 4
     assert done_requests(folder) < 96
     assert generate_run(folder, config, load).state == "finished"

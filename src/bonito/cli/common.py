@@ -83,7 +83,7 @@ Limit = Annotated[int | None, option(Reading, "limit", show_default="all")]
 PerDocument = Annotated[
     int | None, option(Reading, "per_document", metavar="K", show_default="all")
 ]
-Samples = Annotated[int, option(SamplingParams, "n")]
+Samples = Annotated[int, option(SamplingParams, "n", "--n", "-n")]
 Temperature = Annotated[float, option(SamplingParams, "temperature")]
 Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one is skipped.")]
 

@@ -53,7 +53,11 @@ _INTRO = re.compile(
 )
 _CLAUSE_END = re.compile(r"([\n?!.:])")
 _ARTICLES = frozenset({"a", "an", "the"})
-_PUNCTUATION = re.compile("[" + re.escape(string.punctuation + "‘’“”–—…") + "]")
+_UNSPACED = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+)
+"""Thai, Lao, Myanmar, Khmer, kana and CJK ideographs: scripts written without spaces."""
+_WORD = re.compile(rf"[{_UNSPACED}]|[^\W{_UNSPACED}]+")
 
 
 def check_task(
@@ -94,10 +98,10 @@ def option_answer(instruction: str, answer: str, passage: str) -> str | None:
 
 
 def extractive_answer(instruction: str, answer: str, passage: str) -> str | None:
-    """exqa: the answer, normalised as SQuAD does, is a substring of the normalised passage."""
-    if _occurs_as_words(answer, passage) or squad_normalise(answer) in _squad_passage(passage):
-        return None
-    return "not_in_context"
+    """exqa: the answer's words are a run of whole words of the passage (`answer_words`); an
+    answer without words ("The", "...") or a piece of a word is not."""
+    words = answer_words(answer)
+    return None if words and f" {words} " in _passage_words(passage) else "not_in_context"
 
 
 def offered_label(default_labels: Iterable[str]) -> AnswerCheck:
@@ -128,27 +132,16 @@ def label_in(labels: Iterable[str]) -> AnswerCheck:
     return check
 
 
-def squad_normalise(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    words = _PUNCTUATION.sub("", text.lower()).split()
-    return " ".join([word for word in words if word not in _ARTICLES])
+def answer_words(text: str) -> str:
+    """`text`'s words as exqa compares them: lower case, without a/an/the, one space apart.
+    Punctuation parts words as a space does, and each character of a script written without
+    spaces (Chinese, Japanese, Thai...) is a word of its own."""
+    return " ".join(word for word in _WORD.findall(text.lower()) if word not in _ARTICLES)
 
 
 @lru_cache(maxsize=1024)
-def _squad_passage(passage: str) -> str:
-    return squad_normalise(passage)
-
-
-def _occurs_as_words(answer: str, passage: str) -> bool:
-    """`answer` occurs verbatim in `passage`, neither starting nor ending inside a word: then its
-    normalised form is in the normalised passage too, and normalising can be skipped."""
-    start = passage.find(answer)
-    while start >= 0:
-        end = start + len(answer)
-        if not (start and passage[start - 1].isalnum()) and not passage[end : end + 1].isalnum():
-            return True
-        start = passage.find(answer, start + 1)
-    return False
+def _passage_words(passage: str) -> str:
+    return f" {answer_words(passage)} "
 
 
 def _blank(text: str) -> bool:

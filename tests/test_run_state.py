@@ -33,3 +33,32 @@ def test_a_stored_running_state_without_a_process_is_interrupted():
 def test_states_are_compared_as_codes_and_written_as_their_values():
     assert State.FINISHED == "finished" and str(State.STOPPED) == "stopped"
     assert f"{State.INTERRUPTED}" == "interrupted"
+
+
+PROBE = """
+import sys
+from pathlib import Path
+sys.modules["fcntl"] = None  # as on Windows: no fcntl to import
+from filelock import FileLock
+from bonito.runs.run import LOCK_FILE, running
+import bonito.cli
+folder = Path(sys.argv[1])
+states = [running(folder)]
+with FileLock(folder / LOCK_FILE):
+    states.append(running(folder))
+states.append(running(folder))
+print(states)
+"""
+
+
+@pytest.mark.heavy  # starts a process
+def test_a_run_is_known_running_or_not_where_there_is_no_fcntl(tmp_path):
+    """The run's lock and its probe use filelock, which works where fcntl does not exist."""
+    import subprocess
+    import sys
+
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[False, True, False]"

@@ -9,7 +9,6 @@ with --retry-rejected, ask again for contexts that got no accepted task."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import glob
 import json
 import logging
@@ -423,17 +422,16 @@ def stored(folder: Path) -> Iterator[RunStore]:
 
 def running(folder: Path) -> bool:
     """Whether a process holds the run's lock. The lock file is never created, and the test
-    holds a shared lock for an instant (a `generate` starting then waits that instant)."""
-    try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
+    holds the lock for an instant (a `generate` starting then waits that instant)."""
+    path = folder / LOCK_FILE
+    if not path.exists():
         return False
+    probe = FileLock(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+        probe.acquire(blocking=False)
+    except Timeout:
         return True
-    finally:
-        os.close(fd)
+    probe.release()
     return False
 
 

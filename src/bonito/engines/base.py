@@ -32,6 +32,13 @@ class Completion:
     completion_tokens: int
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text before the first stop string (left out, as vLLM and llama.cpp do), and whether
+    one was found."""
+    cuts = [text.find(s) for s in stop if s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 @dataclass(frozen=True)
 class Failure:
     """A prompt the engine gave up on (say, a server that kept failing), and why in one line; a

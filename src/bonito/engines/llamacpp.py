@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bonito.engines.base import Completion, Failure, Finished, engine_choice, prompt_seeds
+from bonito.engines.base import (
+    Completion,
+    Failure,
+    Finished,
+    cut_at_stop,
+    engine_choice,
+    prompt_seeds,
+)
 from bonito.engines.sampling import pick_tokens
 from bonito.errors import BonitoError
 from bonito.prompt.sampling import SamplingParams, derive_seed
@@ -425,9 +432,8 @@ class LlamaCppEngine:
         eog = bool(self._lib.llama_vocab_is_eog(self._vocab, sample.tokens[-1]))
         cut_short = len(sample.tokens) >= sample.budget and not eog
         text = sample.text.decode("utf-8", errors="replace")
-        cuts = [text.find(s) for s in sampling.stop if s in text]
-        if cuts:
-            text, cut_short = text[: min(cuts)], False
+        text, stopped = cut_at_stop(text, sampling.stop)
+        cut_short = cut_short and not stopped
         return Completion(
             text, "length" if cut_short else "stop", group.prompt_tokens, len(sample.tokens)
         )

@@ -14,6 +14,8 @@ answer follows it directly."""
 
 PLACEHOLDER = "{{context}}"
 PIPE = "<|pipe|>"
+TASKTYPE, CONTEXT, TASK = "<|tasktype|>", "<|context|>", "<|task|>"
+"""The markers that open the prompt's three sections (`build_prompt`)."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def _passage(context: str) -> str:
 def build_prompt(context: str, task_type: str | TaskType) -> str:
     """The exact prompt bonito-v1 was trained on; the engine adds the tokenizer's BOS token."""
     name = resolve_task_type(task_type).name
-    return f"<|tasktype|>\n{name}\n<|context|>\n{_passage(context)}\n<|task|>\n"
+    return f"{TASKTYPE}\n{name}\n{CONTEXT}\n{_passage(context)}\n{TASK}\n"
 
 
 def parse_task(completion: str, context: str) -> Task | Rejection:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bonito.errors import BonitoError
-from bonito.prompt.format import PIPE, PLACEHOLDER, build_prompt
+from bonito.prompt.format import PIPE, PLACEHOLDER, TASKTYPE, build_prompt
 from bonito.prompt.task_types import TaskType, resolve_task_type
 from bonito.read.sources import check_input
 from bonito.util.outputs import output_file, written_whole
@@ -645,7 +645,7 @@ def load_pairs(data: str, split: str = "train") -> list[TrainingPair]:
 def _prompt_task_type(prompt: str) -> str | None:
     head, _, rest = prompt.partition("\n")
     name, _, _ = rest.partition("\n")
-    return name if head == "<|tasktype|>" and name.strip() else None
+    return name if head == TASKTYPE and name.strip() else None
 
 
 def load_ctga(name: str = CTGA_HUB_ID, split: str = "train"):

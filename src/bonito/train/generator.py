@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from bonito.engines import generate_all
 from bonito.engines.transformers import TransformersEngine
 from bonito.errors import BonitoError
-from bonito.prompt.format import PIPE, PLACEHOLDER, Task, parse_task
+from bonito.prompt.format import CONTEXT, PIPE, PLACEHOLDER, TASK, Task, parse_task
 from bonito.prompt.sampling import SamplingParams
 from bonito.prompt.task_types import TaskType, resolve_task_type, save_task_types
 from bonito.train.ctga import TrainingPair
@@ -64,7 +64,7 @@ def split_held_out(
 
 def passage_of(prompt: str) -> str:
     """The passage inside a bonito prompt."""
-    return prompt.split("\n<|context|>\n", 1)[1].rsplit("\n<|task|>\n", 1)[0]
+    return prompt.split(f"\n{CONTEXT}\n", 1)[1].rsplit(f"\n{TASK}\n", 1)[0]
 
 
 def greedy_completions(

@@ -25,7 +25,7 @@ from transformers import (
 
 from bonito.errors import BonitoError
 from bonito.models import quiet_transformers
-from bonito.prompt.format import PIPE, PLACEHOLDER, build_prompt
+from bonito.prompt.format import CONTEXT, PIPE, PLACEHOLDER, TASK, TASKTYPE, build_prompt
 from bonito.prompt.task_types import resolve_task_type
 from bonito.train.ctga import TrainingPair
 from bonito.train.generator import train_generator
@@ -33,7 +33,7 @@ from bonito.train.trainer import Recipe
 from bonito.util.outputs import output_folder
 
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
-MARKERS = ("<|tasktype|>", "<|context|>", "<|task|>", PIPE, PLACEHOLDER)
+MARKERS = (TASKTYPE, CONTEXT, TASK, PIPE, PLACEHOLDER)
 _MARKER = "|".join(re.escape(m) for m in MARKERS)
 PIECE = (
     rf" ?(?:{_MARKER})|'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+"

@@ -6,17 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bonito.engines.base import Completion
+from bonito.engines.base import Completion, cut_at_stop
 
 MAX_TOKEN_COUNT = 2**31 - 1
 """Largest token count believed in an answer's usage."""
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """The text before the first stop string, and whether one was found. vLLM and llama.cpp
-    leave stop strings out; `transformers serve` keeps the one it stopped at."""
-    cuts = [text.find(s) for s in stop if s in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def split_tokens(total: int | None, texts: Sequence[str]) -> list[int]:
@@ -74,7 +67,7 @@ def completions_from(
     counts = count(texts) if total is None and count else split_tokens(total, texts)
     completions = []
     for text, reason, tokens in zip(texts, reasons, counts, strict=True):
-        text, stopped = cut_at_stop(text, stop)
+        text, stopped = cut_at_stop(text, stop)  # `transformers serve` keeps the stop string
         ended = "length" if reason in ("length", "max_tokens") and not stopped else "stop"
         completions.append(Completion(text, ended, prompt_tokens, tokens))
     return completions

@@ -27,6 +27,7 @@ from bonito.engines.openai.http import (
     to_json,
 )
 from bonito.errors import BonitoError
+from bonito.prompt.format import TASKTYPE
 from bonito.prompt.sampling import SamplingParams, derive_seed
 
 try:
@@ -44,7 +45,7 @@ but NO_ENDPOINT_STATUSES is too."""
 NO_ENDPOINT_STATUSES = frozenset({404, 405, 501})
 """Answers that mean "no completions endpoint here" (unless they name the model): sending
 again cannot help."""
-PROBE_PROMPT = "<|tasktype|>\n"
+PROBE_PROMPT = f"{TASKTYPE}\n"
 """What the test request at start sends: the first line of every bonito prompt."""
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bonito.engines.base import Completion
+from bonito.engines.base import Completion, cut_at_stop
 from bonito.prompt.sampling import SamplingParams
 
 
@@ -90,7 +90,6 @@ class DecoderCore:
         """The text before end of sequence or the first stop string (excluded, as vLLM does)."""
         cut_short = len(tokens) >= sampling.max_tokens and tokens[-1] not in self.eos_ids
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cuts = [text.find(s) for s in sampling.stop if s in text]
-        if cuts:
-            text, cut_short = text[: min(cuts)], False
+        text, stopped = cut_at_stop(text, sampling.stop)
+        cut_short = cut_short and not stopped
         return Completion(text, "length" if cut_short else "stop", prompt_tokens, len(tokens))

@@ -304,13 +304,22 @@ def _inside(folder: Path, parent: Path) -> Path | None:
         return None
 
 
+BAR_FORMATS = (
+    "{desc}: {n_fmt}{unit} [{elapsed}, {rate_noinv_fmt}{postfix}]",
+    "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
+)
+"""tqdm's own formats, without a total and with one, but a rate is always so many a second
+(tqdm would turn a slow one into "1.50s/ prompts")."""
+
+
 def bar(iterable=None, **options: Any) -> tqdm:
     """A progress bar on stderr, shown only on a terminal: as wide as the terminal, or 80
     columns where it reports no size (a pseudo-terminal made without one, as by `script`, in
     which tqdm would draw nothing)."""
     size = {"dynamic_ncols": True} if _terminal_sized() else {"ncols": 80, "nrows": 24}
-    options = {"desc": "generating", "unit": " prompts"} | size | options
-    return tqdm(iterable, disable=None, file=sys.stderr, **options)
+    counted = options.get("total") is not None or hasattr(iterable, "__len__")
+    shape = {"desc": "generating", "unit": " prompts", "bar_format": BAR_FORMATS[counted]}
+    return tqdm(iterable, disable=None, file=sys.stderr, **(shape | size | options))
 
 
 def _terminal_sized() -> bool:

@@ -201,7 +201,7 @@ def test_recipe_defaults_are_the_model_cards_and_bad_values_are_refused():
         2048,
     )
     assert recipe.quantized() == torch.cuda.is_available()
-    with pytest.raises(BonitoError, match="multiple of the micro-batch"):
+    with pytest.raises(BonitoError, match=r"^batch_size \(--batch-size\) 16 is not a multiple of"):
         Recipe(batch_size=16, micro_batch_size=3)
     with pytest.raises(BonitoError, match="LoRA rank"):
         Recipe(lora_r=0)

@@ -63,13 +63,14 @@ class Recipe:
                 )
         if self.batch_size % self.micro_batch_size:
             raise BonitoError(
-                f"The batch size {self.batch_size} is not a multiple of the micro-batch size "
-                f"{self.micro_batch_size}; choose sizes that divide evenly (e.g. 16 and 4)."
+                f"batch_size (--batch-size) {self.batch_size} is not a multiple of "
+                f"micro_batch_size (--micro-batch-size) {self.micro_batch_size}; choose sizes "
+                "that divide evenly (e.g. 16 and 4)."
             )
         if self.lora_r is not None and self.lora_r < 1:
             raise BonitoError(
-                "lora_r (--lora-r), the LoRA rank, must be at least 1 (or None for a full "
-                "fine-tuning)."
+                "lora_r (--lora-r), the LoRA rank, must be at least 1, or None (--full) for a "
+                "full fine-tuning."
             )
         if self.quantize and self.lora_r is None:
             raise BonitoError(

@@ -622,18 +622,16 @@ def test_a_huge_document_is_read_up_to_a_limit_and_the_rest_is_a_skip(tmp_path, 
     }
 
 
-def pdf_bomb(path: Path, characters: int) -> Path:
-    """A one-page PDF of about 20 KB whose compressed drawing instructions inflate to
-    `characters` characters of text, all drawn on the page."""
-    line = b"(" + b"lorem ipsum dolor " * 5 + b") Tj 1 0 0 1 72 720 Tm "
-    stream = zlib.compress(b"BT /F1 10 Tf " + line * (characters // 90) + b"ET", 9)
+def pdf_by_hand(path: Path, page: bytes, contents: bytes, *others: bytes) -> Path:
+    """A one-page PDF written by hand: the page's own entries (MediaBox, Resources), its
+    contents stream, and more objects from number 5 on (1-4: catalog, pages, font, page)."""
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
-        b"/Resources << /Font << /F1 3 0 R >> >> >>",
-        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Page /Parent 2 0 R /Contents 5 0 R %s >>" % page,
+        contents,
+        *others,
     ]
     data, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, start=1):
@@ -647,6 +645,50 @@ def pdf_bomb(path: Path, characters: int) -> Path:
     )
     path.write_bytes(data)
     return path
+
+
+def stream(data: bytes, entries: bytes = b"") -> bytes:
+    return b"<< %s /Length %d >>\nstream\n%s\nendstream" % (entries, len(data), data)
+
+
+def pdf_bomb(path: Path, characters: int) -> Path:
+    """A one-page PDF of about 20 KB whose compressed drawing instructions inflate to
+    `characters` characters of text, all drawn on the page."""
+    line = b"(" + b"lorem ipsum dolor " * 5 + b") Tj 1 0 0 1 72 720 Tm "
+    contents = zlib.compress(b"BT /F1 10 Tf " + line * (characters // 90) + b"ET", 9)
+    page = b"/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+    return pdf_by_hand(path, page, stream(contents, b"/Filter /FlateDecode"))
+
+
+def pdf_of_forms(path: Path, levels: int, draws: int) -> Path:
+    """A one-page PDF whose page draws a form `draws` times, which draws the next form as many
+    times, `levels` forms deep; the last one writes a line of text."""
+    form = b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << %s >>"
+    draw = b"q /Fm#200 Do Q\n" * draws  # the name "Fm 0", escaped
+    forms = [
+        stream(draw, form % b"/XObject << /Fm#200 %d 0 R >>" % (number + 1))
+        for number in range(6, 5 + levels)
+    ]
+    text = b"BT /F1 12 Tf 72 700 Td (words drawn by a form) Tj ET"
+    forms.append(stream(text, form % b"/Font << /F1 3 0 R >>"))
+    page = b"/MediaBox [0 0 612 792] /Resources << /XObject << /Fm#200 6 0 R >> >>"
+    return pdf_by_hand(path, page, stream(draw), *forms)
+
+
+def test_a_page_whose_forms_draw_forms_past_the_limit_is_not_read(tmp_path):
+    """Four levels of forms, each drawn a hundred times: a 5 KB file that MuPDF would spend
+    minutes on (10^8 lines of text). Three levels of ten are read."""
+    pytest.importorskip("pymupdf", reason=NEEDS_DOCS)
+    bomb = pdf_of_forms(tmp_path / "forms.pdf", levels=4, draws=100)
+    assert bomb.stat().st_size < 10_000
+    pdf_of_forms(tmp_path / "few.pdf", levels=3, draws=10)
+    items = list(read_documents([tmp_path]))
+    (read,) = [item for item in items if isinstance(item, Document)]
+    assert read.source.endswith("few.pdf") and "words drawn by a form" in read.text
+    assert skips(items) == {
+        ("forms.pdf", "too_long"): "page 1 was not read: it runs 6,715,151,500 bytes of "
+        "drawing instructions, more than 4,194,304 (no page of text needs as many)"
+    }
 
 
 def test_a_pdf_bomb_a_huge_page_or_a_huge_package_is_not_read(tmp_path, monkeypatch):
@@ -664,7 +706,7 @@ def test_a_pdf_bomb_a_huge_page_or_a_huge_package_is_not_read(tmp_path, monkeypa
     write_docx(tmp_path / "report.docx")
     items = list(read_documents([tmp_path]))
     assert texts(items) == ["A page of plain text after the bomb."]
-    oversized = "page 1 was not read: it holds 6,333,285 bytes of drawing instructions, more than "
+    oversized = "page 1 was not read: it runs 6,333,285 bytes of drawing instructions, more than "
     assert skips(items) == {
         ("bomb.pdf", "too_long"): oversized + "4,194,304 (no page of text needs as many)",
         ("mixed.pdf", "too_long"): oversized + "4,194,304 (no page of text needs as many)",

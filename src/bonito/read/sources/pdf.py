@@ -26,6 +26,9 @@ MAX_PAGE_INSTRUCTIONS = 4 * 2**20
 """Most bytes of drawing instructions a page may hold to be read: a page of dense text holds well
 under 100 KiB, and MuPDF takes about a hundred bytes of memory per character it extracts, so a
 small compressed stream that inflates to millions of characters (a PDF bomb) would exhaust it."""
+_DRAW = re.compile(rb"/([^\s/\[\]()<>{}%]+)\s*Do\b")
+"""A `/Name Do`: draw the XObject of that name."""
+_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 
 
 def read_pdf(path: Path) -> Iterator[Document | Skip]:
@@ -84,7 +87,7 @@ def _pages_blocks(pdf, flags: int) -> tuple[list[list[str]], list[tuple[int, int
     for number, page in enumerate(pdf, start=1):
         if size > MAX_CHARS:
             break
-        instructions = len(page.read_contents())
+        instructions = _drawn_bytes(pdf, page)
         if instructions > MAX_PAGE_INSTRUCTIONS:
             oversized.append((number, instructions))
         pages.append([] if instructions > MAX_PAGE_INSTRUCTIONS else _blocks(page, flags))
@@ -92,9 +95,37 @@ def _pages_blocks(pdf, flags: int) -> tuple[list[list[str]], list[tuple[int, int
     return pages, oversized
 
 
+def _drawn_bytes(pdf, page) -> int:
+    """The bytes of drawing instructions a page runs: its own, and each form XObject's as many
+    times as it is drawn (a form drawing a form a hundred times, a few levels deep, turns a few
+    kilobytes into billions). Each form's stream is read once."""
+    names: dict[int, dict[bytes, int]] = {}  # who draws (0: the page) -> its forms by name
+    for xref, name, invoker, _ in page.get_xobjects():
+        names.setdefault(invoker, {})[name.encode()] = xref
+    sizes: dict[int, int] = {}
+
+    def size(stream: bytes, invoker: int, drawing: frozenset[int]) -> int:
+        total, forms = len(stream), names.get(invoker, {})
+        for name, count in Counter(_name(m) for m in _DRAW.findall(stream)).items():
+            xref = forms.get(name)
+            if xref is None or xref in drawing:  # an image, or a form drawing itself
+                continue
+            if xref not in sizes:
+                sizes[xref] = size(pdf.xref_stream(xref) or b"", xref, drawing | {xref})
+            total += count * sizes[xref]
+        return total
+
+    return size(page.read_contents(), 0, frozenset())
+
+
+def _name(raw: bytes) -> bytes:
+    """A PDF name as written (`/A#20B`) as it reads (`A B`)."""
+    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+
+
 def _oversized(number: int, size: int) -> str:
     return (
-        f"page {number} was not read: it holds {size:,} bytes of drawing instructions, more than "
+        f"page {number} was not read: it runs {size:,} bytes of drawing instructions, more than "
         f"{MAX_PAGE_INSTRUCTIONS:,} (no page of text needs as many)"
     )
 

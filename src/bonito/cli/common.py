@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_type_hints
 
 import typer
 from rich.console import Console
@@ -89,35 +89,17 @@ Strict = Annotated[bool, typer.Option(help="Fail when any input or part of one i
 
 
 Full = Annotated[bool, typer.Option(help="Train every weight instead of LoRA adapters.")]
-RECIPE_OPTIONS: dict[str, Any] = {
-    name: Annotated[kind, option(Recipe, name, **shown)]
-    for name, kind, shown in (
-        ("lora_r", int | None, {}),
-        ("lora_alpha", float, {}),
-        ("lora_dropout", float, {}),
-        ("quantize", bool | None, {"show_default": "on with CUDA for LoRA, else off"}),
-        ("learning_rate", float, {}),
-        ("warmup_steps", int, {}),
-        ("weight_decay", float, {}),
-        ("max_grad_norm", float, {}),
-        ("batch_size", int, {}),
-        ("micro_batch_size", int, {}),
-        ("epochs", float, {}),
-        ("max_steps", int | None, {"show_default": "none"}),
-        ("max_source_tokens", int, {}),
-        ("max_target_tokens", int, {}),
-        (
-            "optimizer",
-            str | None,
-            {"show_default": "paged_adamw_32bit on CUDA with bitsandbytes, else adamw_torch"},
-        ),
-        ("save_steps", int, {}),
-        ("eval_steps", int, {}),
-        ("logging_steps", int, {}),
-        ("seed", int, {}),
-    )
+RECIPE_SHOWN = {
+    "quantize": "on with CUDA for LoRA, else off",
+    "max_steps": "none",
+    "optimizer": "paged_adamw_32bit on CUDA with bitsandbytes, else adamw_torch",
 }
-"""The training recipe's options, in the order --help lists them."""
+"""What --help shows as the default of a recipe option whose default the recipe works out."""
+RECIPE_OPTIONS: dict[str, Any] = {
+    name: Annotated[kind, option(Recipe, name, show_default=RECIPE_SHOWN.get(name, True))]
+    for name, kind in get_type_hints(Recipe).items()
+}
+"""One option per recipe field, typed and in order as `Recipe` declares them."""
 
 
 def recipe_options(*names: str, **worded: Any) -> Callable[[Command], Command]:

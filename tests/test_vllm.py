@@ -154,9 +154,19 @@ def test_a_killed_run_resumes_with_nothing_lost_or_repeated(
         assert code == 0, err
 
     in_process(whole)
-    # small groups, so that the run saves results before it is killed
+    # small groups, each followed by a pause, so that the kill lands while the run goes on (a
+    # loaded machine once saw all 72 saved between two looks)
     small_groups = (
-        "import bonito.engines.vllm as v; v.GROUP = 4; from bonito.cli import main; main()"
+        "import time, bonito.engines.vllm as v\n"
+        "v.GROUP = 4\n"
+        "generate = v.VLLMEngine.generate\n"
+        "def paced(*args, **kwargs):\n"
+        "    for group in generate(*args, **kwargs):\n"
+        "        yield group\n"
+        "        time.sleep(0.5)\n"
+        "v.VLLMEngine.generate = paced\n"
+        "from bonito.cli import main\n"
+        "main()"
     )
     first = subprocess.Popen(
         [sys.executable, "-c", small_groups, *generate_args(passages, tiny_model, killed)],

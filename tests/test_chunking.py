@@ -295,6 +295,7 @@ def test_the_longest_prompt_and_completion_must_fit_the_models_window(tokenizer)
 
 def test_the_window_is_read_from_the_models_config_or_its_gguf(tiny_model, tmp_path):
     assert Chunker.from_model(str(tiny_model)).window == 4096
+    pytest.importorskip("gguf", reason="gguf is not installed (pip install 'bonito[llamacpp]')")
     gguf = tmp_path / "tiny.gguf"
     convert = Path(__file__).parents[1] / "scripts" / "convert_to_gguf.py"
     subprocess.run([sys.executable, convert, tiny_model, gguf], check=True, capture_output=True)

@@ -30,7 +30,8 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt | $(BIN)/uv
 	$(UV) --python $(BIN)/python $(CONSTRAINTS) $(INDEX) -e '.[dev,docs,ray]'
 	touch $@
 
-$(TINY)/config.json: src/bonito/train/tiny_model.py src/bonito/data/tiny_examples.jsonl | setup
+$(TINY)/config.json: src/bonito/train/tiny_model.py src/bonito/train/copy_circuit.py \
+		src/bonito/data/tiny_examples.jsonl | setup
 	$(BIN)/bonito tiny-model $(TINY) --overwrite
 
 demo: setup $(TINY)/config.json

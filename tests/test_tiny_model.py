@@ -131,9 +131,9 @@ def test_parse_rate_on_real_passages(engine):
 
 def test_most_samples_pass_the_checks_on_passages_it_never_saw(engine, tmp_path):
     """`make demo`'s run at the default sampling (temperature 0.5, top_p 0.95), four samples a
-    request: on these passages, held out from its training, at least 70% of the yes-no and NLI
-    samples pass the checks. (Its extractive answers are still mostly not copied from the
-    passage: the checks reject them, as they should.)"""
+    request: on these passages, held out from its training, at least 70% of the samples pass
+    the checks, a quarter of the extractive ones included (their answers copied from the
+    passage by the copy circuit)."""
     from bonito.generate.mix import TaskMix
     from bonito.runs.run import RunConfig, generate_run
 
@@ -151,4 +151,5 @@ def test_most_samples_pass_the_checks_on_passages_it_never_saw(engine, tmp_path)
     summary = generate_run(tmp_path / "run", config, lambda: engine).summary
     per_type = summary.samples // 3
     accepted = summary.accepted_by_type
-    assert accepted["ynqa"] >= 0.7 * per_type and accepted["nli"] >= 0.7 * per_type, accepted
+    assert sum(accepted.values()) >= 0.7 * summary.samples, accepted
+    assert accepted["exqa"] >= 0.25 * per_type, accepted

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -186,12 +186,15 @@ def train_generator(
     merged: bool = False,
     overwrite: bool = False,
     data: str | None = None,
+    before_training: Callable[[torch.nn.Module], None] | None = None,
 ) -> TrainingSummary:
     """Fine-tune `base_model` into a bonito generator on the pairs with the recipe and save it
     (the adapter or whole model, the tokenizer, the declarations of non-built-in task types,
     the settings, a summary and a model card naming `data`, where the pairs came from) in
-    `output`; `merged` also saves the adapter folded into its base in output/merged. The same
-    call on a folder holding checkpoints of the same training resumes it. Returns the summary."""
+    `output`; `merged` also saves the adapter folded into its base in output/merged;
+    `before_training` is called on the model about to be trained (the tiny generator keeps its
+    hand-set circuit there). The same call on a folder holding checkpoints of the same training
+    resumes it. Returns the summary."""
     output, recipe = Path(output), recipe or GENERATOR_RECIPE
     check_options(recipe, held_out, eval_generations, eval_max_tokens, merged)
     kinds = pair_task_types(pairs)
@@ -207,6 +210,8 @@ def train_generator(
     check_config(output, config, overwrite)
     model, tokenizer = load_base(base_model, recipe)
     model = prepare(model, tokenizer, recipe)
+    if before_training:
+        before_training(model)
     train_examples = tokenize(((p.source, p.target) for p in train_pairs), tokenizer, recipe)
     held_examples = tokenize(((p.source, p.target) for p in held_pairs), tokenizer, recipe)
     checks = GeneratorChecks(held_pairs[:eval_generations], tokenizer, output, eval_max_tokens)

@@ -1,8 +1,8 @@
 """A tiny bonito-format generator built offline in a few minutes on a CPU: a byte-level BPE
-tokenizer and a small random Mistral model, trained by `bonito train`'s own path
-(`train_generator`, every weight trained) on the packaged, hand-written examples
-(data/tiny_examples.jsonl). It writes well-formed tasks, not good ones: for smoke tests, demos
-and CI without downloads."""
+tokenizer and a small random Mistral model with a copy circuit set by hand (copy_circuit.py),
+trained by `bonito train`'s own path (`train_generator`, every weight but the circuit's) on the
+packaged, hand-written examples (data/tiny_examples.jsonl). It writes well-formed tasks, not good
+ones: for smoke tests, demos and CI without downloads."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from bonito.errors import BonitoError
 from bonito.models import quiet_transformers
 from bonito.prompt.format import CONTEXT, PIPE, PLACEHOLDER, TASK, TASKTYPE, build_prompt
 from bonito.prompt.task_types import resolve_task_type
+from bonito.train import copy_circuit
 from bonito.train.ctga import TrainingPair
 from bonito.train.generator import train_generator
 from bonito.train.trainer import Recipe
@@ -52,18 +53,53 @@ DISGUISE_RATES = (0.0, 0.2, 0.5, 0.9)
 QUOTED_DISGUISE_RATES = (0.5, 0.9)
 """Where the answer is quoted from the passage: most words disguised, so it is copied, not
 recalled."""
-EPOCHS = 4.0
+TARGET_KEPT = frozenset({"nli"})
+"""Task types whose disguised variants disguise the passage only: a hypothesis written in made-up
+words derails the label list after it."""
+EPOCHS = 3.0
 HEAD_SIZE = 32
 """vLLM's CPU attention takes head sizes of 32 and more."""
-SHORT_VARIANTS_OF = {"ynqa": 4, "exqa": 4, "nli": 4}
+SHORT_VARIANTS_OF = {"ynqa": 4, "exqa": 4, "nli": 6}
 """More short variants for the task types that `make demo` and the smoke tests ask for."""
 WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*|\d[\d.,]*\d|\d")
+OPENING_QUESTION = "{{context}}\n\nQ: What are the first words of the passage?\nA:"
+"""The extractive question a two-layer model can learn to answer by copying: where to start is
+always the same place."""
+OPENING_WORDS = (2, 4)
+OPENINGS_PER_PASSAGE = 2
+SHUFFLED_OPENINGS = 64
+"""Opening examples on a passage's words in random order, whose first words can only be copied,
+never recalled: they teach the model to follow its copy circuit."""
+ROPE_THETA = 1e6
+"""Mistral 7B v0.2's; the copy circuit matches tokens on RoPE pairs that turn slowly enough."""
 
 
 def load_examples() -> list[dict[str, str]]:
     """The packaged training examples: context, task_type (short form), input, output."""
     text = resources.files("bonito").joinpath("data/tiny_examples.jsonl").read_text("utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def opening_examples(examples: list[dict[str, str]], rng: random.Random) -> list[dict[str, str]]:
+    """Extractive examples asking for a passage's first words (2 to 4 of them, without the
+    punctuation after the last): `OPENINGS_PER_PASSAGE` per passage and `SHUFFLED_OPENINGS` on
+    a passage's words shuffled (capitalised as a passage starts)."""
+    passages = sorted({e["context"] for e in examples})
+    contexts = [context for context in passages for _ in range(OPENINGS_PER_PASSAGE)]
+    for _ in range(SHUFFLED_OPENINGS):
+        words = rng.choice(passages).split(" ")
+        rng.shuffle(words)
+        shuffled = " ".join(words)
+        contexts.append(shuffled[:1].upper() + shuffled[1:])
+    return [
+        {
+            "context": context,
+            "task_type": "exqa",
+            "input": OPENING_QUESTION,
+            "output": " ".join(context.split(" ")[: rng.randint(*OPENING_WORDS)]).rstrip(",.;:"),
+        }
+        for context in contexts
+    ]
 
 
 def target_text(example: dict[str, str]) -> str:
@@ -156,7 +192,8 @@ def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[T
     `SHORT_VARIANTS_OF` its type) on the passage cut after a random word, never before an answer
     quoted from it (short contexts teach the task type quickly; any last word teaches that only
     `<|task|>` starts the task) and, with probability `LONG_PROBABILITY`, one
-    on the passage joined with others (real passages are long)."""
+    on the passage joined with others (real passages are long). Types in `TARGET_KEPT` keep their
+    target as written."""
     passages = sorted({e["context"] for e in examples})
     keep = template_words(examples)
     instruction_lines = sorted(
@@ -180,6 +217,8 @@ def training_pairs(examples: list[dict[str, str]], rng: random.Random) -> list[T
             rng.shuffle(parts)
             joined = rng.choice(SEPARATORS).join(parts)
             variants.append(disguise(joined, target, rng, rng.choice(rates), keep))
+        if example["task_type"] in TARGET_KEPT:
+            variants = [(disguised, target) for disguised, _ in variants]
         kind = resolve_task_type(example["task_type"])
         pairs += [TrainingPair(build_prompt(c, kind), t, kind.name) for c, t in variants]
     return pairs
@@ -192,9 +231,11 @@ def save_random_model(
     hidden_size: int = 128,
     layers: int = 2,
     max_positions: int = 4096,
+    copy_circuit_seed: int | None = None,
 ) -> Path:
     """Save a randomly initialised small Mistral for `tokenizer` (which is saved beside it), with
-    the generation config pointing at its special tokens; the seed is the caller's."""
+    the generation config pointing at its special tokens; the seed is the caller's. With
+    `copy_circuit_seed`, the copy circuit is set into it (the default shape only)."""
     config = MistralConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -203,6 +244,7 @@ def save_random_model(
         num_attention_heads=hidden_size // HEAD_SIZE,
         num_key_value_heads=hidden_size // HEAD_SIZE // 2,
         max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
         sliding_window=None,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -210,6 +252,8 @@ def save_random_model(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = MistralForCausalLM(config)
+    if copy_circuit_seed is not None:
+        copy_circuit.wire(model, tokenizer, copy_circuit_seed)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -236,9 +280,10 @@ def build_tiny_model(
         )
     quiet_transformers()  # no "Writing model shards" bar on every save
     examples = load_examples()
-    pairs = training_pairs(examples, random.Random(seed))
     written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]
     tokenizer = build_tokenizer([text for pair in written for text in pair])
+    examples += opening_examples(examples, random.Random(seed + 1))
+    pairs = training_pairs(examples, random.Random(seed))
     recipe = Recipe(
         lora_r=None,
         quantize=False,
@@ -258,8 +303,16 @@ def build_tiny_model(
     try:
         with tempfile.TemporaryDirectory() as base:
             torch.manual_seed(seed)
-            save_random_model(tokenizer, base)
-            train_generator(pairs, base, path, recipe, held_out=0, overwrite=True)
+            save_random_model(tokenizer, base, copy_circuit_seed=seed)
+            train_generator(
+                pairs,
+                base,
+                path,
+                recipe,
+                held_out=0,
+                overwrite=True,
+                before_training=copy_circuit.keep_wired,
+            )
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)

@@ -65,12 +65,14 @@ def test_bonito_loads_vllm_with_the_options_given(bonito, tiny_model):
 
 def test_greedy_text_and_token_counts_equal_the_transformers_engine(engine, transformers_engine):
     """float32 on both sides: the same text, finish reasons and token counts, hence the same
-    tasks (the prompt tokens show that vLLM adds BOS once, as transformers does)."""
+    tasks (the prompt tokens show that vLLM adds BOS once, as transformers does). Where the
+    tokens are bytes that make no character, vLLM's detokenizer leaves them out and
+    transformers writes U+FFFD: the texts are compared without it."""
     prompts = [build_prompt(p, t) for p in PASSAGES for t in ("ynqa", "exqa", "nli")]
     sampling = SamplingParams(temperature=0, max_tokens=96)
     ours = generate_all(engine, prompts, sampling)
     theirs = generate_all(transformers_engine, prompts, sampling)
-    assert [o[0].text for o in ours] == [t[0].text for t in theirs]
+    assert [o[0].text for o in ours] == [t[0].text.replace("\ufffd", "") for t in theirs]
     assert [(o[0].finish_reason, o[0].prompt_tokens, o[0].completion_tokens) for o in ours] == [
         (t[0].finish_reason, t[0].prompt_tokens, t[0].completion_tokens) for t in theirs
     ]

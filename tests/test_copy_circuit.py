@@ -86,9 +86,9 @@ def test_elsewhere_the_induction_head_rests_on_bos(wired):
 
 
 def test_training_leaves_the_wired_entries_as_set(wired):
-    model, tokenizer = wired
-    model = type(model)(model.config)
-    model.load_state_dict(wired[0].state_dict())
+    original, tokenizer = wired
+    model = type(original)(original.config)
+    model.load_state_dict(original.state_dict())
     copy_circuit.keep_wired(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)

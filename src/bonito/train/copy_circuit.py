@@ -85,12 +85,12 @@ def wire(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, seed: in
     embed[:, :WIRED_DIMS] = 0
     embed[:, 0] = CONSTANT
     embed[:, CODE] = torch.cat([h / h.norm(dim=1, keepdim=True) for h in halves], 1) / math.sqrt(2)
-    token = tokenizer.convert_tokens_to_ids
+    token, extractive = tokenizer.convert_tokens_to_ids, extractive_name_token(tokenizer)
     embed[token(TASK), TASK_MARK] = 1.0
     embed[token(PIPE), PIPE_MARK] = 1.0
-    embed[extractive_name_token(tokenizer), EXTRACTIVE_MARK] = 1.0
+    embed[extractive, EXTRACTIVE_MARK] = 1.0
     embed[tokenizer.bos_token_id, BOS_MARK] = 1.0
-    for marker in (token(TASKTYPE), token(CONTEXT), extractive_name_token(tokenizer)):
+    for marker in (token(TASKTYPE), token(CONTEXT), extractive):
         embed[marker, NO_COPY] = 1.0
     for id_ in range(vocab):  # a piece that starts with a letter or digit, not a space
         embed[id_, CONTINUES] = CONSTANT * tokenizer.decode([id_])[:1].isalnum()
@@ -114,16 +114,16 @@ def wire(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, seed: in
         v[j, CODE.start + j] = scale
         o[PREVIOUS + j, j] = 1.0
     # Query head 2 splits its attention between `<|task|>` and `<|pipe|>` once both are there.
+    # Each mark has its own value dim (of kv head 1) and residual dim it writes.
     for head, key, marks in (
-        (2, MARK_PAIR, ((TASK_MARK, AFTER_TASK), (PIPE_MARK, AFTER_PIPE))),
-        (3, MARK_PAIR - 1, ((EXTRACTIVE_MARK, EXTRACTIVE),)),
+        (2, MARK_PAIR, ((TASK_MARK, 0, AFTER_TASK), (PIPE_MARK, 2, AFTER_PIPE))),
+        (3, MARK_PAIR - 1, ((EXTRACTIVE_MARK, 1, EXTRACTIVE),)),
     ):
         q[head * HEAD + key, 0] = MARK_SCORE * math.sqrt(HEAD) / constant
-        for mark, written in marks:
-            value = HEAD + (head - 2 if mark != PIPE_MARK else 2)
+        for mark, value, written in marks:
             k[HEAD + key, mark] = scale
-            v[value, mark] = scale
-            o[written, head * HEAD + value - HEAD] = 1.0
+            v[HEAD + value, mark] = scale
+            o[written, head * HEAD + value] = 1.0
 
     attention = second.self_attn
     q, k, v, o = (getattr(attention, f"{name}_proj").weight for name in "qkvo")

@@ -446,6 +446,13 @@ def output_name(command: str) -> str:
     return {"generate": "folder (--output)", "tiny-model": ""}.get(command, "output (--output)")
 
 
+def test_tiny_model_refuses_a_seed_numpy_cannot_take_before_writing(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["tiny-model", tmp_path / "tiny", "--seed", "-1"], capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    assert "seed (--seed) must be between 0 and 4294967295" in err
+    assert not (tmp_path / "tiny").exists()
+
+
 @pytest.mark.parametrize("command", OUTPUT_COMMANDS)
 def test_an_output_under_a_file_or_in_an_unwritable_folder_is_one_sentence(
     tokenizer_model, small_inputs, blocked, command, capsys, monkeypatch

@@ -205,6 +205,8 @@ def test_recipe_defaults_are_the_model_cards_and_bad_values_are_refused():
         Recipe(batch_size=16, micro_batch_size=3)
     with pytest.raises(BonitoError, match="LoRA rank"):
         Recipe(lora_r=0)
+    with pytest.raises(BonitoError, match=r"seed \(--seed\) must be between 0 and 4294967295"):
+        Recipe(seed=-1)
 
 
 def test_full_fine_tuning_on_cuda_loads_the_base_unquantized(monkeypatch):

@@ -61,6 +61,11 @@ class Recipe:
                     f"The training option {name} (--{name.replace('_', '-')}) must be at least "
                     f"1, got {value}."
                 )
+        if not 0 <= self.seed < 2**32:
+            raise BonitoError(
+                f"The training option seed (--seed) must be between 0 and {2**32 - 1} (the "
+                f"range NumPy's seeding takes), got {self.seed}."
+            )
         if self.batch_size % self.micro_batch_size:
             raise BonitoError(
                 f"batch_size (--batch-size) {self.batch_size} is not a multiple of "

@@ -272,18 +272,6 @@ def build_tiny_model(
     stall it (fewer `epochs` build a quicker, worse one). It loads with AutoTokenizer and
     AutoModelForCausalLM and runs on any bonito engine. A folder that holds a model already is
     refused unless `overwrite`."""
-    path = output_folder(path, name="")
-    if (path / "config.json").exists() and not overwrite:
-        raise BonitoError(
-            f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "
-            "or pass overwrite=True (--overwrite) to build it again."
-        )
-    quiet_transformers()  # no "Writing model shards" bar on every save
-    examples = load_examples()
-    written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]
-    tokenizer = build_tokenizer([text for pair in written for text in pair])
-    examples += opening_examples(examples, random.Random(seed + 1))
-    pairs = training_pairs(examples, random.Random(seed))
     recipe = Recipe(
         lora_r=None,
         quantize=False,
@@ -297,6 +285,18 @@ def build_tiny_model(
         logging_steps=100,
         seed=seed,
     )
+    path = output_folder(path, name="")
+    if (path / "config.json").exists() and not overwrite:
+        raise BonitoError(
+            f"{path} already holds a model; use it as it is (`bonito generate --model {path}`) "
+            "or pass overwrite=True (--overwrite) to build it again."
+        )
+    quiet_transformers()  # no "Writing model shards" bar on every save
+    examples = load_examples()
+    written = [(build_prompt(e["context"], e["task_type"]), target_text(e)) for e in examples]
+    tokenizer = build_tokenizer([text for pair in written for text in pair])
+    examples += opening_examples(examples, random.Random(seed + 1))
+    pairs = training_pairs(examples, random.Random(seed))
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
